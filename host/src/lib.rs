@@ -1,0 +1,3 @@
+//! The `host` runtime: MLX, models, trainers and the plugin registry behind the `host` command.
+
+pub mod runtime;

@@ -1,0 +1,1 @@
+// Package of workspace-level tests; see the [[test]] targets.
