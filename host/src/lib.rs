@@ -1,3 +1,5 @@
 //! The `host` runtime: MLX, models, trainers and the plugin registry behind the `host` command.
 
+pub mod config;
+pub mod plugins;
 pub mod runtime;

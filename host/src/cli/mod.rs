@@ -1,8 +1,13 @@
 //! Command-line surface: one file per subcommand.
 
 mod info;
+mod plugins;
+mod schedule;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use host::config::Override;
 
 #[derive(Debug, Parser)]
 #[command(name = "host", version, about = "Fine-tune and align language models on MLX")]
@@ -15,12 +20,29 @@ pub struct Cli {
 enum Command {
     /// MLX version, device, BLAS in use, and a matmul throughput probe.
     Info(info::InfoArgs),
+    /// List plugins: kind, name, origin (built-in or file) and summary.
+    Plugins(plugins::PluginsArgs),
+    /// Print a run configuration's learning rate at every step, as CSV.
+    Schedule(schedule::ScheduleArgs),
+}
+
+/// A run configuration and command-line overrides of it.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The run configuration (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Override a key of the configuration: `--set section.key=value` (value read as TOML, else a string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<Override>,
 }
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Info(args) => info::run(args),
+            Command::Plugins(args) => plugins::run(args),
+            Command::Schedule(args) => schedule::run(args),
         }
     }
 }

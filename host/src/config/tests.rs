@@ -1,0 +1,139 @@
+use super::*;
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("host-config-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn load(name: &str, text: &str, overrides: &[&str]) -> Result<RunConfig, ConfigError> {
+    let overrides: Vec<Override> = overrides.iter().map(|o| o.parse().unwrap()).collect();
+    RunConfig::load(&write(name, text), &overrides, &mut Registry::builtin().unwrap())
+}
+
+fn at(line: usize, column: usize) -> Location {
+    Location::Text { line, column }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = load("minimal", "[optimizer]\nlr = 1e-4\n", &[]).unwrap();
+    assert_eq!(config.train.steps, 1000);
+    assert_eq!(config.schedule, ScheduleSection::default());
+    assert_eq!(config.output_dir(), PathBuf::from("runs/minimal"));
+}
+
+#[test]
+fn problems_in_every_section_are_reported_together_with_positions() {
+    let text = "\
+[train]
+steps = 10
+stepz = 5
+
+[optimizer]
+lr = \"fast\"
+
+[sheduler]
+kind = \"cosine\"
+";
+    let err = load("many", text, &[]).unwrap_err();
+    let got: Vec<(Location, &str)> = err.problems.iter().map(|p| (p.location.clone(), p.path.as_str())).collect();
+    assert_eq!(got, vec![(at(8, 2), "sheduler"), (at(3, 1), "train.stepz"), (at(6, 1), "optimizer.lr")], "{err}");
+    assert!(err.problems[0].message.contains("expected one of: train, optimizer, schedule, plugins, output"));
+    assert!(err.problems[1].message.contains("expected one of: steps"));
+    assert!(err.problems[2].message.contains("invalid type"), "{}", err.problems[2].message);
+    let shown = err.to_string();
+    assert!(shown.contains("many.toml: 3 problems"), "{shown}");
+    assert!(shown.contains("many.toml:3:1: `train.stepz`: unknown key"), "{shown}");
+}
+
+#[test]
+fn plugin_and_cross_field_problems_point_at_their_keys() {
+    let text = "\
+[train]
+steps = 5
+
+[optimizer]
+lr = -1.0
+
+[schedule]
+kind = \"cosine\"
+warmup_steps = 5
+min_lrr = 0.1
+";
+    let err = load("plugin", text, &[]).unwrap_err();
+    let got: Vec<(Location, &str)> = err.problems.iter().map(|p| (p.location.clone(), p.path.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![(at(5, 1), "optimizer.lr"), (at(9, 1), "schedule.warmup_steps"), (at(10, 1), "schedule.min_lrr")],
+        "{err}"
+    );
+    assert!(err.problems[2].message.contains("schedule `cosine` (built-in (plugin-schedules))"));
+}
+
+#[test]
+fn unknown_plugin_lists_valid_names_at_kind() {
+    let err = load("unknown", "[optimizer]\nlr = 1e-3\n[schedule]\nkind = \"cosin\"\n", &[]).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert_eq!(err.problems[0].location, at(4, 1));
+    assert!(err.problems[0].message.contains("valid names: constant, cosine, exponential, linear, step, wsd"));
+}
+
+#[test]
+fn overrides_apply_and_are_named_when_wrong() {
+    let text = "[optimizer]\nlr = 1e-3\n[schedule]\nkind = \"cosine\"\n";
+    let config = load("set", text, &["optimizer.lr=0.5", "schedule.kind=linear", "train.steps=7"]).unwrap();
+    assert_eq!(config.optimizer.lr, 0.5);
+    assert_eq!(config.schedule.plugin.kind, "linear");
+    assert_eq!(config.train.steps, 7);
+    let err = load("set-bad", text, &["schedule.min_lr=low"]).unwrap_err();
+    assert_eq!(err.problems[0].location, Location::Override("schedule.min_lr=low".to_owned()));
+    let err = load("set-path", text, &["optimizer.lr.x=1"]).unwrap_err();
+    assert!(err.problems[0].message.contains("`optimizer.lr` is not a table"), "{err}");
+}
+
+#[test]
+fn syntax_errors_have_a_position() {
+    let err = load("syntax", "[optimizer]\nlr = = 1\n", &[]).unwrap_err();
+    assert!(matches!(err.problems[0].location, Location::Text { line: 2, .. }), "{err}");
+}
+
+#[test]
+fn resolved_config_round_trips() {
+    let text = "[optimizer]\nlr = 2e-4\n[schedule]\nkind = \"wsd\"\ndecay_ratio = 0.2\nwarmup_steps = 3\n";
+    let config = load("resolved", text, &["train.steps=40"]).unwrap();
+    let dir = std::env::temp_dir().join(format!("host-config-{}-resolved-out", std::process::id()));
+    let written = config.write_resolved(&dir).unwrap();
+    let again = RunConfig::load(&written, &[], &mut Registry::builtin().unwrap()).unwrap();
+    assert_eq!(again, config);
+    assert_eq!(again.schedule.plugin.config.get("decay_ratio"), Some(&toml::Value::Float(0.2)));
+}
+
+#[test]
+fn schedule_is_built_with_warmup_and_the_run_context() {
+    let text = "[train]\nsteps = 110\n[optimizer]\nlr = 1e-3\n[schedule]\nkind = \"linear\"\nwarmup_steps = 10\n";
+    let config = load("build", text, &[]).unwrap();
+    let registry = Registry::builtin().unwrap();
+    let (schedule, ctx) = config.build_schedule(&registry).unwrap();
+    assert_eq!(ctx, ScheduleContext { base_lr: 1e-3, total_steps: 110 });
+    // Warmup 0 → 1e-3 over 10 steps, then linear 1e-3 → 0 over the remaining 100.
+    for (step, want) in [(0u64, 0.0), (5, 5e-4), (10, 1e-3), (60, 5e-4), (110, 0.0)] {
+        assert!((schedule.lr(step, &ctx).unwrap() - want).abs() < 1e-15, "step {step}");
+    }
+}
+
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&configs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            RunConfig::load(&path, &[], &mut Registry::builtin().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no configs found in {}", configs.display());
+}

@@ -1,0 +1,15 @@
+//! The one list of built-in plugin crates. `inventory` collects registrations only from crates the binary
+//! links, and the linker drops crates nothing names; naming each here keeps them (inventory issue #50).
+
+use plugin_schedules as _;
+
+/// Built-in names the host must always have; a test checks each is registered.
+#[cfg(test)]
+pub const EXPECTED: &[(sdk::PluginKind, &str)] = &[
+    (sdk::PluginKind::LrSchedule, "constant"),
+    (sdk::PluginKind::LrSchedule, "linear"),
+    (sdk::PluginKind::LrSchedule, "cosine"),
+    (sdk::PluginKind::LrSchedule, "step"),
+    (sdk::PluginKind::LrSchedule, "exponential"),
+    (sdk::PluginKind::LrSchedule, "wsd"),
+];

@@ -1,0 +1,93 @@
+//! Example third-party plugins: an LR schedule and a loss, exported from a cdylib.
+
+use sdk::{
+    from_table,
+    mlx_rs::{ops, Array},
+    Loss, LossInputs, LossOutput, LrSchedule, Plugin, PluginError, Requirements, ScheduleContext,
+};
+use serde::Deserialize;
+
+/// lr / √(1 + step / timescale).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InverseSqrt {
+    #[serde(default = "InverseSqrt::default_timescale")]
+    timescale: f64,
+}
+
+impl InverseSqrt {
+    fn default_timescale() -> f64 {
+        10.0
+    }
+}
+
+impl Plugin for InverseSqrt {
+    const NAME: &'static str = "inverse_sqrt";
+    const SUMMARY: &'static str = "lr / sqrt(1 + step / timescale)";
+    fn from_config(config: &sdk::toml::Table) -> Result<Self, PluginError> {
+        let s: InverseSqrt = from_table(config)?;
+        if !(s.timescale.is_finite() && s.timescale > 0.0) {
+            return Err(PluginError::Config(format!("`timescale` must be positive, got {}", s.timescale)));
+        }
+        Ok(s)
+    }
+}
+
+impl LrSchedule for InverseSqrt {
+    fn lr(&self, step: u64, ctx: &ScheduleContext) -> Result<f64, PluginError> {
+        Ok(ctx.base_lr / (1.0 + step as f64 / self.timescale).sqrt())
+    }
+}
+
+/// Reference-free pairwise logistic loss on length-normalized completion log-probs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairLogSigmoid {
+    #[serde(default = "PairLogSigmoid::default_beta")]
+    beta: f32,
+}
+
+impl PairLogSigmoid {
+    fn default_beta() -> f32 {
+        1.0
+    }
+}
+
+impl Plugin for PairLogSigmoid {
+    const NAME: &'static str = "pair_logsigmoid";
+    const SUMMARY: &'static str = "-log sigmoid(beta * (mean logp chosen - mean logp rejected)), no reference";
+    fn from_config(config: &sdk::toml::Table) -> Result<Self, PluginError> {
+        from_table(config)
+    }
+}
+
+impl Loss for PairLogSigmoid {
+    fn requirements(&self) -> Requirements {
+        Requirements { pairs: true, ..Requirements::default() }
+    }
+
+    fn forward(&self, inputs: &LossInputs<'_>) -> Result<LossOutput, PluginError> {
+        let pairs = inputs.num_pairs as i32;
+        if pairs == 0 {
+            return Err(PluginError::Invalid("pair_logsigmoid needs preference pairs".to_owned()));
+        }
+        // Per-row mean log-prob over completion tokens; rows [0, P) chosen, [P, 2P) rejected.
+        let summed = inputs.policy_logps.multiply(inputs.mask)?.sum_axis(-1, None)?;
+        let counts = ops::maximum(inputs.mask.sum_axis(-1, None)?, Array::from_f32(1.0))?;
+        let mean = summed.divide(&counts)?;
+        let chosen = mean.index(..pairs);
+        let rejected = mean.index(pairs..);
+        let margin = chosen.subtract(&rejected)?;
+        let logits = margin.multiply(Array::from_f32(self.beta))?;
+        let loss = sdk::mlx_rs::nn::log_sigmoid(&logits)?.mean(None)?.negative()?;
+        let accuracy = margin.gt(Array::from_f32(0.0))?.as_dtype(sdk::mlx_rs::Dtype::Float32)?.mean(None)?;
+        Ok(LossOutput {
+            loss,
+            metrics: vec![("margin".to_owned(), margin.mean(None)?), ("accuracy".to_owned(), accuracy)],
+        })
+    }
+}
+
+use sdk::mlx_rs::ops::indexing::IndexOp;
+
+sdk::export_plugins!(schedule InverseSqrt, loss PairLogSigmoid);
