@@ -1,25 +1,9 @@
 //! A cdylib compiling a function while the host holds one compiled must get its own function back.
 
-use std::path::PathBuf;
-
 use mlx_rs::{array, transforms::compile::compile, Array};
 
-fn probe_library() -> PathBuf {
-    // Cargo builds the fixture's cdylib next to this test binary (it is a dev-dependency).
-    let exe = std::env::current_exe().expect("test binary path");
-    let deps = exe.parent().expect("test binary lives in target/<profile>/deps");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(deps)
-        .expect("deps dir is readable")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("libcompile_probe") && name.ends_with(".so")
-        })
-        .collect();
-    found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    found.pop().unwrap_or_else(|| panic!("libcompile_probe*.so not found in {}", deps.display()))
-}
+#[path = "support/cdylib.rs"]
+mod support;
 
 fn double(x: &Array) -> Result<Array, mlx_rs::error::Exception> {
     x.multiply(array!(2.0f32))
@@ -35,7 +19,7 @@ fn plugin_compile_does_not_collide_with_host_compile() {
         let doubled = host_double(&x).expect("host compile");
         assert_eq!(doubled.as_slice::<f32>(), &[2.0, 4.0, 8.0]);
 
-        let library = probe_library();
+        let library = support::cdylib("compile_probe");
         // SAFETY: the fixture exports probe_triple with this signature; the library is never unloaded.
         let lib = Box::leak(Box::new(unsafe { libloading::Library::new(&library) }.expect("load probe")));
         let probe: libloading::Symbol<unsafe extern "C" fn(mlx_sys::mlx_array, *mut mlx_sys::mlx_array) -> i32> =

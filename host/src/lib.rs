@@ -1,5 +1,6 @@
 //! The `host` runtime: MLX, models, trainers and the plugin registry behind the `host` command.
 
 pub mod config;
+pub mod optim;
 pub mod plugins;
 pub mod runtime;

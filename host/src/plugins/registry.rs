@@ -271,6 +271,27 @@ mod tests {
     }
 
     #[test]
+    fn two_builtins_with_one_name_are_an_error_naming_both_crates() {
+        let mut registry = Registry::builtin().unwrap();
+        let make = |t: &toml::Table| -> Result<Box<dyn LrSchedule>, PluginError> {
+            Ok(Box::new(<plugin_schedules::Constant as sdk::Plugin>::from_config(t)?))
+        };
+        let err = registry
+            .insert(PluginInfo {
+                kind: PluginKind::LrSchedule,
+                name: "cosine".to_owned(),
+                summary: String::new(),
+                origin: Origin::BuiltIn("plugin-other"),
+                source: Source::BuiltIn(Factory::LrSchedule(make)),
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "schedule `cosine` is registered twice: by built-in (plugin-schedules) and by built-in (plugin-other)"
+        );
+    }
+
+    #[test]
     fn unknown_names_list_every_valid_name_of_the_kind() {
         let registry = Registry::builtin().unwrap();
         let err = registry.schedule("cosin", &toml::Table::new()).err().unwrap();

@@ -166,3 +166,6 @@ pub const fn descriptor(entries: &'static [FfiPluginEntry]) -> FfiDescriptor {
         entries: entries.as_ptr(),
     }
 }
+
+#[cfg(test)]
+mod tests;

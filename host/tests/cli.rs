@@ -1,0 +1,80 @@
+//! The `host` binary end to end: the same binary, unchanged, runs plugins from a cdylib it was not built with.
+
+#[path = "../../tests/support/cdylib.rs"]
+mod support;
+
+use std::{path::PathBuf, process::Command};
+
+fn host(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_host")).args(args).env("RUST_BACKTRACE", "0").output().expect("run host");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn temp_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("host-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn plugins_lists_builtins_and_the_loaded_library() {
+    let library = support::cdylib("example_plugins");
+    let (ok, stdout, stderr) = host(&["plugins", "--load", library.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines[0], ["KIND", "NAME", "ORIGIN", "SUMMARY"]);
+    let origin_of = |kind: &str, name: &str| {
+        lines.iter().find(|l| l[0] == kind && l[1] == name).map(|l| l[2..].join(" ")).unwrap_or_default()
+    };
+    let file = library.display().to_string();
+    assert!(origin_of("schedule", "inverse_sqrt").starts_with(&file), "{stdout}");
+    assert!(origin_of("loss", "pair_logsigmoid").starts_with(&file), "{stdout}");
+    for builtin in ["constant", "linear", "cosine", "step", "exponential", "wsd"] {
+        assert!(origin_of("schedule", builtin).starts_with("built-in (plugin-schedules)"), "{builtin}: {stdout}");
+    }
+}
+
+#[test]
+fn the_same_binary_runs_a_schedule_from_a_cdylib_named_in_the_config() {
+    let library = support::cdylib("example_plugins");
+    let config = temp_config(
+        "swap.toml",
+        &format!(
+            "[train]\nsteps = 13\n[optimizer]\nlr = 0.03\n[plugins]\npaths = [{:?}]\n[schedule]\nkind = \"inverse_sqrt\"\ntimescale = 3.0\n",
+            library.display().to_string()
+        ),
+    );
+    let (ok, stdout, stderr) = host(&["schedule", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let rows: Vec<(u64, f64)> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (s, lr) = l.split_once(',').unwrap();
+            (s.parse().unwrap(), lr.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 13);
+    for (step, lr) in rows {
+        let want = 0.03 / (1.0 + step as f64 / 3.0).sqrt();
+        assert!((lr - want).abs() <= 1e-9 * want, "step {step}: {lr} vs {want}");
+    }
+    // And with --set, the built-in instead: nothing rebuilt, only the configuration changed.
+    let (ok, stdout, stderr) =
+        host(&["schedule", "--config", config.to_str().unwrap(), "--set", "schedule.kind=constant", "--set", "schedule.timescale=1"]);
+    assert!(!ok, "constant takes no timescale: {stdout}");
+    assert!(stderr.contains("`schedule.timescale`") && stderr.contains("unknown field `timescale`"), "{stderr}");
+}
+
+#[test]
+fn config_problems_are_all_reported_and_fail_the_command() {
+    let config = temp_config("bad.toml", "[optimizer]\nlr = 0\n[schedule]\nkind = \"cosine\"\nmin_lrr = 1\n[extra]\n");
+    let (ok, _, stderr) = host(&["schedule", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("bad.toml: 3 problems"), "{stderr}");
+    assert!(stderr.contains("bad.toml:6:2: `extra`: unknown section"), "{stderr}");
+    assert!(stderr.contains("bad.toml:2:1: `optimizer.lr`: must be a positive number, got 0"), "{stderr}");
+    assert!(stderr.contains("bad.toml:5:1: `schedule.min_lrr`"), "{stderr}");
+}
