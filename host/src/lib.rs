@@ -1,6 +1,9 @@
 //! The `host` runtime: MLX, models, trainers and the plugin registry behind the `host` command.
 
+pub mod cache;
 pub mod config;
+pub mod model;
+pub mod nn;
 pub mod optim;
 pub mod plugins;
 pub mod runtime;

@@ -1,0 +1,126 @@
+use mlx_rs::{error::Exception, ops::indexing::IndexOp, Array};
+use sdk::KvCacheSpec;
+
+use super::{repeat_padding, repeat_rows, standard::grow_and_write, AttentionMask, KvCache, KvTensors, KvView};
+use crate::nn::Quant;
+
+const STEP: usize = 256;
+
+enum Store {
+    Empty,
+    Dense(Array, Array),
+    Quantized([Array; 3], [Array; 3]),
+}
+
+/// Dense until `start` tokens are cached, then keys and values quantized (`bits`, `group_size` along the
+/// head dimension), as mlx-lm's `QuantizedKVCache` with `quantized_kv_start`.
+pub struct QuantizedCache {
+    quant: Quant,
+    start: usize,
+    store: Store,
+    offset: usize,
+    padding: Vec<usize>,
+}
+
+impl QuantizedCache {
+    pub fn new(quant: Quant, start: usize) -> Self {
+        QuantizedCache { quant, start, store: Store::Empty, offset: 0, padding: Vec::new() }
+    }
+
+    fn quantize(&self, x: &Array) -> Result<[Array; 3], Exception> {
+        let (w, s, b) = self.quant.quantize(x)?;
+        let dtype = x.dtype();
+        Ok([w, s.as_dtype(dtype)?, b.as_dtype(dtype)?])
+    }
+}
+
+fn prefix(a: &Array, end: usize) -> Array {
+    a.index((.., .., ..end as i32, ..))
+}
+
+impl KvCache for QuantizedCache {
+    fn offset(&self) -> usize {
+        self.offset
+    }
+
+    fn update_and_fetch(&mut self, keys: Array, values: Array) -> Result<KvView, Exception> {
+        let at = self.offset;
+        let len = keys.shape()[2] as usize;
+        let end = at + len;
+        let store = std::mem::replace(&mut self.store, Store::Empty);
+        let store = match store {
+            // Still below the threshold after this call: stay dense.
+            Store::Empty | Store::Dense(..) if end <= self.start => {
+                let (kb, vb) = match store {
+                    Store::Dense(k, v) => (Some(k), Some(v)),
+                    _ => (None, None),
+                };
+                Store::Dense(grow_and_write(kb, &keys, at, STEP)?, grow_and_write(vb, &values, at, STEP)?)
+            }
+            Store::Empty => Store::Quantized(self.quantize(&keys)?, self.quantize(&values)?),
+            Store::Dense(k, v) => {
+                // Crossing the threshold: quantize what is cached, then continue quantized.
+                let (k, v) = (mlx_rs::ops::concatenate(&[prefix(&k, at), keys], 2)?, mlx_rs::ops::concatenate(&[prefix(&v, at), values], 2)?);
+                Store::Quantized(self.quantize(&k)?, self.quantize(&v)?)
+            }
+            Store::Quantized(kq, vq) => {
+                let (nk, nv) = (self.quantize(&keys)?, self.quantize(&values)?);
+                let write = |old: [Array; 3], new: [Array; 3]| -> Result<[Array; 3], Exception> {
+                    let [o0, o1, o2] = old;
+                    let [n0, n1, n2] = new;
+                    Ok([grow_and_write(Some(o0), &n0, at, STEP)?, grow_and_write(Some(o1), &n1, at, STEP)?, grow_and_write(Some(o2), &n2, at, STEP)?])
+                };
+                Store::Quantized(write(kq, nk)?, write(vq, nv)?)
+            }
+        };
+        self.offset = end;
+        let tensors = match &store {
+            Store::Dense(k, v) => KvTensors::Dense { keys: prefix(k, end), values: prefix(v, end) },
+            Store::Quantized(k, v) => KvTensors::Quantized {
+                keys: [prefix(&k[0], end), prefix(&k[1], end), prefix(&k[2], end)],
+                values: [prefix(&v[0], end), prefix(&v[1], end), prefix(&v[2], end)],
+                quant: self.quant,
+            },
+            Store::Empty => unreachable!("an update always leaves entries"),
+        };
+        self.store = store;
+        let positions: Vec<usize> = (0..end).collect();
+        Ok(KvView { tensors, mask: AttentionMask::build(len, &positions, at, None, 0, &self.padding)? })
+    }
+
+    fn trim(&mut self, n: usize) -> usize {
+        let n = n.min(self.offset);
+        self.offset -= n;
+        n
+    }
+
+    fn reset(&mut self) {
+        self.store = Store::Empty;
+        self.offset = 0;
+        self.padding.clear();
+    }
+
+    fn set_left_padding(&mut self, padding: Vec<usize>) {
+        self.padding = padding;
+    }
+
+    fn repeat_rows(&mut self, n: usize) -> Result<(), Exception> {
+        let end = self.offset;
+        self.store = match std::mem::replace(&mut self.store, Store::Empty) {
+            Store::Empty => Store::Empty,
+            Store::Dense(k, v) => Store::Dense(repeat_rows(&prefix(&k, end), n)?, repeat_rows(&prefix(&v, end), n)?),
+            Store::Quantized(k, v) => {
+                let rep = |t: [Array; 3]| -> Result<[Array; 3], Exception> {
+                    Ok([repeat_rows(&prefix(&t[0], end), n)?, repeat_rows(&prefix(&t[1], end), n)?, repeat_rows(&prefix(&t[2], end), n)?])
+                };
+                Store::Quantized(rep(k)?, rep(v)?)
+            }
+        };
+        self.padding = repeat_padding(&self.padding, n);
+        Ok(())
+    }
+
+    fn spec(&self) -> KvCacheSpec {
+        KvCacheSpec::Quantized { bits: self.quant.bits as u32, group_size: self.quant.group_size as u32, start: self.start }
+    }
+}

@@ -1,0 +1,183 @@
+//! `config.json` as Hugging Face writes it, read leniently (unknown keys ignored, as transformers and mlx-lm
+//! do), then resolved by each family into a [`TransformerConfig`] with no optional left where a default exists.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::nn::{Quant, RopeScaling};
+
+/// A single id or a list of ids (`eos_token_id` is either).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![*id],
+            TokenIds::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HfArgs {
+    pub model_type: String,
+    pub hidden_size: i32,
+    pub num_hidden_layers: i32,
+    pub intermediate_size: i32,
+    pub num_attention_heads: i32,
+    pub num_key_value_heads: Option<i32>,
+    pub head_dim: Option<i32>,
+    pub vocab_size: i32,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f32,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    pub rope_scaling: Option<BTreeMap<String, serde_json::Value>>,
+    pub tie_word_embeddings: Option<bool>,
+    pub attention_bias: Option<bool>,
+    pub mlp_bias: Option<bool>,
+    pub eos_token_id: Option<TokenIds>,
+    pub bos_token_id: Option<u32>,
+    /// mlx-lm's quantization block: `{group_size, bits, [mode], <module path>: {group_size, bits} | false}`.
+    pub quantization: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Transformers' mirror of the same block, used when `quantization` is absent.
+    pub quantization_config: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn default_rms_norm_eps() -> f32 {
+    1e-6
+}
+
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+
+/// The architecture every supported family maps onto: a pre-norm decoder with RMSNorm, RoPE, grouped-query
+/// attention and a SwiGLU MLP, with the per-family switches below.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformerConfig {
+    pub model_type: String,
+    pub hidden_size: i32,
+    pub num_hidden_layers: i32,
+    pub intermediate_size: i32,
+    pub num_attention_heads: i32,
+    pub num_key_value_heads: i32,
+    pub head_dim: i32,
+    pub vocab_size: i32,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub tie_word_embeddings: bool,
+    /// Bias on q, k and v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// RMSNorm over each head of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+}
+
+impl HfArgs {
+    /// The fields every family shares, with family-specific switches off.
+    pub fn base(&self) -> Result<TransformerConfig, String> {
+        let heads = self.num_attention_heads;
+        if heads <= 0 || self.hidden_size <= 0 || self.num_hidden_layers <= 0 || self.vocab_size <= 0 {
+            return Err("hidden_size, num_hidden_layers, num_attention_heads and vocab_size must be positive".into());
+        }
+        let kv_heads = self.num_key_value_heads.unwrap_or(heads);
+        if kv_heads <= 0 || heads % kv_heads != 0 {
+            return Err(format!("num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})"));
+        }
+        let head_dim = match self.head_dim {
+            Some(d) => d,
+            None if self.hidden_size % heads == 0 => self.hidden_size / heads,
+            None => return Err(format!("hidden_size {} is not divisible by {heads} heads; set head_dim", self.hidden_size)),
+        };
+        Ok(TransformerConfig {
+            model_type: self.model_type.clone(),
+            hidden_size: self.hidden_size,
+            num_hidden_layers: self.num_hidden_layers,
+            intermediate_size: self.intermediate_size,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            vocab_size: self.vocab_size,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            rope_scaling: self.rope_scaling()?,
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: self.attention_bias.unwrap_or(false),
+            o_bias: self.attention_bias.unwrap_or(false),
+            mlp_bias: self.mlp_bias.unwrap_or(false),
+            qk_norm: false,
+        })
+    }
+
+    fn rope_scaling(&self) -> Result<RopeScaling, String> {
+        let Some(scaling) = &self.rope_scaling else { return Ok(RopeScaling::None) };
+        let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+        let number = |key: &str, default: Option<f64>| {
+            scaling.get(key).and_then(|v| v.as_f64()).or(default).ok_or_else(|| format!("rope_scaling.{key} is missing"))
+        };
+        match kind {
+            "default" => Ok(RopeScaling::None),
+            "linear" => Ok(RopeScaling::Linear { factor: number("factor", None)? }),
+            "llama3" => Ok(RopeScaling::Llama3 {
+                factor: number("factor", None)?,
+                low_freq_factor: number("low_freq_factor", Some(1.0))?,
+                high_freq_factor: number("high_freq_factor", Some(4.0))?,
+                original_max_position_embeddings: number("original_max_position_embeddings", Some(8192.0))?,
+            }),
+            other => Err(format!("rope_scaling type `{other}` is not supported (default, linear, llama3)")),
+        }
+    }
+
+    /// The checkpoint's quantization: the default and per-module overrides (`None` = that module is float).
+    pub fn quantization(&self) -> Result<Option<QuantizationPlan>, String> {
+        let Some(block) = self.quantization.as_ref().or(self.quantization_config.as_ref()) else { return Ok(None) };
+        let int = |v: &serde_json::Value, key: &str, what: &str| {
+            v.get(key).and_then(|x| x.as_i64()).map(|x| x as i32).ok_or_else(|| format!("{what}: `{key}` missing"))
+        };
+        let root = serde_json::Value::Object(block.clone());
+        if let Some(mode) = block.get("mode").and_then(|m| m.as_str()) {
+            if mode != "affine" {
+                return Err(format!("quantization mode `{mode}` is not supported (affine)"));
+            }
+        }
+        let default = Quant::checked(int(&root, "bits", "quantization")?, int(&root, "group_size", "quantization")?, "quantization")?;
+        let mut overrides = BTreeMap::new();
+        for (path, value) in block {
+            match value {
+                serde_json::Value::Object(_) => {
+                    let what = format!("quantization.{path}");
+                    overrides.insert(path.clone(), Some(Quant::checked(int(value, "bits", &what)?, int(value, "group_size", &what)?, &what)?));
+                }
+                serde_json::Value::Bool(false) => {
+                    overrides.insert(path.clone(), None);
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(QuantizationPlan { default, overrides }))
+    }
+}
+
+/// Which modules of a checkpoint are quantized, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizationPlan {
+    pub default: Quant,
+    /// Module path → its own settings, or `None` when that module stays float.
+    pub overrides: BTreeMap<String, Option<Quant>>,
+}
+
+impl QuantizationPlan {
+    pub fn for_module(&self, path: &str) -> Option<Quant> {
+        self.overrides.get(path).copied().unwrap_or(Some(self.default))
+    }
+}

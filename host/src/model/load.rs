@@ -1,0 +1,163 @@
+//! Loading a checkpoint directory: `config.json`, `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`. Quantized modules are recognised by the presence of `<path>.scales` (with
+//! bits and group size from `config.json`'s `quantization`, per-module overrides included); the model is built
+//! to match, and every tensor is checked against it before any is used.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    rc::Rc,
+};
+
+use mlx_rs::{module::ModuleParameters, transforms::eval, Array, Dtype};
+
+use super::{family, supported_model_types, CausalLm, HfArgs, Misshaped, ModelError, QuantizationPlan, WeightMismatch};
+use crate::nn::Quant;
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Compute dtype for float tensors; default [`default_dtype`].
+    pub dtype: Option<Dtype>,
+    /// Quantize a float checkpoint on load.
+    pub quantize: Option<Quant>,
+}
+
+pub struct LoadedModel {
+    pub model: CausalLm,
+    pub dir: PathBuf,
+    pub args: HfArgs,
+    /// The raw `config.json`, for writing derived checkpoints.
+    pub config_json: serde_json::Map<String, serde_json::Value>,
+    /// How the model is quantized now (as loaded or as quantized on load).
+    pub quantization: Option<QuantizationPlan>,
+}
+
+/// float32 on the CPU (no fast half-precision path there), bfloat16 on a GPU.
+pub fn default_dtype() -> Dtype {
+    match mlx_rs::Device::try_default().and_then(|d| d.get_type()) {
+        Ok(mlx_rs::DeviceType::Gpu) => Dtype::Bfloat16,
+        _ => Dtype::Float32,
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))
+}
+
+/// The safetensors files of a checkpoint.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let json = read_json(&index)?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::file(&index, "no `weight_map` object"))?;
+        let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        if files.is_empty() {
+            return Err(ModelError::file(&index, "`weight_map` lists no files"));
+        }
+        return files
+            .into_iter()
+            .map(|f| {
+                let path = dir.join(f);
+                if path.is_file() { Ok(path) } else { Err(ModelError::file(&path, "listed in model.safetensors.index.json but missing")) }
+            })
+            .collect();
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::file(dir, "no model.safetensors or model.safetensors.index.json"))
+}
+
+fn read_weights(dir: &Path) -> Result<HashMap<String, Array>, ModelError> {
+    let mut weights = HashMap::new();
+    for file in weight_files(dir)? {
+        let tensors = Array::load_safetensors(&file).map_err(|e| ModelError::file(&file, format!("cannot read safetensors: {e}")))?;
+        weights.extend(tensors);
+    }
+    Ok(weights)
+}
+
+/// Compares the checkpoint with the model's parameters: every missing, unexpected and mis-shaped tensor.
+fn check(model: &CausalLm, weights: &HashMap<String, Array>) -> WeightMismatch {
+    let params = model.parameters().flatten();
+    let mut mismatch = WeightMismatch::default();
+    for (name, param) in &params {
+        match weights.get(&**name) {
+            None => mismatch.missing.push(name.to_string()),
+            Some(w) if w.shape() != param.shape() => mismatch.misshaped.push(Misshaped {
+                name: name.to_string(),
+                expected: param.shape().to_vec(),
+                found: w.shape().to_vec(),
+            }),
+            Some(_) => {}
+        }
+    }
+    mismatch.unexpected = weights.keys().filter(|k| !params.contains_key(k.as_str())).cloned().collect();
+    mismatch.missing.sort();
+    mismatch.unexpected.sort();
+    mismatch.misshaped.sort_by(|a, b| a.name.cmp(&b.name));
+    mismatch
+}
+
+/// Loads a model directory (see [`super::hub::resolve`] for repo ids).
+pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError> {
+    let config_path = dir.join("config.json");
+    let config_json = match read_json(&config_path)? {
+        serde_json::Value::Object(map) => map,
+        _ => return Err(ModelError::file(&config_path, "not a JSON object")),
+    };
+    let args: HfArgs = serde_json::from_value(serde_json::Value::Object(config_json.clone()))
+        .map_err(|e| ModelError::Config { path: config_path.clone(), message: e.to_string() })?;
+    let family = family(&args.model_type).ok_or_else(|| ModelError::UnknownModelType {
+        path: config_path.clone(),
+        model_type: args.model_type.clone(),
+        supported: supported_model_types(),
+    })?;
+    let config = family(&args).map_err(|message| ModelError::Config { path: config_path.clone(), message })?;
+    let plan = args.quantization().map_err(|message| ModelError::Config { path: config_path.clone(), message })?;
+
+    let mut weights = read_weights(dir)?;
+    weights.retain(|name, _| !name.contains("rotary_emb.inv_freq"));
+    if config.tie_word_embeddings {
+        weights.retain(|name, _| !name.starts_with("lm_head."));
+    }
+    let dtype = options.dtype.unwrap_or_else(default_dtype);
+    // Quantized exactly where the checkpoint has scales (mlx-lm's rule), with the config's settings.
+    let scaled: BTreeSet<String> =
+        weights.keys().filter_map(|k| k.strip_suffix(".scales")).map(str::to_owned).collect();
+    if !scaled.is_empty() && plan.is_none() {
+        return Err(ModelError::Config {
+            path: config_path,
+            message: "the checkpoint has quantized tensors (*.scales) but config.json has no `quantization`".into(),
+        });
+    }
+    let quant_for = |path: &str, _in_dims: i32| if scaled.contains(path) { plan.as_ref().and_then(|p| p.for_module(path)) } else { None };
+    let mut model = CausalLm::new(config, &quant_for, dtype)?;
+
+    let mismatch = check(&model, &weights);
+    if !mismatch.is_empty() {
+        return Err(ModelError::Weights { dir: dir.to_owned(), mismatch });
+    }
+    let mut cast: HashMap<Rc<str>, Array> = HashMap::with_capacity(weights.len());
+    for (name, w) in weights {
+        let w = if w.dtype() == Dtype::Uint32 { w } else { w.as_dtype(dtype)? };
+        cast.insert(Rc::from(name), w);
+    }
+    model.update_flattened(cast);
+
+    let quantization = match (plan, options.quantize) {
+        (Some(plan), _) => Some(plan),
+        (None, Some(quant)) => {
+            let skipped = model.quantize(quant)?;
+            Some(QuantizationPlan { default: quant, overrides: skipped.into_iter().map(|p| (p, None)).collect() })
+        }
+        (None, None) => None,
+    };
+    eval(model.parameters().flatten().values().copied())?;
+    Ok(LoadedModel { model, dir: dir.to_owned(), args, config_json, quantization })
+}

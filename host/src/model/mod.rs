@@ -1,0 +1,115 @@
+//! Causal language models: loading Hugging Face and MLX-community checkpoints into one decoder, with one
+//! file per supported `model_type` mapping its `config.json` onto it.
+
+mod args;
+mod error;
+pub mod hub;
+mod llama;
+mod load;
+mod mistral;
+mod qwen2;
+mod qwen3;
+mod transformer;
+
+use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
+
+pub use args::{HfArgs, QuantizationPlan, TokenIds, TransformerConfig};
+pub use error::{Misshaped, ModelError, WeightMismatch};
+pub use load::{default_dtype, load, LoadOptions, LoadedModel};
+pub use transformer::{Attention, Decoder, Layer, Mlp};
+
+use crate::{cache::KvCache, nn::{Linear, Quant}};
+
+/// Decides per module path (and its input width) whether, and how, it is quantized.
+pub type QuantizeFn<'a> = dyn Fn(&str, i32) -> Option<Quant> + 'a;
+
+type FamilyFn = fn(&HfArgs) -> Result<TransformerConfig, String>;
+
+/// The supported `model_type`s.
+const FAMILIES: &[(&str, FamilyFn)] =
+    &[("llama", llama::config), ("mistral", mistral::config), ("qwen2", qwen2::config), ("qwen3", qwen3::config)];
+
+pub fn supported_model_types() -> Vec<String> {
+    FAMILIES.iter().map(|(name, _)| (*name).to_owned()).collect()
+}
+
+fn family(model_type: &str) -> Option<FamilyFn> {
+    FAMILIES.iter().find(|(name, _)| *name == model_type).map(|(_, f)| *f)
+}
+
+/// A decoder with its output projection (absent when tied to the embeddings).
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct CausalLm {
+    #[param]
+    pub model: Decoder,
+    #[param]
+    pub lm_head: Option<Linear>,
+    pub config: TransformerConfig,
+}
+
+impl CausalLm {
+    pub fn new(config: TransformerConfig, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Linear::placeholder(config.hidden_size, config.vocab_size, false, quant("lm_head", config.hidden_size), dtype)?)
+        };
+        Ok(CausalLm { model: Decoder::new(&config, quant, dtype)?, lm_head, config })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    /// Vocabulary logits for hidden states.
+    pub fn head(&self, hidden: &Array) -> Result<Array, Exception> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => self.model.embed_tokens.as_linear(hidden),
+        }
+    }
+
+    /// Logits [B, L, vocab] for token ids [B, L] (int32), through per-layer caches when given.
+    pub fn forward(&self, tokens: &Array, caches: Option<&mut [Box<dyn KvCache>]>) -> Result<Array, Exception> {
+        self.head(&self.model.forward(tokens, caches)?)
+    }
+
+    /// The compute dtype (that of the norms, which are never quantized).
+    pub fn dtype(&self) -> Dtype {
+        self.model.norm.weight.dtype()
+    }
+
+    /// Quantizes every linear layer whose input width the group size divides, the embeddings and the output
+    /// projection included (mlx-lm's default). Returns the paths left in float.
+    pub fn quantize(&mut self, quant: Quant) -> Result<Vec<String>, Exception> {
+        let mut skipped = Vec::new();
+        let mut apply = |path: String, linear: &mut Linear| -> Result<(), Exception> {
+            if quant.fits(linear.in_dims) {
+                linear.quantize(quant)
+            } else {
+                skipped.push(path);
+                Ok(())
+            }
+        };
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            for (name, l) in [("q_proj", &mut a.q_proj), ("k_proj", &mut a.k_proj), ("v_proj", &mut a.v_proj), ("o_proj", &mut a.o_proj)] {
+                apply(format!("model.layers.{i}.self_attn.{name}"), l)?;
+            }
+            let m = &mut layer.mlp;
+            for (name, l) in [("gate_proj", &mut m.gate_proj), ("up_proj", &mut m.up_proj), ("down_proj", &mut m.down_proj)] {
+                apply(format!("model.layers.{i}.mlp.{name}"), l)?;
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            apply("lm_head".to_owned(), head)?;
+        }
+        let embed = &mut self.model.embed_tokens;
+        if quant.fits(embed.dims) {
+            embed.quantize(quant)?;
+        } else {
+            skipped.push("model.embed_tokens".to_owned());
+        }
+        Ok(skipped)
+    }
+}

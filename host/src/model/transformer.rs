@@ -1,0 +1,234 @@
+//! The decoder every supported family maps onto (see `args::TransformerConfig`): checkpoint names for every
+//! field, so parameter paths equal the Hugging Face tensor names.
+
+use mlx_rs::{
+    error::Exception,
+    fast::{self, ScaledDotProductAttentionMask},
+    macros::ModuleParameters,
+    nn, ops, Array, Dtype,
+};
+
+use super::{args::TransformerConfig, QuantizeFn};
+use crate::{
+    cache::{AttentionMask, KvCache, KvTensors},
+    nn::{Embedding, Linear, Quant, RmsNorm, Rope},
+};
+
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Attention {
+    #[param]
+    pub q_proj: Linear,
+    #[param]
+    pub k_proj: Linear,
+    #[param]
+    pub v_proj: Linear,
+    #[param]
+    pub o_proj: Linear,
+    #[param]
+    pub q_norm: Option<RmsNorm>,
+    #[param]
+    pub k_norm: Option<RmsNorm>,
+    pub heads: i32,
+    pub kv_heads: i32,
+    pub head_dim: i32,
+    pub rope: Rope,
+}
+
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Mlp {
+    #[param]
+    pub gate_proj: Linear,
+    #[param]
+    pub up_proj: Linear,
+    #[param]
+    pub down_proj: Linear,
+}
+
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Layer {
+    #[param]
+    pub self_attn: Attention,
+    #[param]
+    pub mlp: Mlp,
+    #[param]
+    pub input_layernorm: RmsNorm,
+    #[param]
+    pub post_attention_layernorm: RmsNorm,
+}
+
+#[derive(Debug, Clone, ModuleParameters)]
+pub struct Decoder {
+    #[param]
+    pub embed_tokens: Embedding,
+    #[param]
+    pub layers: Vec<Layer>,
+    #[param]
+    pub norm: RmsNorm,
+}
+
+impl Attention {
+    fn new(c: &TransformerConfig, prefix: &str, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let linear = |name: &str, i: i32, o: i32, bias: bool| {
+            Linear::placeholder(i, o, bias, quant(&format!("{prefix}.{name}"), i), dtype)
+        };
+        let norm = |on: bool| if on { RmsNorm::new(d, c.rms_norm_eps).map(Some) } else { Ok(None) };
+        Ok(Attention {
+            q_proj: linear("q_proj", h, c.num_attention_heads * d, c.qkv_bias)?,
+            k_proj: linear("k_proj", h, c.num_key_value_heads * d, c.qkv_bias)?,
+            v_proj: linear("v_proj", h, c.num_key_value_heads * d, c.qkv_bias)?,
+            o_proj: linear("o_proj", c.num_attention_heads * d, h, c.o_bias)?,
+            q_norm: norm(c.qk_norm)?,
+            k_norm: norm(c.qk_norm)?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: d,
+            rope: Rope::new(d, c.rope_theta, &c.rope_scaling),
+        })
+    }
+
+    fn heads_first(&self, x: Array, heads: i32, norm: Option<&RmsNorm>) -> Result<Array, Exception> {
+        let shape = x.shape();
+        let x = x.reshape(&[shape[0], shape[1], heads, self.head_dim])?;
+        let x = match norm {
+            Some(n) => n.forward(&x)?,
+            None => x,
+        };
+        x.transpose_axes(&[0, 2, 1, 3])
+    }
+
+    /// x: [B, L, hidden]. Without a cache the L tokens attend causally to each other from position 0.
+    pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
+        let (b, l) = (x.shape()[0], x.shape()[1]);
+        let q = self.heads_first(self.q_proj.forward(x)?, self.heads, self.q_norm.as_ref())?;
+        let k = self.heads_first(self.k_proj.forward(x)?, self.kv_heads, self.k_norm.as_ref())?;
+        let v = self.heads_first(self.v_proj.forward(x)?, self.kv_heads, None)?;
+        let offset = cache.as_ref().map_or(0, |c| c.offset()) as i32;
+        let q = self.rope.forward(&q, offset)?;
+        let k = self.rope.forward(&k, offset)?;
+        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        let out = match cache {
+            Some(cache) => {
+                let view = cache.update_and_fetch(k, v)?;
+                match view.tensors {
+                    KvTensors::Dense { keys, values } => dense_attention(&q, &keys, &values, scale, &view.mask)?,
+                    KvTensors::Quantized { keys, values, quant } => {
+                        quantized_attention(&q, &keys, &values, scale, &view.mask, quant, self.kv_heads)?
+                    }
+                }
+            }
+            None => {
+                let mask = if l > 1 { AttentionMask::Causal } else { AttentionMask::None };
+                dense_attention(&q, &k, &v, scale, &mask)?
+            }
+        };
+        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.head_dim])?;
+        self.o_proj.forward(&out)
+    }
+}
+
+fn dense_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask) -> Result<Array, Exception> {
+    match mask {
+        AttentionMask::None => fast::scaled_dot_product_attention(q, k, v, scale, None, None),
+        AttentionMask::Causal => fast::scaled_dot_product_attention(q, k, v, scale, ScaledDotProductAttentionMask::Causal, None),
+        AttentionMask::Array(m) => fast::scaled_dot_product_attention(q, k, v, scale, m, None),
+    }
+}
+
+/// Attention over quantized keys and values (mlx-lm's `quantized_scaled_dot_product_attention`): scores and
+/// outputs come from quantized matmuls, with query heads grouped over their shared KV head.
+fn quantized_attention(
+    q: &Array,
+    keys: &[Array; 3],
+    values: &[Array; 3],
+    scale: f32,
+    mask: &AttentionMask,
+    quant: Quant,
+    kv_heads: i32,
+) -> Result<Array, Exception> {
+    let s = q.shape();
+    let (b, heads, l, d) = (s[0], s[1], s[2], s[3]);
+    let repeats = heads / kv_heads;
+    let q = q.multiply(Array::from_f32(scale))?.reshape(&[b, kv_heads, repeats, l, d])?;
+    let grouped = |t: &[Array; 3]| -> Result<Vec<Array>, Exception> { t.iter().map(|a| a.expand_dims(2)).collect() };
+    let (k, v) = (grouped(keys)?, grouped(values)?);
+    let mut scores = ops::quantized_matmul(&q, &k[0], &k[1], &k[2], true, quant.group_size, quant.bits)?;
+    let keys_len = keys[0].shape()[2];
+    let visible = match mask {
+        AttentionMask::None => None,
+        AttentionMask::Causal => {
+            let qpos = ops::arange::<_, i32>(keys_len - l, keys_len, None)?.reshape(&[l, 1])?;
+            let kpos = ops::arange::<_, i32>(0, keys_len, None)?.reshape(&[1, keys_len])?;
+            Some(kpos.le(&qpos)?)
+        }
+        // [B, 1, L, S] → [B, 1, 1, L, S] to broadcast over KV heads and their query groups.
+        AttentionMask::Array(m) => Some(m.expand_dims(2)?),
+    };
+    if let Some(visible) = visible {
+        scores = ops::select(&visible, &scores, Array::from_f32(f32::NEG_INFINITY).as_dtype(scores.dtype())?)?;
+    }
+    let probs = ops::softmax_axis(&scores, -1, true)?;
+    let out = ops::quantized_matmul(&probs, &v[0], &v[1], &v[2], false, quant.group_size, quant.bits)?;
+    out.reshape(&[b, heads, l, d])
+}
+
+impl Mlp {
+    fn new(c: &TransformerConfig, prefix: &str, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let linear = |name: &str, a: i32, b: i32| Linear::placeholder(a, b, c.mlp_bias, quant(&format!("{prefix}.{name}"), a), dtype);
+        Ok(Mlp { gate_proj: linear("gate_proj", h, i)?, up_proj: linear("up_proj", h, i)?, down_proj: linear("down_proj", i, h)? })
+    }
+
+    pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
+        let gated = nn::silu(self.gate_proj.forward(x)?)?.multiply(self.up_proj.forward(x)?)?;
+        self.down_proj.forward(&gated)
+    }
+}
+
+impl Layer {
+    fn new(c: &TransformerConfig, index: i32, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
+        let prefix = format!("model.layers.{index}");
+        Ok(Layer {
+            self_attn: Attention::new(c, &format!("{prefix}.self_attn"), quant, dtype)?,
+            mlp: Mlp::new(c, &format!("{prefix}.mlp"), quant, dtype)?,
+            input_layernorm: RmsNorm::new(c.hidden_size, c.rms_norm_eps)?,
+            post_attention_layernorm: RmsNorm::new(c.hidden_size, c.rms_norm_eps)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
+        let h = x.add(self.self_attn.forward(&self.input_layernorm.forward(x)?, cache)?)?;
+        h.add(self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
+    }
+}
+
+impl Decoder {
+    pub fn new(c: &TransformerConfig, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
+        Ok(Decoder {
+            embed_tokens: Embedding::placeholder(c.vocab_size, c.hidden_size, quant("model.embed_tokens", c.hidden_size), dtype)?,
+            layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, i, quant, dtype)).collect::<Result<_, _>>()?,
+            norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps)?,
+        })
+    }
+
+    /// Final hidden states [B, L, hidden] for token ids [B, L].
+    pub fn forward(&self, tokens: &Array, caches: Option<&mut [Box<dyn KvCache>]>) -> Result<Array, Exception> {
+        let mut h = self.embed_tokens.forward(tokens)?;
+        match caches {
+            Some(caches) => {
+                if caches.len() != self.layers.len() {
+                    return Err(Exception::custom(format!("{} caches for {} layers", caches.len(), self.layers.len())));
+                }
+                for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+                    h = layer.forward(&h, Some(cache))?;
+                }
+            }
+            None => {
+                for layer in &self.layers {
+                    h = layer.forward(&h, None)?;
+                }
+            }
+        }
+        self.norm.forward(&h)
+    }
+}

@@ -1,0 +1,14 @@
+//! Layers with checkpoint-named parameters. Quantization is a property of a layer (its `scales`/`biases` are
+//! present), not a second copy of the model.
+
+mod embedding;
+mod linear;
+mod norm;
+mod quant;
+mod rope;
+
+pub use embedding::Embedding;
+pub use linear::Linear;
+pub use norm::RmsNorm;
+pub use quant::Quant;
+pub use rope::{Rope, RopeScaling};
