@@ -2,8 +2,11 @@
 
 pub mod cache;
 pub mod config;
+pub mod fixture;
+pub mod generate;
 pub mod model;
 pub mod nn;
 pub mod optim;
 pub mod plugins;
 pub mod runtime;
+pub mod text;

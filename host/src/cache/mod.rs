@@ -45,6 +45,8 @@ pub trait KvCache {
     /// Repeats every row `n` times along the batch axis (a prompt's cache shared by `n` samples).
     fn repeat_rows(&mut self, n: usize) -> Result<(), Exception>;
     fn spec(&self) -> KvCacheSpec;
+    /// The arrays the cache holds (to evaluate them).
+    fn state(&self) -> Vec<&Array>;
 }
 
 /// A fresh cache of the given kind.

@@ -120,6 +120,14 @@ impl KvCache for QuantizedCache {
         Ok(())
     }
 
+    fn state(&self) -> Vec<&Array> {
+        match &self.store {
+            Store::Empty => Vec::new(),
+            Store::Dense(k, v) => vec![k, v],
+            Store::Quantized(k, v) => k.iter().chain(v.iter()).collect(),
+        }
+    }
+
     fn spec(&self) -> KvCacheSpec {
         KvCacheSpec::Quantized { bits: self.quant.bits as u32, group_size: self.quant.group_size as u32, start: self.start }
     }

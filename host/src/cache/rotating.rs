@@ -98,4 +98,8 @@ impl KvCache for RotatingCache {
     fn spec(&self) -> KvCacheSpec {
         KvCacheSpec::Rotating { max_size: self.max_size, keep: self.keep }
     }
+
+    fn state(&self) -> Vec<&Array> {
+        self.stored.iter().flat_map(|(k, v)| [k, v]).collect()
+    }
 }

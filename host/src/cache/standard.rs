@@ -97,4 +97,8 @@ impl KvCache for StandardCache {
     fn spec(&self) -> KvCacheSpec {
         KvCacheSpec::Standard { step: self.step }
     }
+
+    fn state(&self) -> Vec<&Array> {
+        self.buffers.iter().flat_map(|(k, v)| [k, v]).collect()
+    }
 }

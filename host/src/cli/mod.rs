@@ -1,5 +1,6 @@
 //! Command-line surface: one file per subcommand.
 
+mod fixture;
 mod info;
 mod plugins;
 mod schedule;
@@ -24,6 +25,8 @@ enum Command {
     Plugins(plugins::PluginsArgs),
     /// Print a run configuration's learning rate at every step, as CSV.
     Schedule(schedule::ScheduleArgs),
+    /// Write a small Hugging Face model directory with random weights (for tests and benchmarks).
+    Fixture(fixture::FixtureArgs),
 }
 
 /// A run configuration and command-line overrides of it.
@@ -43,6 +46,7 @@ impl Cli {
             Command::Info(args) => info::run(args),
             Command::Plugins(args) => plugins::run(args),
             Command::Schedule(args) => schedule::run(args),
+            Command::Fixture(args) => fixture::run(args),
         }
     }
 }

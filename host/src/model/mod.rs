@@ -33,6 +33,13 @@ pub fn supported_model_types() -> Vec<String> {
     FAMILIES.iter().map(|(name, _)| (*name).to_owned()).collect()
 }
 
+/// The resolved architecture of a parsed `config.json`, or why it cannot be built.
+pub fn family_config(args: &HfArgs) -> Result<TransformerConfig, String> {
+    let f = family(&args.model_type)
+        .ok_or_else(|| format!("model_type `{}` is not supported; supported: {}", args.model_type, supported_model_types().join(", ")))?;
+    f(args)
+}
+
 fn family(model_type: &str) -> Option<FamilyFn> {
     FAMILIES.iter().find(|(name, _)| *name == model_type).map(|(_, f)| *f)
 }

@@ -58,3 +58,57 @@ impl Rope {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Non-traditional RoPE by hand: pairs (i, i + d/2) rotated by position / period_i.
+    fn by_hand(x: &[f32], len: usize, d: usize, offset: usize, period: impl Fn(usize) -> f64) -> Vec<f64> {
+        let mut out = vec![0.0; len * d];
+        for p in 0..len {
+            for i in 0..d / 2 {
+                let theta = (p + offset) as f64 / period(i);
+                let (a, b) = (f64::from(x[p * d + i]), f64::from(x[p * d + i + d / 2]));
+                out[p * d + i] = a * theta.cos() - b * theta.sin();
+                out[p * d + i + d / 2] = a * theta.sin() + b * theta.cos();
+            }
+        }
+        out
+    }
+
+    fn check(scaling: RopeScaling, period: impl Fn(usize) -> f64) {
+        let (len, d, offset) = (6usize, 16usize, 300usize);
+        let x: Vec<f32> = (0..len * d).map(|i| ((i * 7 % 13) as f32 - 6.0) / 6.0).collect();
+        let rope = Rope::new(d as i32, 10000.0, &scaling);
+        let y = rope.forward(&Array::from_slice(&x, &[1, 1, len as i32, d as i32]), offset as i32).unwrap();
+        let expected = by_hand(&x, len, d, offset, period);
+        for (g, e) in y.as_slice::<f32>().iter().zip(&expected) {
+            assert!((f64::from(*g) - e).abs() < 2e-4, "{scaling:?}: {g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn plain_linear_and_llama3_scaling_match_their_formulas() {
+        let base = |i: usize| 10000f64.powf(2.0 * i as f64 / 16.0);
+        check(RopeScaling::None, base);
+        check(RopeScaling::Linear { factor: 4.0 }, |i| base(i) * 4.0);
+        // Llama 3.1 with a short original context (64) so all three regions occur among 8 frequencies.
+        let (factor, low, high, old) = (8.0, 1.0, 4.0, 64.0);
+        check(
+            RopeScaling::Llama3 { factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: old },
+            |i| {
+                let p = base(i);
+                let wavelen = 2.0 * PI * p;
+                if wavelen > old / low {
+                    p * factor
+                } else if wavelen > old / high {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    p / ((1.0 - smooth) / factor + smooth)
+                } else {
+                    p
+                }
+            },
+        );
+    }
+}

@@ -1,0 +1,26 @@
+use std::path::PathBuf;
+
+use clap::Args;
+use host::fixture::{self, Family, Preset};
+
+#[derive(Debug, Args)]
+pub struct FixtureArgs {
+    /// The model_type to write.
+    #[arg(long, value_enum)]
+    family: Family,
+    /// Output directory (created).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "tiny")]
+    preset: Preset,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Writes a Hugging Face model directory with random weights and a freshly trained tokenizer.
+pub fn run(args: FixtureArgs) -> anyhow::Result<()> {
+    fixture::write(&args.out, args.family, args.preset, args.seed)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Generation with the KV cache: sampling, and batched decoding of left-padded prompts that returns the
+//! sampled token ids with their log-probabilities.
+
+mod decode;
+mod sampler;
+
+pub use decode::{generate, Completion, Control, FinishReason, GenerateOptions, GenerationStats, TokenSink};
+pub use sampler::{Sampler, SamplerConfig};
