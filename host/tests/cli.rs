@@ -78,3 +78,42 @@ fn config_problems_are_all_reported_and_fail_the_command() {
     assert!(stderr.contains("bad.toml:2:1: `optimizer.lr`: must be a positive number, got 0"), "{stderr}");
     assert!(stderr.contains("bad.toml:5:1: `schedule.min_lrr`"), "{stderr}");
 }
+
+#[test]
+fn generate_streams_text_or_prints_one_json_object() {
+    let dir = std::env::temp_dir().join(format!("host-cli-{}-gen", std::process::id()));
+    host::fixture::write(&dir, host::fixture::Family::Qwen2, host::fixture::Preset::Tiny, 5).unwrap();
+    let model = dir.to_str().unwrap();
+    let (ok, stdout, stderr) = host(&["generate", "--model", model, "--chat", "What is 2 + 3?", "--max-tokens", "7", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let tokenizer = host::text::TextTokenizer::load(&dir).unwrap();
+    let expected_prompt =
+        tokenizer.encode_chat(&[serde_json::json!({"role": "user", "content": "What is 2 + 3?"})], None, true).unwrap();
+    assert_eq!(v["prompt_tokens"], serde_json::json!(expected_prompt));
+    let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+    let logprobs: Vec<f32> = serde_json::from_value(v["logprobs"].clone()).unwrap();
+    assert_eq!(tokens.len(), logprobs.len());
+    assert!(!tokens.is_empty() && tokens.len() <= 7);
+    assert!(logprobs.iter().all(|l| *l <= 0.0));
+    assert_eq!(v["text"], serde_json::json!(tokenizer.decode(&tokens, false).unwrap()));
+    assert!(v["timings"]["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
+
+    // Streaming the same greedy generation prints the same text.
+    let (ok, streamed, stderr) = host(&["generate", "--model", model, "--chat", "What is 2 + 3?", "--max-tokens", "7"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(streamed.trim_end_matches('\n'), v["text"].as_str().unwrap());
+    assert!(stderr.contains("tokens/s"), "{stderr}");
+
+    // A stop string cuts the text before it.
+    let text = v["text"].as_str().unwrap();
+    if let Some(stop) = text.get(3..5).filter(|s| !s.trim().is_empty()) {
+        let (ok, out, _) = host(&["generate", "--model", model, "--chat", "What is 2 + 3?", "--max-tokens", "7", "--json", "--stop", stop]);
+        assert!(ok);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["finish_reason"], "stop");
+        assert_eq!(v["text"].as_str().unwrap(), &text[..text.find(stop).unwrap()]);
+    }
+    let (ok, _, stderr) = host(&["generate", "--model", "/no/such/model", "--prompt", "x"]);
+    assert!(!ok && stderr.contains("model `/no/such/model` not found"), "{stderr}");
+}

@@ -234,3 +234,80 @@ fn broken_directories_give_clear_errors() {
     assert!(load_err(&dir).contains("no model.safetensors or model.safetensors.index.json"));
     assert!(matches!(model::hub::resolve("/no/such/dir"), Err(ModelError::NotFound { .. })));
 }
+
+#[test]
+fn quantized_checkpoints_round_trip_with_per_module_overrides() {
+    use mlx_rs::module::ModuleParameters;
+    let dir = fixture_dir(Family::Llama, "roundtrip");
+    let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits: 4, group_size: 32 }) };
+    let mut loaded = model::load(&dir, &options).unwrap();
+    // mlx-lm's mixed recipes: one projection at 8 bits, the embeddings left in float.
+    let eight = Quant { bits: 8, group_size: 64 };
+    let down = &mut loaded.model.model.layers[0].mlp.down_proj;
+    let dense = down.dense_weight(Dtype::Float32).unwrap();
+    *down = host::nn::Linear::placeholder(down.in_dims, down.out_dims, false, None, Dtype::Float32).unwrap();
+    *down.weight = dense;
+    down.quantize(eight).unwrap();
+    let embed = &mut loaded.model.model.embed_tokens;
+    let dense = host::nn::Linear { weight: embed.weight.clone(), bias: mlx_rs::module::Param::new(None), scales: embed.scales.clone(), biases: embed.biases.clone(), quant: embed.quant, in_dims: embed.dims, out_dims: 0 }
+        .dense_weight(Dtype::Float32)
+        .unwrap();
+    *embed = host::nn::Embedding::placeholder(dense.shape()[0], embed.dims, None, Dtype::Float32).unwrap();
+    *embed.weight = dense;
+    let plan = loaded.quantization.as_mut().unwrap();
+    plan.overrides.insert("model.layers.0.mlp.down_proj".into(), Some(eight));
+    plan.overrides.insert("model.embed_tokens".into(), None);
+
+    let out = temp("roundtrip-out");
+    model::save(&loaded, &out).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        assert!(out.join(file).is_file(), "{file} copied");
+    }
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization"]["bits"], 4);
+    assert_eq!(config["quantization"]["model.layers.0.mlp.down_proj"], serde_json::json!({"group_size": 64, "bits": 8}));
+    assert_eq!(config["quantization"]["model.embed_tokens"], false);
+    assert_eq!(config["quantization_config"], config["quantization"]);
+
+    let reloaded = model::load(&out, &f32_options()).unwrap();
+    assert_eq!(reloaded.model.model.layers[0].mlp.down_proj.quant, Some(eight));
+    assert_eq!(reloaded.model.model.embed_tokens.quant, None);
+    assert_eq!(reloaded.model.model.layers[1].mlp.down_proj.quant, Some(Quant { bits: 4, group_size: 32 }));
+    let ids = tokens(9, 6);
+    let input = Array::from_slice(&ids, &[1, 9]);
+    assert_eq!(values(&reloaded.model.forward(&input, None).unwrap()), values(&loaded.model.forward(&input, None).unwrap()));
+    assert_eq!(reloaded.model.parameters().flatten().len(), loaded.model.parameters().flatten().len());
+
+    let again = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits: 8, group_size: 64 }) };
+    let err = model::load(&out, &again).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("already quantized"), "{err}");
+}
+
+#[test]
+fn fixture_tokenizers_render_their_chat_templates_and_know_their_eos() {
+    use host::text::TextTokenizer;
+    use serde_json::json;
+    let messages = [json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "What is 2 + 3?"})];
+    let cases = [
+        (Family::Qwen2, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>"),
+        (Family::Llama, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2 + 3?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+        (Family::Mistral, "<s>Be brief.\n\n[INST] What is 2 + 3? [/INST]", "</s>"),
+    ];
+    for (family, expected, eos) in cases {
+        let dir = fixture_dir(family, "template");
+        let t = TextTokenizer::load(&dir).unwrap();
+        assert_eq!(t.render_chat(&messages, None, true).unwrap(), expected, "{family:?}");
+        let eos_id = t.inner.token_to_id(eos).unwrap();
+        assert!(t.eos_ids.contains(&eos_id), "{family:?}: {eos} is an EOS id");
+        // Round trip through the BPE, special tokens included.
+        let ids = t.encode_chat(&messages, None, true).unwrap();
+        assert_eq!(t.decode(&ids, false).unwrap(), expected);
+    }
+    let dir = fixture_dir(Family::Qwen3, "tools");
+    let t = TextTokenizer::load(&dir).unwrap();
+    let tools = [json!({"type": "function", "function": {"name": "add"}})];
+    let rendered = t.render_chat(&messages[1..], Some(&tools), false).unwrap();
+    assert!(rendered.starts_with("<|im_start|>system\nYou may call these tools:\n{\"function\":{\"name\":\"add\"},\"type\":\"function\"}<|im_end|>"), "{rendered}");
+    let err = TextTokenizer::load(&fixture_dir(Family::Mistral, "raise")).unwrap().render_chat(&[json!({"role": "tool", "content": "x"})], None, false).unwrap_err();
+    assert!(err.contains("Only user, assistant and system roles are supported"), "{err}");
+}

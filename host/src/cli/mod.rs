@@ -1,8 +1,10 @@
 //! Command-line surface: one file per subcommand.
 
 mod fixture;
+mod generate;
 mod info;
 mod plugins;
+mod quantize;
 mod schedule;
 
 use std::path::PathBuf;
@@ -25,6 +27,10 @@ enum Command {
     Plugins(plugins::PluginsArgs),
     /// Print a run configuration's learning rate at every step, as CSV.
     Schedule(schedule::ScheduleArgs),
+    /// Generate text with a model, streamed to stdout (or one JSON object with --json).
+    Generate(generate::GenerateArgs),
+    /// Quantize a float model to 4 or 8 bits and write a directory mlx-lm loads.
+    Quantize(quantize::QuantizeArgs),
     /// Write a small Hugging Face model directory with random weights (for tests and benchmarks).
     Fixture(fixture::FixtureArgs),
 }
@@ -47,6 +53,8 @@ impl Cli {
             Command::Plugins(args) => plugins::run(args),
             Command::Schedule(args) => schedule::run(args),
             Command::Fixture(args) => fixture::run(args),
+            Command::Generate(args) => generate::run(args),
+            Command::Quantize(args) => quantize::run(args),
         }
     }
 }

@@ -151,7 +151,13 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
     model.update_flattened(cast);
 
     let quantization = match (plan, options.quantize) {
-        (Some(plan), _) => Some(plan),
+        (Some(_), Some(_)) => {
+            return Err(ModelError::Config {
+                path: config_path,
+                message: "the checkpoint is already quantized; quantizing it again on load is not supported".into(),
+            })
+        }
+        (Some(plan), None) => Some(plan),
         (None, Some(quant)) => {
             let skipped = model.quantize(quant)?;
             Some(QuantizationPlan { default: quant, overrides: skipped.into_iter().map(|p| (p, None)).collect() })

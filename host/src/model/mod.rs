@@ -9,6 +9,7 @@ mod load;
 mod mistral;
 mod qwen2;
 mod qwen3;
+mod save;
 mod transformer;
 
 use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
@@ -16,6 +17,7 @@ use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
 pub use args::{HfArgs, QuantizationPlan, TokenIds, TransformerConfig};
 pub use error::{Misshaped, ModelError, WeightMismatch};
 pub use load::{default_dtype, load, LoadOptions, LoadedModel};
+pub use save::save;
 pub use transformer::{Attention, Decoder, Layer, Mlp};
 
 use crate::{cache::KvCache, nn::{Linear, Quant}};

@@ -1,6 +1,7 @@
 //! The one list of built-in plugin crates. `inventory` collects registrations only from crates the binary
 //! links, and the linker drops crates nothing names; naming each here keeps them (inventory issue #50).
 
+use plugin_cache_policies as _;
 use plugin_schedules as _;
 
 /// Built-in names the host must always have; a test checks each is registered.
@@ -12,4 +13,7 @@ pub const EXPECTED: &[(sdk::PluginKind, &str)] = &[
     (sdk::PluginKind::LrSchedule, "step"),
     (sdk::PluginKind::LrSchedule, "exponential"),
     (sdk::PluginKind::LrSchedule, "wsd"),
+    (sdk::PluginKind::KvCachePolicy, "standard"),
+    (sdk::PluginKind::KvCachePolicy, "rotating"),
+    (sdk::PluginKind::KvCachePolicy, "quantized"),
 ];
