@@ -19,8 +19,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     model: String,
     /// Raw text prompt (the tokenizer adds its BOS if it has one).
-    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    #[arg(long, conflicts_with_all = ["chat", "prompt_ids"], required_unless_present_any = ["chat", "prompt_ids"])]
     prompt: Option<String>,
+    /// Prompt as token ids, a JSON list (for benchmarks and exact reproduction).
+    #[arg(long, conflicts_with = "chat", value_parser = parse_ids)]
+    prompt_ids: Option<TokenIdList>,
     /// A user message, rendered with the model's chat template and a generation prompt.
     #[arg(long)]
     chat: Option<String>,
@@ -64,6 +67,17 @@ pub struct GenerateArgs {
     /// Print one JSON object (tokens, log-probs, text, timings) instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Keep generating past end-of-sequence tokens, up to --max-tokens (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+/// A JSON list of token ids given on the command line.
+#[derive(Debug, Clone)]
+struct TokenIdList(Vec<u32>);
+
+fn parse_ids(text: &str) -> Result<TokenIdList, String> {
+    serde_json::from_str(text).map(TokenIdList).map_err(|e| format!("expected a JSON list of token ids: {e}"))
 }
 
 pub fn parse_dtype(text: &str) -> Result<Dtype, String> {
@@ -119,6 +133,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let loaded = model::load(&dir, &LoadOptions { dtype: args.dtype, quantize })?;
     let tokenizer = TextTokenizer::load(&dir)?;
     let prompt_tokens = match (&args.prompt, &args.chat) {
+        _ if args.prompt_ids.is_some() => args.prompt_ids.clone().map(|l| l.0).unwrap_or_default(),
         (Some(text), _) => tokenizer.encode(text, true).map_err(anyhow::Error::msg)?,
         (None, Some(message)) => {
             let mut messages = Vec::new();
@@ -128,10 +143,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             messages.push(json!({"role": "user", "content": message}));
             tokenizer.encode_chat(&messages, None, true).map_err(anyhow::Error::msg)?
         }
-        (None, None) => bail!("give --prompt or --chat"),
+        (None, None) => bail!("give --prompt, --prompt-ids or --chat"),
     };
     if prompt_tokens.is_empty() {
         bail!("the prompt encodes to no tokens");
+    }
+    let vocab = loaded.model.config.vocab_size as u32;
+    if let Some(bad) = prompt_tokens.iter().find(|&&t| t >= vocab) {
+        bail!("prompt token {bad} is outside the model's vocabulary of {vocab}");
     }
     let sampler_config = SamplerConfig {
         temperature: args.temperature,
@@ -150,7 +169,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let policy = registry.kv_cache_policy(&args.cache, &cache_table)?;
     let mut caches = cache::for_layers(&*policy, loaded.model.num_layers()).context("KV cache policy")?;
     let mut sampler = Sampler::new(sampler_config, args.seed)?;
-    let options = GenerateOptions { max_tokens: args.max_tokens, eos_ids: tokenizer.eos_ids.clone(), ..Default::default() };
+    let eos_ids = if args.ignore_eos { Vec::new() } else { tokenizer.eos_ids.clone() };
+    let options = GenerateOptions { max_tokens: args.max_tokens, eos_ids, ..Default::default() };
 
     let mut detokenizer = StreamingDetokenizer::new(&tokenizer.inner);
     let mut filter = StopFilter { stops: args.stop.clone(), text: String::new(), emitted: 0 };

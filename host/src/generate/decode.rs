@@ -92,10 +92,11 @@ impl Default for GenerateOptions {
     }
 }
 
-/// One decoding step: logits of the last position → sampled tokens and their log-probs (lazy).
+/// One decoding step: logits of the last position → sampled tokens and their log-probs (lazy). Only the last
+/// position goes through the output projection.
 fn step(model: &CausalLm, input: &Array, caches: &mut [Box<dyn KvCache>], sampler: &mut Sampler, history: &[&[u32]]) -> Result<(Array, Array), Exception> {
-    let logits = model.forward(input, Some(caches))?;
-    let last = logits.index((.., -1, ..));
+    let hidden = model.model.forward(input, Some(caches))?;
+    let last = model.head(&hidden.index((.., -1, ..)))?;
     sampler.sample(&last, history)
 }
 

@@ -5,7 +5,9 @@ use mlx_rs::{
     error::Exception,
     fast::{self, ScaledDotProductAttentionMask},
     macros::ModuleParameters,
-    nn, ops, Array, Dtype,
+    nn, ops,
+    ops::indexing::IndexOp,
+    Array, Dtype,
 };
 
 use super::{args::TransformerConfig, QuantizeFn};
@@ -127,7 +129,36 @@ impl Attention {
     }
 }
 
+/// New tokens per attention call when many arrive at once on the CPU. MLX's CPU attention exponentiates every
+/// score, masked or not, and the exponential dominates prefill there; in blocks of queries the masked upper
+/// triangle is skipped (37% fewer exponentials for a 512-token prompt).
+const QUERY_BLOCK: i32 = 128;
+
+fn on_cpu() -> bool {
+    !matches!(mlx_rs::Device::try_default().and_then(|d| d.get_type()), Ok(mlx_rs::DeviceType::Gpu))
+}
+
 fn dense_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask) -> Result<Array, Exception> {
+    let (queries, keys) = (q.shape()[2], k.shape()[2]);
+    if queries <= QUERY_BLOCK || matches!(mask, AttentionMask::None) || !on_cpu() {
+        return sdpa(q, k, v, scale, mask);
+    }
+    let mut blocks = Vec::new();
+    for start in (0..queries).step_by(QUERY_BLOCK as usize) {
+        let end = (start + QUERY_BLOCK).min(queries);
+        // The block's last query sees the keys up to its own position, no further.
+        let visible = keys - queries + end;
+        let (qb, kb, vb) = (q.index((.., .., start..end, ..)), k.index((.., .., ..visible, ..)), v.index((.., .., ..visible, ..)));
+        let mb = match mask {
+            AttentionMask::Array(m) => AttentionMask::Array(m.index((.., .., start..end, ..visible))),
+            _ => AttentionMask::Causal,
+        };
+        blocks.push(sdpa(&qb, &kb, &vb, scale, &mb)?);
+    }
+    ops::concatenate(&blocks, 2)
+}
+
+fn sdpa(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask) -> Result<Array, Exception> {
     match mask {
         AttentionMask::None => fast::scaled_dot_product_attention(q, k, v, scale, None, None),
         AttentionMask::Causal => fast::scaled_dot_product_attention(q, k, v, scale, ScaledDotProductAttentionMask::Causal, None),
@@ -230,5 +261,37 @@ impl Decoder {
             }
         }
         self.norm.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mlx_rs::random;
+
+    use super::*;
+
+    fn max_diff(a: &Array, b: &Array) -> f32 {
+        a.subtract(b).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>()
+    }
+
+    #[test]
+    fn query_blocks_give_the_same_attention() {
+        let key = random::key(3).unwrap();
+        let (b, heads, kv_heads, d) = (2, 4, 2, 16);
+        // 300 new tokens after 20 cached ones: three blocks, the last one partial.
+        let (queries, keys) = (300, 320);
+        let q = random::normal::<f32>(&[b, heads, queries, d], None, None, &key).unwrap();
+        let k = random::normal::<f32>(&[b, kv_heads, keys, d], None, None, &random::split(&key, 2).unwrap().0).unwrap();
+        let v = random::normal::<f32>(&[b, kv_heads, keys, d], None, None, &random::split(&key, 2).unwrap().1).unwrap();
+        let scale = 0.25;
+        let whole = sdpa(&q, &k, &v, scale, &AttentionMask::Causal).unwrap();
+        let blocked = dense_attention(&q, &k, &v, scale, &AttentionMask::Causal).unwrap();
+        assert!(max_diff(&whole, &blocked) < 1e-5);
+        // With an explicit mask (row 1 left-padded by 7 slots).
+        let positions: Vec<usize> = (0..keys as usize).collect();
+        let mask = crate::cache::AttentionMask::build(queries as usize, &positions, 20, None, 0, &[0, 7]).unwrap();
+        let whole = sdpa(&q, &k, &v, scale, &mask).unwrap();
+        let blocked = dense_attention(&q, &k, &v, scale, &mask).unwrap();
+        assert!(max_diff(&whole, &blocked) < 1e-5);
     }
 }
