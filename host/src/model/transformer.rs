@@ -5,7 +5,7 @@ use mlx_rs::{
     error::Exception,
     fast::{self, ScaledDotProductAttentionMask},
     macros::ModuleParameters,
-    nn, ops,
+    ops,
     ops::indexing::IndexOp,
     Array, Dtype,
 };
@@ -91,7 +91,16 @@ impl Attention {
 
     fn heads_first(&self, x: Array, heads: i32, norm: Option<&RmsNorm>) -> Result<Array, Exception> {
         let shape = x.shape();
-        let x = x.reshape(&[shape[0], shape[1], heads, self.head_dim])?;
+        let (b, l) = (shape[0], shape[1]);
+        // One token: [B, 1, H·D] is already [B, H, 1, D] in memory; one reshape instead of reshape + transpose.
+        if l == 1 {
+            let x = x.reshape(&[b, heads, 1, self.head_dim])?;
+            return match norm {
+                Some(n) => n.forward(&x),
+                None => Ok(x),
+            };
+        }
+        let x = x.reshape(&[b, l, heads, self.head_dim])?;
         let x = match norm {
             Some(n) => n.forward(&x)?,
             None => x,
@@ -124,7 +133,8 @@ impl Attention {
                 dense_attention(&q, &k, &v, scale, &mask)?
             }
         };
-        let out = out.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, self.heads * self.head_dim])?;
+        let out = if l == 1 { out } else { out.transpose_axes(&[0, 2, 1, 3])? };
+        let out = out.reshape(&[b, l, self.heads * self.head_dim])?;
         self.o_proj.forward(&out)
     }
 }
@@ -211,7 +221,9 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
-        let gated = nn::silu(self.gate_proj.forward(x)?)?.multiply(self.up_proj.forward(x)?)?;
+        // SiLU as two plain ops: mlx-rs's `nn::silu` compiles a fresh closure on every call, which retraces.
+        let gate = self.gate_proj.forward(x)?;
+        let gated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(self.up_proj.forward(x)?)?;
         self.down_proj.forward(&gated)
     }
 }
