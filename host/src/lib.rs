@@ -4,6 +4,7 @@ pub mod cache;
 pub mod config;
 pub mod fixture;
 pub mod generate;
+pub mod lora;
 pub mod model;
 pub mod nn;
 pub mod optim;

@@ -12,29 +12,77 @@ use mlx_rs::{Array, Dtype};
 
 const IDS: [i32; 9] = [5, 17, 99, 200, 33, 41, 7, 300, 2];
 
-fn reference(dir: &Path) -> Vec<Vec<f32>> {
+fn python(script: &str, args: &[&str]) -> Vec<u8> {
     let python = std::env::var("MLX_LM_PYTHON").expect("MLX_LM_PYTHON: a python with mlx-lm installed");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/mlx_lm_logits.py");
-    let ids = format!("{IDS:?}");
-    let out = Command::new(python).arg(script).arg(dir).arg(ids).output().expect("run python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python").join(script);
+    let out = Command::new(python).arg(script).args(args).output().expect("run python");
     assert!(out.status.success(), "mlx-lm failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON logits")
+    out.stdout
 }
 
-fn ours(dir: &Path) -> Vec<Vec<f32>> {
-    let m = model::load(dir, &LoadOptions { dtype: Some(Dtype::Float32), quantize: None }).unwrap().model;
+fn reference(dir: &Path, adapters: Option<&Path>) -> Vec<Vec<f32>> {
+    let ids = format!("{IDS:?}");
+    let mut args = vec![dir.to_str().unwrap(), ids.as_str()];
+    if let Some(a) = adapters {
+        args.push(a.to_str().unwrap());
+    }
+    serde_json::from_slice(&python("mlx_lm_logits.py", &args)).expect("JSON logits")
+}
+
+fn forward(m: &model::CausalLm) -> Vec<Vec<f32>> {
     let logits = m.forward(&Array::from_slice(&IDS, &[1, IDS.len() as i32]), None).unwrap();
     let flat = logits.contiguous().unwrap().to_vec_exact::<f32>().unwrap();
     flat.chunks(m.config.vocab_size as usize).map(<[f32]>::to_vec).collect()
 }
 
-fn compare(dir: &Path, what: &str) {
-    let (a, b) = (ours(dir), reference(dir));
+fn load(dir: &Path) -> model::CausalLm {
+    model::load(dir, &LoadOptions { dtype: Some(Dtype::Float32), quantize: None }).unwrap().model
+}
+
+fn ours(dir: &Path) -> Vec<Vec<f32>> {
+    forward(&load(dir))
+}
+
+fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
     let diff = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     eprintln!("{what}: max |Δlogit| {diff:e} (max |logit| {scale})");
     assert!(diff <= 1e-5 * scale.max(1.0), "{what}: max |Δlogit| {diff} against mlx-lm");
+}
+
+fn compare(dir: &Path, what: &str) {
+    assert_close(&ours(dir), &reference(dir, None), what);
+}
+
+#[test]
+#[ignore = "needs MLX_LM_PYTHON, a python with mlx-lm (CI provides one)"]
+fn adapters_cross_between_host_and_mlx_lm() {
+    use host::{lora, plugins::Registry};
+    for kind in ["lora", "dora"] {
+        let dir = std::env::temp_dir().join(format!("mlx-lm-adapters-{}-{kind}", std::process::id()));
+        fixture::write(&dir, Family::Qwen2, Preset::Tiny, 4).unwrap();
+        // mlx-lm's adapters, loaded here.
+        let theirs = dir.with_extension("theirs");
+        python("mlx_lm_make_adapters.py", &[dir.to_str().unwrap(), theirs.to_str().unwrap(), kind]);
+        let mut m = load(&dir);
+        lora::load_adapters(&mut m, &theirs).unwrap();
+        assert_close(&forward(&m), &reference(&dir, Some(&theirs)), &format!("mlx-lm {kind} adapters in host"));
+        // Ours, loaded by mlx-lm.
+        let mut m = load(&dir);
+        let mapper = Registry::builtin().unwrap().lora_target_mapper("all_linear", &toml::Table::new()).unwrap();
+        let settings = lora::LoraSettings { rank: 4, scale: 1.5, dropout: 0.0, dora: kind == "dora", last_n_layers: None };
+        lora::apply(&mut m, &*mapper, &settings, 0).unwrap();
+        for (i, (_, l)) in m.linears_mut().into_iter().enumerate() {
+            if let Some(b) = &mut *l.lora_b {
+                let key = mlx_rs::random::key(i as u64).unwrap();
+                *b = mlx_rs::random::normal::<f32>(b.shape(), None, None, &key).unwrap().multiply(Array::from_f32(0.05)).unwrap();
+            }
+        }
+        let ours_dir = dir.with_extension("ours");
+        lora::save_adapters(&mut m, &ours_dir, &serde_json::Map::new()).unwrap();
+        assert_close(&forward(&m), &reference(&dir, Some(&ours_dir)), &format!("host {kind} adapters in mlx-lm"));
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Command-line surface: one file per subcommand.
 
 mod fixture;
+mod fuse;
 mod generate;
 mod info;
 mod plugins;
@@ -29,6 +30,8 @@ enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Generate text with a model, streamed to stdout (or one JSON object with --json).
     Generate(generate::GenerateArgs),
+    /// Merge LoRA/DoRA adapters into a model and write it as a Hugging Face directory.
+    Fuse(fuse::FuseArgs),
     /// Quantize a float model to 4 or 8 bits and write a directory mlx-lm loads.
     Quantize(quantize::QuantizeArgs),
     /// Write a small Hugging Face model directory with random weights (for tests and benchmarks).
@@ -55,6 +58,7 @@ impl Cli {
             Command::Fixture(args) => fixture::run(args),
             Command::Generate(args) => generate::run(args),
             Command::Quantize(args) => quantize::run(args),
+            Command::Fuse(args) => fuse::run(args),
         }
     }
 }

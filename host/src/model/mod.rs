@@ -88,30 +88,40 @@ impl CausalLm {
         self.model.norm.weight.dtype()
     }
 
+    /// Every linear layer with its module path, in model order (the output projection last).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            for (name, l) in [("q_proj", &mut a.q_proj), ("k_proj", &mut a.k_proj), ("v_proj", &mut a.v_proj), ("o_proj", &mut a.o_proj)] {
+                out.push((format!("model.layers.{i}.self_attn.{name}"), l));
+            }
+            let m = &mut layer.mlp;
+            for (name, l) in [("gate_proj", &mut m.gate_proj), ("up_proj", &mut m.up_proj), ("down_proj", &mut m.down_proj)] {
+                out.push((format!("model.layers.{i}.mlp.{name}"), l));
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            out.push(("lm_head".to_owned(), head));
+        }
+        out
+    }
+
+    /// Module paths of every linear layer.
+    pub fn linear_paths(&mut self) -> Vec<String> {
+        self.linears_mut().into_iter().map(|(p, _)| p).collect()
+    }
+
     /// Quantizes every linear layer whose input width the group size divides, the embeddings and the output
     /// projection included (mlx-lm's default). Returns the paths left in float.
     pub fn quantize(&mut self, quant: Quant) -> Result<Vec<String>, Exception> {
         let mut skipped = Vec::new();
-        let mut apply = |path: String, linear: &mut Linear| -> Result<(), Exception> {
+        for (path, linear) in self.linears_mut() {
             if quant.fits(linear.in_dims) {
-                linear.quantize(quant)
+                linear.quantize(quant)?;
             } else {
                 skipped.push(path);
-                Ok(())
             }
-        };
-        for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            let a = &mut layer.self_attn;
-            for (name, l) in [("q_proj", &mut a.q_proj), ("k_proj", &mut a.k_proj), ("v_proj", &mut a.v_proj), ("o_proj", &mut a.o_proj)] {
-                apply(format!("model.layers.{i}.self_attn.{name}"), l)?;
-            }
-            let m = &mut layer.mlp;
-            for (name, l) in [("gate_proj", &mut m.gate_proj), ("up_proj", &mut m.up_proj), ("down_proj", &mut m.down_proj)] {
-                apply(format!("model.layers.{i}.mlp.{name}"), l)?;
-            }
-        }
-        if let Some(head) = &mut self.lm_head {
-            apply("lm_head".to_owned(), head)?;
         }
         let embed = &mut self.model.embed_tokens;
         if quant.fits(embed.dims) {

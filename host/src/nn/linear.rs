@@ -1,9 +1,16 @@
-use mlx_rs::{error::Exception, macros::ModuleParameters, module::Param, Array, Dtype};
+use mlx_rs::{
+    error::Exception,
+    macros::ModuleParameters,
+    module::{Param, Parameter},
+    ops, random, Array, Dtype,
+};
 
 use super::{quant, Quant};
 
 /// y = x Wᵀ (+ b). With `quant`, `weight` holds packed integers and `scales`/`biases` their groups' affine
-/// parameters, exactly as mlx-lm writes quantized checkpoints.
+/// parameters, exactly as mlx-lm writes quantized checkpoints. With an adapter, the low-rank update
+/// `scale · (dropout(x) A) B` is added (LoRA), and with `m` the rows are renormalized to learned magnitudes
+/// (DoRA); the parameter names are mlx-lm's (`lora_a`, `lora_b`, `m`), directly under the layer.
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct Linear {
     #[param]
@@ -14,9 +21,46 @@ pub struct Linear {
     pub scales: Param<Option<Array>>,
     #[param]
     pub biases: Param<Option<Array>>,
+    /// [in, rank]
+    #[param]
+    pub lora_a: Param<Option<Array>>,
+    /// [rank, out]
+    #[param]
+    pub lora_b: Param<Option<Array>>,
+    /// DoRA's per-output-row magnitude, [out].
+    #[param]
+    pub m: Param<Option<Array>>,
     pub quant: Option<Quant>,
     pub in_dims: i32,
     pub out_dims: i32,
+    pub adapter: Option<Adapter>,
+}
+
+/// ‖W_i‖₂ of each row i.
+fn row_norms(w: &Array) -> Result<Array, Exception> {
+    w.square()?.sum_axis(1, None)?.sqrt()
+}
+
+/// How an adapted layer applies its adapter.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub rank: i32,
+    /// A plain multiplier of the update (mlx-lm's `scale`, not α/r).
+    pub scale: f32,
+    pub dropout: f32,
+    /// Off: the layer computes its base output only (reference policy, adapter-free inference).
+    pub enabled: bool,
+    /// Key for this step's dropout mask; `None` outside training (no dropout).
+    pub dropout_key: Option<Array>,
+}
+
+/// What [`Linear::add_adapter`] creates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdapterSpec {
+    pub rank: i32,
+    pub scale: f32,
+    pub dropout: f32,
+    pub dora: bool,
 }
 
 impl Linear {
@@ -29,18 +73,103 @@ impl Linear {
             bias: Param::new(bias),
             scales: Param::new(scales),
             biases: Param::new(biases),
+            lora_a: Param::new(None),
+            lora_b: Param::new(None),
+            m: Param::new(None),
             quant,
             in_dims,
             out_dims,
+            adapter: None,
         })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
         let y = quant::matmul_t(x, &self.weight, (*self.scales).as_ref(), (*self.biases).as_ref(), self.quant)?;
+        let y = match (&self.adapter, &*self.lora_a, &*self.lora_b) {
+            (Some(adapter), Some(a), Some(b)) if adapter.enabled => self.adapted(x, y, adapter, a, b)?,
+            _ => y,
+        };
         match &*self.bias {
             Some(b) => y.add(b),
             None => Ok(y),
         }
+    }
+
+    /// The base output `y` (no bias yet) plus the adapter's contribution.
+    fn adapted(&self, x: &Array, y: Array, adapter: &Adapter, a: &Array, b: &Array) -> Result<Array, Exception> {
+        let x_in = match &adapter.dropout_key {
+            Some(key) if adapter.dropout > 0.0 => {
+                let keep = 1.0 - adapter.dropout;
+                let mask = random::bernoulli(&Array::from_f32(keep), x.shape(), key)?;
+                ops::select(&mask, &x.divide(Array::from_f32(keep))?, &Array::from_f32(0.0).as_dtype(x.dtype())?)?
+            }
+            _ => x.clone(),
+        };
+        let z = x_in.matmul(a)?.matmul(b)?.multiply(Array::from_f32(adapter.scale))?.as_dtype(x.dtype())?;
+        let out = y.add(&z)?;
+        match &*self.m {
+            Some(m) => {
+                // DoRA: divide by the (constant) norm of the adapted rows, scale by the learned magnitude.
+                let adapted = self.adapted_weight(adapter, a, b)?;
+                let norm = mlx_rs::stop_gradient(&row_norms(&adapted)?)?;
+                out.multiply(m.divide(&norm)?.as_dtype(x.dtype())?)
+            }
+            None => Ok(out),
+        }
+    }
+
+    /// W + scale · Bᵀ Aᵀ, in the compute dtype.
+    fn adapted_weight(&self, adapter: &Adapter, a: &Array, b: &Array) -> Result<Array, Exception> {
+        let dtype = a.dtype();
+        let update = b.t().multiply(Array::from_f32(adapter.scale))?.matmul(a.t())?;
+        self.dense_weight(dtype)?.add(update)
+    }
+
+    /// Adds a fresh adapter (mlx-lm's initialisation: A ~ U(±1/√in), B = 0, so the layer's output is unchanged;
+    /// DoRA's magnitude starts at the base rows' norms). Its parameters are trainable; the rest stays as it was.
+    pub fn add_adapter(&mut self, spec: AdapterSpec, key: &Array) -> Result<(), Exception> {
+        let dtype = (*self.scales).as_ref().map_or_else(|| self.weight.dtype(), |s| s.dtype());
+        let bound = 1.0 / (self.in_dims as f32).sqrt();
+        let a = random::uniform::<_, f32>(-bound, bound, &[self.in_dims, spec.rank], key)?.as_dtype(dtype)?;
+        let b = Array::zeros::<f32>(&[spec.rank, self.out_dims])?.as_dtype(dtype)?;
+        self.lora_a = Param::new(Some(a));
+        self.lora_b = Param::new(Some(b));
+        self.m = Param::new(if spec.dora {
+            Some(row_norms(&self.dense_weight(dtype)?)?)
+        } else {
+            None
+        });
+        for p in [&mut self.lora_a, &mut self.lora_b, &mut self.m] {
+            p.unfreeze(false);
+        }
+        self.adapter = Some(Adapter { rank: spec.rank, scale: spec.scale, dropout: spec.dropout, enabled: true, dropout_key: None });
+        Ok(())
+    }
+
+    /// Merges the adapter into the weight (mlx-lm's `fuse`): a float layer stays float; a quantized one is
+    /// re-quantized with its own settings unless `dequantize`. The layer has no adapter afterwards.
+    pub fn fuse(&mut self, dequantize: bool) -> Result<(), Exception> {
+        let (Some(adapter), Some(a), Some(b)) = (self.adapter.take(), (*self.lora_a).clone(), (*self.lora_b).clone()) else {
+            return Ok(());
+        };
+        let dtype = (*self.scales).as_ref().map_or_else(|| self.weight.dtype(), |s| s.dtype());
+        let mut fused = self.adapted_weight(&adapter, &a, &b)?;
+        if let Some(m) = &*self.m {
+            let norm = row_norms(&fused)?;
+            fused = fused.multiply(m.divide(&norm)?.expand_dims(1)?)?;
+        }
+        let quant = self.quant;
+        *self.weight = fused.as_dtype(dtype)?;
+        *self.scales = None;
+        *self.biases = None;
+        self.quant = None;
+        *self.lora_a = None;
+        *self.lora_b = None;
+        *self.m = None;
+        if let (Some(q), false) = (quant, dequantize) {
+            self.quantize(q)?;
+        }
+        Ok(())
     }
 
     /// The float weight, dequantized if needed.

@@ -8,7 +8,7 @@ mod quant;
 mod rope;
 
 pub use embedding::Embedding;
-pub use linear::Linear;
+pub use linear::{Adapter, AdapterSpec, Linear};
 pub use norm::RmsNorm;
 pub use quant::Quant;
 pub use rope::{Rope, RopeScaling};

@@ -2,6 +2,7 @@
 //! links, and the linker drops crates nothing names; naming each here keeps them (inventory issue #50).
 
 use plugin_cache_policies as _;
+use plugin_lora_targets as _;
 use plugin_schedules as _;
 
 /// Built-in names the host must always have; a test checks each is registered.
@@ -16,4 +17,7 @@ pub const EXPECTED: &[(sdk::PluginKind, &str)] = &[
     (sdk::PluginKind::KvCachePolicy, "standard"),
     (sdk::PluginKind::KvCachePolicy, "rotating"),
     (sdk::PluginKind::KvCachePolicy, "quantized"),
+    (sdk::PluginKind::LoraTargetMapper, "short_names"),
+    (sdk::PluginKind::LoraTargetMapper, "all_linear"),
+    (sdk::PluginKind::LoraTargetMapper, "regex"),
 ];
