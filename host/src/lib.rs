@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod data;
 pub mod fixture;
 pub mod generate;
 pub mod lora;

@@ -20,4 +20,7 @@ pub const EXPECTED: &[(sdk::PluginKind, &str)] = &[
     (sdk::PluginKind::LoraTargetMapper, "short_names"),
     (sdk::PluginKind::LoraTargetMapper, "all_linear"),
     (sdk::PluginKind::LoraTargetMapper, "regex"),
+    (sdk::PluginKind::DataCachePolicy, "none"),
+    (sdk::PluginKind::DataCachePolicy, "lazy"),
+    (sdk::PluginKind::DataCachePolicy, "disk"),
 ];

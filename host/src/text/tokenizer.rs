@@ -13,9 +13,12 @@ use crate::model::{ModelError, TokenIds};
 pub struct TextTokenizer {
     pub inner: Tokenizer,
     template: Option<ChatTemplate>,
+    template_source: Option<String>,
     /// Ids that end generation.
     pub eos_ids: Vec<u32>,
     pub bos_token: Option<String>,
+    /// The id of `tokenizer_config.json`'s `eos_token` (what text examples end with), else the first EOS id.
+    pub eos_id: Option<u32>,
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>, ModelError> {
@@ -70,16 +73,19 @@ impl TextTokenizer {
             .filter_map(|name| special(name).map(|t| ((*name).to_owned(), t)))
             .collect();
         let template = source
+            .clone()
             .map(|s| ChatTemplate::new(s, tokens).map_err(|e| ModelError::file(&config_path, e)))
             .transpose()?;
 
+        let eos_token_id = special("eos_token").and_then(|t| inner.token_to_id(&t));
         let mut eos: BTreeSet<u32> = BTreeSet::new();
         eos.extend(ids(read_json(&dir.join("generation_config.json"))?.as_ref().and_then(|g| g.get("eos_token_id"))));
         eos.extend(ids(read_json(&dir.join("config.json"))?.as_ref().and_then(|c| c.get("eos_token_id"))));
-        if let Some(id) = special("eos_token").and_then(|t| inner.token_to_id(&t)) {
+        if let Some(id) = eos_token_id {
             eos.insert(id);
         }
-        Ok(TextTokenizer { inner, template, eos_ids: eos.into_iter().collect(), bos_token: special("bos_token") })
+        let eos_id = eos_token_id.or_else(|| eos.iter().next().copied());
+        Ok(TextTokenizer { inner, template, template_source: source, eos_ids: eos.into_iter().collect(), bos_token: special("bos_token"), eos_id })
     }
 
     /// Token ids of `text`; `special` adds what the tokenizer's post-processor adds (BOS for Llama-style).
@@ -89,6 +95,17 @@ impl TextTokenizer {
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, String> {
         self.inner.decode(ids, skip_special).map_err(|e| format!("detokenizing: {e}"))
+    }
+
+    /// Token ids of `text` with the byte range of each token in `text` (no special tokens added).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>), String> {
+        let e = self.inner.encode(text, false).map_err(|e| format!("tokenizing: {e}"))?;
+        Ok((e.get_ids().to_vec(), e.get_offsets().to_vec()))
+    }
+
+    /// The chat template's source, for cache keys.
+    pub fn template_source(&self) -> Option<&str> {
+        self.template_source.as_deref()
     }
 
     pub fn has_chat_template(&self) -> bool {

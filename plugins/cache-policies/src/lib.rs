@@ -1,4 +1,4 @@
-//! Built-in KV cache policies: every layer gets the same kind of cache.
+//! Built-in cache policies. KV caches (every layer gets the same kind) and data caches (below).
 //!
 //! | kind | keys | cache |
 //! |---|---|---|
@@ -122,3 +122,135 @@ impl KvCachePolicy for Quantized {
 }
 
 register_kv_cache_policy!(Quantized);
+
+// --- Data cache policies -------------------------------------------------------------------------------------
+//
+// | kind | keys | behaviour |
+// |---|---|---|
+// | `disk` | `dir` (`$XDG_CACHE_HOME/host/datasets`) | tokenize everything before training, keep it in memory and on disk; batches bucketed by exact token counts |
+// | `lazy` | — | tokenize each row on first use and keep it; batches bucketed by rendered length |
+// | `none` | — | tokenize each row whenever it is used; batches bucketed by rendered length |
+
+use std::path::PathBuf;
+
+use sdk::{register_data_cache_policy, DataCachePolicy};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoDataCache {}
+
+impl Plugin for NoDataCache {
+    const NAME: &'static str = "none";
+    const SUMMARY: &'static str = "tokenize rows whenever they are used; nothing kept";
+    fn from_config(config: &sdk::toml::Table) -> Result<Self, PluginError> {
+        from_table(config)
+    }
+}
+
+impl DataCachePolicy for NoDataCache {
+    fn tokenize_eagerly(&self) -> bool {
+        false
+    }
+    fn memoize(&self) -> bool {
+        false
+    }
+    fn load(&mut self, _key: &str) -> Result<Option<Vec<u8>>, PluginError> {
+        Ok(None)
+    }
+    fn store(&mut self, _key: &str, _data: &[u8]) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+register_data_cache_policy!(NoDataCache);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LazyDataCache {}
+
+impl Plugin for LazyDataCache {
+    const NAME: &'static str = "lazy";
+    const SUMMARY: &'static str = "tokenize each row on first use and keep it in memory";
+    fn from_config(config: &sdk::toml::Table) -> Result<Self, PluginError> {
+        from_table(config)
+    }
+}
+
+impl DataCachePolicy for LazyDataCache {
+    fn tokenize_eagerly(&self) -> bool {
+        false
+    }
+    fn memoize(&self) -> bool {
+        true
+    }
+    fn load(&mut self, _key: &str) -> Result<Option<Vec<u8>>, PluginError> {
+        Ok(None)
+    }
+    fn store(&mut self, _key: &str, _data: &[u8]) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+register_data_cache_policy!(LazyDataCache);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskDataCache {
+    dir: Option<PathBuf>,
+}
+
+impl DiskDataCache {
+    fn dir(&self) -> Result<PathBuf, PluginError> {
+        if let Some(dir) = &self.dir {
+            return Ok(dir.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .ok_or_else(|| PluginError::Config("no cache directory: set `dir`, XDG_CACHE_HOME or HOME".into()))?;
+        Ok(base.join("host").join("datasets"))
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, PluginError> {
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(PluginError::Invalid(format!("cache key `{key}` is not a plain name")));
+        }
+        Ok(self.dir()?.join(format!("{key}.bin")))
+    }
+}
+
+impl Plugin for DiskDataCache {
+    const NAME: &'static str = "disk";
+    const SUMMARY: &'static str = "tokenize before training; keep tokens on disk, keyed by tokenizer, template and data";
+    fn from_config(config: &sdk::toml::Table) -> Result<Self, PluginError> {
+        from_table(config)
+    }
+}
+
+impl DataCachePolicy for DiskDataCache {
+    fn tokenize_eagerly(&self) -> bool {
+        true
+    }
+    fn memoize(&self) -> bool {
+        true
+    }
+    fn load(&mut self, key: &str) -> Result<Option<Vec<u8>>, PluginError> {
+        match std::fs::read(self.path(key)?) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+    fn store(&mut self, key: &str, data: &[u8]) -> Result<(), PluginError> {
+        let path = self.path(key)?;
+        let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        std::fs::create_dir_all(&dir)?;
+        // Written under a temporary name and renamed: a crash never leaves a partial cache file.
+        let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+}
+
+register_data_cache_policy!(DiskDataCache);

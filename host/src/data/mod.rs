@@ -1,0 +1,209 @@
+//! Training data: JSONL rows tokenized with the model's tokenizer and chat template, a supervision mask per
+//! token, a `DataCachePolicy` plugin deciding when tokenization happens and whether results are kept, and
+//! batches bucketed by token count.
+
+mod batches;
+mod cache;
+mod rows;
+mod tokenize;
+
+use std::path::{Path, PathBuf};
+
+use sdk::DataCachePolicy;
+use thiserror::Error;
+
+pub use batches::{collate, plan_epoch, Batch, SplitMix};
+pub use rows::{parse_row, read_rows, Row, SourcedRow};
+pub use tokenize::{tokenize, Example, Masking};
+
+use crate::text::TextTokenizer;
+
+#[derive(Debug, Error)]
+pub enum DataError {
+    #[error("{}:{line}: {message}", path.display())]
+    Row { path: PathBuf, line: usize, message: String },
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("data cache: {0}")]
+    Cache(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DataOptions {
+    pub masking: Masking,
+    pub max_seq_length: usize,
+    /// Leave malformed rows out (counted and listed) instead of stopping.
+    pub skip_bad_rows: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DataStats {
+    /// Usable rows in the file.
+    pub rows: usize,
+    /// Rows left out as malformed: (line, why).
+    pub bad_rows: Vec<(usize, String)>,
+    /// Examples cut at `max_seq_length`.
+    pub truncated: usize,
+    /// Examples left out because nothing in them is supervised (e.g. the completion was truncated away).
+    pub unsupervised: usize,
+}
+
+impl DataStats {
+    pub fn describe(&self) -> String {
+        let mut s = format!("{} rows", self.rows);
+        if self.truncated > 0 {
+            s.push_str(&format!(", {} truncated at max_seq_length", self.truncated));
+        }
+        if self.unsupervised > 0 {
+            s.push_str(&format!(", {} without supervised tokens left out", self.unsupervised));
+        }
+        if !self.bad_rows.is_empty() {
+            let lines: Vec<String> = self.bad_rows.iter().take(5).map(|(l, _)| l.to_string()).collect();
+            s.push_str(&format!(", {} malformed rows skipped (lines {}{})", self.bad_rows.len(), lines.join(", "), if self.bad_rows.len() > 5 { ", ..." } else { "" }));
+        }
+        s
+    }
+}
+
+struct Entry {
+    line: usize,
+    /// Counted in the statistics already (a row tokenized again under the `none` policy is not recounted).
+    counted: bool,
+    /// Kept while tokenization is still to come (lazy and none policies).
+    row: Option<Row>,
+    example: Option<Example>,
+}
+
+/// A tokenized (or tokenizable) dataset.
+pub struct Dataset {
+    path: PathBuf,
+    entries: Vec<Entry>,
+    /// Batching key per entry: exact token counts when tokenized up front, else the rendered text's bytes.
+    lengths: Vec<usize>,
+    pub exact_lengths: bool,
+    memoize: bool,
+    options: DataOptions,
+    pub stats: DataStats,
+    pub cache_hit: bool,
+}
+
+fn rendered_len(row: &Row, t: &TextTokenizer) -> Result<usize, String> {
+    Ok(match row {
+        Row::Text(text) => text.len(),
+        Row::Completion { system, prompt, completion } => system.as_ref().map_or(0, String::len) + prompt.len() + completion.len(),
+        Row::Chat { messages, tools } => t.render_chat(messages, tools.as_deref(), false)?.len(),
+    })
+}
+
+impl Dataset {
+    pub fn load(path: &Path, t: &TextTokenizer, options: DataOptions, policy: &mut dyn DataCachePolicy, tokenizer_file: &Path) -> Result<Dataset, DataError> {
+        let file = |message: String| DataError::File { path: path.to_owned(), message };
+        let data = std::fs::read(path).map_err(|e| file(e.to_string()))?;
+        let tokenizer_bytes = std::fs::read(tokenizer_file).map_err(|e| file(format!("{}: {e}", tokenizer_file.display())))?;
+        let key = cache::key(&[
+            b"host-dataset-v1",
+            &tokenizer_bytes,
+            t.template_source().unwrap_or("").as_bytes(),
+            &data,
+            format!("{:?} {} {}", options.masking, options.max_seq_length, options.skip_bad_rows).as_bytes(),
+        ]);
+        let mut dataset = Dataset {
+            path: path.to_owned(),
+            entries: Vec::new(),
+            lengths: Vec::new(),
+            exact_lengths: policy.tokenize_eagerly(),
+            memoize: policy.memoize(),
+            options,
+            stats: DataStats::default(),
+            cache_hit: false,
+        };
+        if policy.tokenize_eagerly() {
+            if let Some(blob) = policy.load(&key).map_err(|e| DataError::Cache(e.to_string()))? {
+                if let Some((entries, stats)) = cache::decode(&blob) {
+                    dataset.set_tokenized(entries, stats);
+                    dataset.cache_hit = true;
+                    return Ok(dataset);
+                }
+            }
+        }
+        let (rows, bad) = read_rows(path, options.skip_bad_rows)?;
+        dataset.stats.rows = rows.len();
+        dataset.stats.bad_rows = bad;
+        if policy.tokenize_eagerly() {
+            let mut entries = Vec::with_capacity(rows.len());
+            for r in rows {
+                match tokenize(&r.row, t, options.masking, options.max_seq_length) {
+                    Ok(e) => entries.push((r.line, e)),
+                    Err(message) if options.skip_bad_rows => dataset.stats.bad_rows.push((r.line, message)),
+                    Err(message) => return Err(DataError::Row { path: path.to_owned(), line: r.line, message }),
+                }
+            }
+            dataset.stats.rows = entries.len();
+            dataset.stats.truncated = entries.iter().filter(|(_, e)| e.truncated).count();
+            let before = entries.len();
+            entries.retain(|(_, e)| e.supervised_targets() > 0);
+            dataset.stats.unsupervised = before - entries.len();
+            policy.store(&key, &cache::encode(&entries, &dataset.stats)).map_err(|e| DataError::Cache(e.to_string()))?;
+            dataset.set_tokenized(entries, dataset.stats.clone());
+        } else {
+            for r in rows {
+                match rendered_len(&r.row, t) {
+                    Ok(len) => {
+                        dataset.lengths.push(len);
+                        dataset.entries.push(Entry { line: r.line, counted: false, row: Some(r.row), example: None });
+                    }
+                    Err(message) if options.skip_bad_rows => dataset.stats.bad_rows.push((r.line, message)),
+                    Err(message) => return Err(DataError::Row { path: path.to_owned(), line: r.line, message }),
+                }
+            }
+            dataset.stats.rows = dataset.entries.len();
+        }
+        if dataset.entries.is_empty() {
+            return Err(file("no example has a supervised token".into()));
+        }
+        Ok(dataset)
+    }
+
+    fn set_tokenized(&mut self, entries: Vec<(usize, Example)>, stats: DataStats) {
+        self.lengths = entries.iter().map(|(_, e)| e.tokens.len()).collect();
+        self.entries = entries.into_iter().map(|(line, e)| Entry { line, counted: true, row: None, example: Some(e) }).collect();
+        self.stats = stats;
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
+    /// The example at `i`, tokenized now if the policy defers it. `None`: it has no supervised token (counted).
+    pub fn example(&mut self, i: usize, t: &TextTokenizer) -> Result<Option<Example>, DataError> {
+        let entry = &mut self.entries[i];
+        if let Some(e) = &entry.example {
+            return Ok(Some(e.clone()));
+        }
+        let row = entry.row.as_ref().ok_or_else(|| DataError::Cache("an entry has neither row nor tokens".into()))?;
+        let e = tokenize(row, t, self.options.masking, self.options.max_seq_length)
+            .map_err(|message| DataError::Row { path: self.path.clone(), line: entry.line, message })?;
+        let first = !entry.counted;
+        entry.counted = true;
+        if e.supervised_targets() == 0 {
+            self.stats.unsupervised += usize::from(first);
+            return Ok(None);
+        }
+        if e.truncated && first {
+            self.stats.truncated += 1;
+        }
+        if self.memoize {
+            entry.example = Some(e.clone());
+            entry.row = None;
+        }
+        Ok(Some(e))
+    }
+}

@@ -1,0 +1,177 @@
+//! Data pipeline on fixture tokenizers: exact masks per format and masking mode, truncation and bad-row
+//! accounting, the data cache policies and their keys.
+
+use std::path::{Path, PathBuf};
+
+use host::{
+    data::{collate, tokenize, DataOptions, Dataset, Masking, Row},
+    fixture::{self, Family, Preset},
+    plugins::Registry,
+    text::TextTokenizer,
+};
+use serde_json::json;
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("host-data-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn qwen(name: &str) -> (TextTokenizer, PathBuf) {
+    let dir = temp(name).join("model");
+    fixture::write(&dir, Family::Qwen2, Preset::Tiny, 1).unwrap();
+    (TextTokenizer::load(&dir).unwrap(), dir)
+}
+
+/// The text of the supervised tokens, runs joined with `|`.
+fn supervised_text(t: &TextTokenizer, tokens: &[u32], supervised: &[bool]) -> String {
+    let mut runs = Vec::new();
+    let mut current = Vec::new();
+    for (tok, &s) in tokens.iter().zip(supervised) {
+        if s {
+            current.push(*tok);
+        } else if !current.is_empty() {
+            runs.push(t.decode(&current, false).unwrap());
+            current.clear();
+        }
+    }
+    if !current.is_empty() {
+        runs.push(t.decode(&current, false).unwrap());
+    }
+    runs.join("|")
+}
+
+fn options(masking: Masking) -> DataOptions {
+    DataOptions { masking, max_seq_length: 512, skip_bad_rows: false }
+}
+
+#[test]
+fn masks_are_exact_for_every_format() {
+    let (t, _) = qwen("masks");
+    let completion = Row::Completion { system: None, prompt: "What is 2 + 3?".into(), completion: "5".into() };
+    let e = tokenize(&completion, &t, Masking::Prompt, 512).unwrap();
+    assert_eq!(t.decode(&e.tokens, false).unwrap(), "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n");
+    assert_eq!(supervised_text(&t, &e.tokens, &e.supervised), "5<|im_end|>\n");
+    let e = tokenize(&completion, &t, Masking::None, 512).unwrap();
+    assert!(e.supervised.iter().all(|&s| s));
+
+    let chat = Row::Chat {
+        messages: vec![
+            json!({"role": "system", "content": "Be brief."}),
+            json!({"role": "user", "content": "Hi"}),
+            json!({"role": "assistant", "content": "Hello"}),
+            json!({"role": "user", "content": "Sum 2 and 2"}),
+            json!({"role": "assistant", "content": "4"}),
+        ],
+        tools: None,
+    };
+    let e = tokenize(&chat, &t, Masking::Assistant, 512).unwrap();
+    assert_eq!(supervised_text(&t, &e.tokens, &e.supervised), "Hello<|im_end|>\n|4<|im_end|>\n");
+    let e = tokenize(&chat, &t, Masking::Prompt, 512).unwrap();
+    assert_eq!(supervised_text(&t, &e.tokens, &e.supervised), "4<|im_end|>\n");
+
+    let text = Row::Text("the cat reads".into());
+    let e = tokenize(&text, &t, Masking::None, 512).unwrap();
+    assert_eq!(t.decode(&e.tokens, false).unwrap(), "the cat reads<|im_end|>", "EOS appended");
+    assert!(e.supervised.iter().all(|&s| s));
+    assert_eq!(tokenize(&text, &t, Masking::Prompt, 512).unwrap_err(), "mask = \"prompt\" needs prompt/completion or messages rows, not text");
+
+    // Truncation keeps the head and says so.
+    let e = tokenize(&completion, &t, Masking::Prompt, 6).unwrap();
+    assert_eq!(e.tokens.len(), 6);
+    assert!(e.truncated);
+    assert_eq!(e.supervised_targets(), 0);
+}
+
+#[test]
+fn a_hand_built_batch_supervises_exactly_the_completions() {
+    let (t, _) = qwen("batch");
+    let a = tokenize(&Row::Completion { system: None, prompt: "2 + 2".into(), completion: "4".into() }, &t, Masking::Prompt, 512).unwrap();
+    let b = tokenize(&Row::Text("one two".into()), &t, Masking::None, 512).unwrap();
+    let batch = collate(&[&a, &b], 8, 0);
+    let width = batch.inputs.shape()[1] as usize;
+    assert_eq!(width % 8, 0);
+    let mask = batch.mask.as_slice::<f32>();
+    let targets = batch.targets.as_slice::<i32>();
+    // Row 0: the targets under the mask are exactly the completion tokens after the prompt.
+    let picked: Vec<u32> = (0..width).filter(|&j| mask[j] == 1.0).map(|j| targets[j] as u32).collect();
+    let expected: Vec<u32> = a.tokens.iter().zip(&a.supervised).skip(1).filter(|(_, &s)| s).map(|(&t, _)| t).collect();
+    assert_eq!(picked, expected);
+    assert_eq!(t.decode(&picked, false).unwrap(), "4<|im_end|>\n");
+    // Row 1: every real target, no padding.
+    let row1: Vec<usize> = (0..width).filter(|&j| mask[width + j] == 1.0).collect();
+    assert_eq!(row1, (0..b.tokens.len() - 1).collect::<Vec<_>>());
+    assert_eq!(batch.supervised, picked.len() + b.tokens.len() - 1);
+}
+
+fn write_jsonl(dir: &Path, name: &str, rows: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, rows.join("\n") + "\n").unwrap();
+    path
+}
+
+fn policy(kind: &str, config: &str) -> Box<dyn sdk::DataCachePolicy> {
+    Registry::builtin().unwrap().data_cache_policy(kind, &config.parse().unwrap()).unwrap()
+}
+
+#[test]
+fn bad_rows_name_file_and_line_or_are_counted() {
+    let (t, model) = qwen("bad");
+    let dir = temp("bad-data");
+    let path = write_jsonl(&dir, "train.jsonl", &[r#"{"text": "fine"}"#, "", r#"{"text": 5}"#, r#"{"prompt": "p", "completion": "c"}"#, "{oops"]);
+    let mut none = policy("none", "");
+    let err = Dataset::load(&path, &t, options(Masking::None), &mut *none, &model.join("tokenizer.json")).err().unwrap().to_string();
+    assert_eq!(err, format!("{}:3: `text` must be a string, got a number", path.display()));
+    let skip = DataOptions { skip_bad_rows: true, ..options(Masking::None) };
+    let d = Dataset::load(&path, &t, skip, &mut *none, &model.join("tokenizer.json")).unwrap();
+    assert_eq!(d.len(), 2);
+    assert_eq!(d.stats.bad_rows.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![3, 5]);
+    assert!(d.stats.describe().contains("2 malformed rows skipped (lines 3, 5)"), "{}", d.stats.describe());
+}
+
+#[test]
+fn disk_cache_hits_and_misses_on_every_input() {
+    let (t, model) = qwen("disk");
+    let dir = temp("disk-data");
+    let cache_dir = dir.join("cache");
+    let path = write_jsonl(&dir, "train.jsonl", &[r#"{"prompt": "1 + 1", "completion": "2"}"#, r#"{"prompt": "3 + 4", "completion": "7 is the sum"}"#]);
+    let tok_file = model.join("tokenizer.json");
+    let mut disk = policy("disk", &format!("dir = {:?}", cache_dir.display().to_string()));
+    let first = Dataset::load(&path, &t, options(Masking::Prompt), &mut *disk, &tok_file).unwrap();
+    assert!(!first.cache_hit && first.exact_lengths);
+    assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 1);
+    let mut again = Dataset::load(&path, &t, options(Masking::Prompt), &mut *disk, &tok_file).unwrap();
+    assert!(again.cache_hit);
+    let mut first = first;
+    for i in 0..2 {
+        assert_eq!(again.example(i, &t).unwrap(), first.example(i, &t).unwrap());
+    }
+    // Different masking, data or template: a different key.
+    assert!(!Dataset::load(&path, &t, options(Masking::None), &mut *disk, &tok_file).unwrap().cache_hit);
+    write_jsonl(&dir, "train.jsonl", &[r#"{"prompt": "1 + 1", "completion": "2"}"#]);
+    assert!(!Dataset::load(&path, &t, options(Masking::Prompt), &mut *disk, &tok_file).unwrap().cache_hit);
+    let config_path = model.join("tokenizer_config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    // Another spelling of the same template: its text is part of the key even when the output is equal.
+    config["chat_template"] = json!(config["chat_template"].as_str().unwrap().replace("message.role", "message['role']"));
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let t2 = TextTokenizer::load(&model).unwrap();
+    assert!(!Dataset::load(&path, &t2, options(Masking::Prompt), &mut *disk, &tok_file).unwrap().cache_hit);
+}
+
+#[test]
+fn lazy_policies_tokenize_on_use() {
+    let (t, model) = qwen("lazy");
+    let dir = temp("lazy-data");
+    let path = write_jsonl(&dir, "train.jsonl", &[r#"{"text": "a b c d e f"}"#, r#"{"text": "a"}"#]);
+    for kind in ["lazy", "none"] {
+        let mut p = policy(kind, "");
+        let mut d = Dataset::load(&path, &t, options(Masking::None), &mut *p, &model.join("tokenizer.json")).unwrap();
+        assert!(!d.exact_lengths);
+        assert!(d.lengths()[0] > d.lengths()[1], "rendered length orders the rows");
+        let e = d.example(0, &t).unwrap().unwrap();
+        assert_eq!(t.decode(&e.tokens, false).unwrap(), "a b c d e f<|im_end|>");
+        assert_eq!(d.example(0, &t).unwrap().unwrap(), e);
+    }
+}
