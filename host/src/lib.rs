@@ -12,3 +12,4 @@ pub mod optim;
 pub mod plugins;
 pub mod runtime;
 pub mod text;
+pub mod train;

@@ -6,6 +6,7 @@ mod generate;
 mod info;
 mod plugins;
 mod quantize;
+mod run;
 mod schedule;
 
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train as a run configuration says (SFT with LoRA, DoRA or QLoRA).
+    Run(run::RunArgs),
     /// MLX version, device, BLAS in use, and a matmul throughput probe.
     Info(info::InfoArgs),
     /// List plugins: kind, name, origin (built-in or file) and summary.
@@ -52,6 +55,7 @@ pub struct ConfigArgs {
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Run(args) => run::run(args),
             Command::Info(args) => info::run(args),
             Command::Plugins(args) => plugins::run(args),
             Command::Schedule(args) => schedule::run(args),

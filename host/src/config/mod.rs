@@ -13,21 +13,31 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sdk::{LrSchedule, ScheduleContext, Warmup};
 
 pub use problem::{ConfigError, ConfigProblem, Location};
-pub use sections::{OptimizerConfig, OutputConfig, PluginTable, PluginsConfig, ScheduleSection, TrainConfig};
+pub use sections::{
+    Backend, Checkpointing, DataConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable,
+    PluginsConfig, QuantizeConfig, ScheduleSection, TrainConfig,
+};
 pub use source::Override;
 
 use crate::plugins::{Registry, RegistryError};
 use source::Source;
 
-/// A whole run configuration.
+/// A whole run configuration. `[model]`, `[lora]` and `[data]` are needed to train; `host schedule` reads a file
+/// without them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    pub model: Option<ModelConfig>,
+    pub lora: Option<LoraConfig>,
+    pub data: Option<DataConfig>,
     #[serde(default)]
     pub train: TrainConfig,
     pub optimizer: OptimizerConfig,
     #[serde(default)]
     pub schedule: ScheduleSection,
+    /// A Loss plugin (default sft).
+    #[serde(default = "RunConfig::default_loss")]
+    pub loss: PluginTable,
     #[serde(default)]
     pub plugins: PluginsConfig,
     #[serde(default)]
@@ -66,7 +76,7 @@ fn key_in_message(message: &str) -> Option<&str> {
 }
 
 /// Reports a plugin section's creation error at the key it names (or at `kind`).
-fn check_plugin(source: &Source, name: &str, table: &PluginTable, error: Option<RegistryError>, problems: &mut Vec<ConfigProblem>) {
+fn check_plugin(source: &Source, at: &[&str], table: &PluginTable, error: Option<RegistryError>, problems: &mut Vec<ConfigProblem>) {
     let Some(error) = error else { return };
     let message = match &error {
         RegistryError::Create { error, .. } => error.to_string(),
@@ -76,10 +86,15 @@ fn check_plugin(source: &Source, name: &str, table: &PluginTable, error: Option<
         RegistryError::Create { .. } => key_in_message(&message).filter(|k| table.config.contains_key(*k)).unwrap_or("kind"),
         _ => "kind",
     };
-    problems.push(source.problem(&[name, key], error.to_string()));
+    let path: Vec<&str> = at.iter().copied().chain([key]).collect();
+    problems.push(source.problem(&path, error.to_string()));
 }
 
 impl RunConfig {
+    fn default_loss() -> PluginTable {
+        PluginTable::named("sft")
+    }
+
     /// Reads, overrides, checks and validates a configuration, loading the cdylibs it names into `registry`.
     pub fn load(file: &Path, overrides: &[Override], registry: &mut Registry) -> Result<RunConfig, ConfigError> {
         let source = Source::read(file, overrides)?;
@@ -88,32 +103,82 @@ impl RunConfig {
         for key in source.table.keys().filter(|k| !sections.contains(&k.as_str())) {
             problems.push(source.problem(&[key], format!("unknown section; expected one of: {}", sections.join(", "))));
         }
+        let model = section::<ModelConfig>(&source, "model", &mut problems);
+        let lora = section::<LoraConfig>(&source, "lora", &mut problems);
+        let data = section::<DataConfig>(&source, "data", &mut problems);
         let train = section::<TrainConfig>(&source, "train", &mut problems).map(Option::unwrap_or_default);
         let optimizer = section::<OptimizerConfig>(&source, "optimizer", &mut problems).and_then(|o| {
             o.ok_or_else(|| problems.push(source.problem(&[], "missing section [optimizer] (at least `lr`)")))
         });
         let schedule = section::<ScheduleSection>(&source, "schedule", &mut problems).map(Option::unwrap_or_default);
+        let loss = section::<PluginTable>(&source, "loss", &mut problems).map(|l| l.unwrap_or_else(RunConfig::default_loss));
         let plugins = section::<PluginsConfig>(&source, "plugins", &mut problems).map(Option::unwrap_or_default);
         let output = section::<OutputConfig>(&source, "output", &mut problems).map(Option::unwrap_or_default);
 
         // Each rule runs when the sections it reads parsed, so one bad section hides no other problem.
-        if let Ok(train) = &train {
-            if train.steps == 0 {
-                problems.push(source.problem(&["train", "steps"], "must be at least 1"));
+        let mut rule = |ok: bool, path: &[&str], message: String| {
+            if !ok {
+                problems.push(source.problem(path, message));
             }
+        };
+        if let Ok(t) = &train {
+            rule(t.steps > 0, &["train", "steps"], "must be at least 1".into());
+            rule(t.grad_accumulation_steps > 0, &["train", "grad_accumulation_steps"], "must be at least 1".into());
+            rule(t.save_every > 0, &["train", "save_every"], "must be at least 1".into());
+            rule(t.eval_every != Some(0), &["train", "eval_every"], "must be at least 1".into());
+            rule(t.max_grad_norm.is_none_or(|n| n > 0.0), &["train", "max_grad_norm"], "must be positive".into());
+            rule(t.memory_budget_gb.is_none_or(|m| m > 0.0), &["train", "memory_budget_gb"], "must be positive".into());
+            rule(
+                t.early_stopping_patience.is_none() || t.eval_every.is_some(),
+                &["train", "early_stopping_patience"],
+                "needs `eval_every`: early stopping watches the validation loss".into(),
+            );
         }
-        if let Ok(optimizer) = &optimizer {
-            if !(optimizer.lr.is_finite() && optimizer.lr > 0.0) {
-                problems.push(source.problem(&["optimizer", "lr"], format!("must be a positive number, got {}", optimizer.lr)));
+        if let Ok(o) = &optimizer {
+            rule(o.lr.is_finite() && o.lr > 0.0, &["optimizer", "lr"], format!("must be a positive number, got {}", o.lr));
+            for key in o.inapplicable() {
+                let kind = serde_json::to_value(o.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                rule(false, &["optimizer", key], format!("does not apply to {kind}"));
             }
         }
         if let (Ok(train), Ok(schedule)) = (&train, &schedule) {
-            if schedule.warmup_steps >= train.steps && train.steps > 0 {
-                problems.push(source.problem(
-                    &["schedule", "warmup_steps"],
-                    format!("{} warmup steps leave none of the run's {} steps to the schedule", schedule.warmup_steps, train.steps),
-                ));
+            rule(
+                !(schedule.warmup_steps >= train.steps && train.steps > 0),
+                &["schedule", "warmup_steps"],
+                format!("{} warmup steps leave none of the run's {} steps to the schedule", schedule.warmup_steps, train.steps),
+            );
+        }
+        if let Ok(Some(m)) = &model {
+            if let Some(dtype) = &m.dtype {
+                rule(crate::model::parse_dtype(dtype).is_some(), &["model", "dtype"], format!("`{dtype}`: expected float32, bfloat16 or float16"));
             }
+            if let Some(q) = &m.quantize {
+                if let Err(message) = crate::nn::Quant::checked(q.bits, q.group_size, "quantize") {
+                    rule(false, &["model", "quantize"], message);
+                }
+            }
+        }
+        if let Ok(Some(l)) = &lora {
+            rule(l.rank >= 1, &["lora", "rank"], "must be at least 1".into());
+            rule((0.0..1.0).contains(&l.dropout), &["lora", "dropout"], "must be in [0, 1)".into());
+            rule(l.scale.is_finite(), &["lora", "scale"], "must be a finite number".into());
+            rule(l.last_n_layers != Some(0), &["lora", "last_n_layers"], "must be at least 1".into());
+        }
+        if let Ok(Some(d)) = &data {
+            rule(d.batch_size >= 1, &["data", "batch_size"], "must be at least 1".into());
+            rule(d.max_seq_length >= 2, &["data", "max_seq_length"], "must be at least 2".into());
+            rule(d.pad_multiple >= 1, &["data", "pad_multiple"], "must be at least 1".into());
+            rule(d.train.is_file(), &["data", "train"], format!("{}: no such file", d.train.display()));
+            if let Some(v) = &d.valid {
+                rule(v.is_file(), &["data", "valid"], format!("{}: no such file", v.display()));
+            }
+        }
+        if let (Ok(t), Ok(d)) = (&train, &data) {
+            rule(
+                t.eval_every.is_none() || d.as_ref().is_some_and(|d| d.valid.is_some()),
+                &["train", "eval_every"],
+                "needs `[data] valid`: evaluation uses the validation set".into(),
+            );
         }
         // Libraries load before plugin sections are checked: they may provide the plugins named there.
         if let Ok(plugins) = &plugins {
@@ -124,16 +189,30 @@ impl RunConfig {
             }
         }
         if let Ok(schedule) = &schedule {
-            check_plugin(&source, "schedule", &schedule.plugin, registry.schedule(&schedule.plugin.kind, &schedule.plugin.config).err(), &mut problems);
+            let p = &schedule.plugin;
+            check_plugin(&source, &["schedule"], p, registry.schedule(&p.kind, &p.config).err(), &mut problems);
+        }
+        if let Ok(p) = &loss {
+            check_plugin(&source, &["loss"], p, registry.loss(&p.kind, &p.config).err(), &mut problems);
+        }
+        if let Ok(Some(l)) = &lora {
+            let p = &l.mapper;
+            check_plugin(&source, &["lora", "mapper"], p, registry.lora_target_mapper(&p.kind, &p.config).err(), &mut problems);
+        }
+        if let Ok(Some(d)) = &data {
+            let p = &d.cache;
+            check_plugin(&source, &["data", "cache"], p, registry.data_cache_policy(&p.kind, &p.config).err(), &mut problems);
         }
 
-        match (train, optimizer, schedule, plugins, output) {
-            (Ok(train), Ok(optimizer), Ok(schedule), Ok(plugins), Ok(mut output)) if problems.is_empty() => {
+        match (model, lora, data, train, optimizer, schedule, loss, plugins, output) {
+            (Ok(model), Ok(lora), Ok(data), Ok(train), Ok(optimizer), Ok(schedule), Ok(loss), Ok(plugins), Ok(mut output))
+                if problems.is_empty() =>
+            {
                 if output.dir.is_none() {
                     let stem = file.file_stem().map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
                     output.dir = Some(PathBuf::from("runs").join(stem));
                 }
-                Ok(RunConfig { train, optimizer, schedule, plugins, output })
+                Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, plugins, output })
             }
             _ => Err(ConfigError { file: file.to_owned(), problems }),
         }

@@ -5,6 +5,28 @@ use std::path::PathBuf;
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
+/// When activations are recomputed in the backward pass instead of kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    On,
+    Off,
+    /// On when the estimated activations of a step exceed the memory budget.
+    Auto,
+}
+
+/// Which implementation trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// This program; an unsupported model is an error.
+    Native,
+    /// This program, or `mlx_lm.lora` for model families not implemented here (when installed).
+    Auto,
+    /// Always `mlx_lm.lora`.
+    MlxLm,
+}
+
 /// `[train]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -12,26 +34,243 @@ pub struct TrainConfig {
     /// Optimizer steps in the run (mlx-lm's `iters`; default 1000).
     #[serde(default = "TrainConfig::default_steps")]
     pub steps: u64,
+    /// Seeds adapters, dropout and the data order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Micro-batches per optimizer step, weighted by their supervised tokens.
+    #[serde(default = "TrainConfig::one")]
+    pub grad_accumulation_steps: u64,
+    /// Clip the global gradient norm to this (default: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// Evaluate on `[data] valid` every this many steps (and at the end).
+    pub eval_every: Option<u64>,
+    /// Validation batches per evaluation (default: all).
+    pub eval_batches: Option<usize>,
+    /// Write a checkpoint every this many steps (default 100; the end of the run always writes one).
+    #[serde(default = "TrainConfig::default_save_every")]
+    pub save_every: u64,
+    /// Checkpoints kept (older ones are removed; `best/` is separate).
+    #[serde(default = "TrainConfig::default_keep")]
+    pub keep_checkpoints: usize,
+    /// Stop after this many evaluations without a new best validation loss.
+    pub early_stopping_patience: Option<usize>,
+    #[serde(default = "TrainConfig::default_checkpointing")]
+    pub gradient_checkpointing: Checkpointing,
+    /// Budget for activations under `gradient_checkpointing = "auto"` (default: half the device's memory).
+    pub memory_budget_gb: Option<f64>,
+    #[serde(default = "TrainConfig::default_backend")]
+    pub backend: Backend,
+    /// Compile the training step (default on).
+    #[serde(default = "TrainConfig::default_true")]
+    pub compile: bool,
 }
 
 impl TrainConfig {
     fn default_steps() -> u64 {
         1000
     }
+
+    fn one() -> u64 {
+        1
+    }
+
+    fn default_save_every() -> u64 {
+        100
+    }
+
+    fn default_keep() -> usize {
+        3
+    }
+
+    fn default_checkpointing() -> Checkpointing {
+        Checkpointing::Auto
+    }
+
+    fn default_backend() -> Backend {
+        Backend::Native
+    }
+
+    fn default_true() -> bool {
+        true
+    }
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { steps: Self::default_steps() }
+        TrainConfig {
+            steps: Self::default_steps(),
+            seed: 0,
+            grad_accumulation_steps: 1,
+            max_grad_norm: None,
+            eval_every: None,
+            eval_batches: None,
+            save_every: Self::default_save_every(),
+            keep_checkpoints: Self::default_keep(),
+            early_stopping_patience: None,
+            gradient_checkpointing: Self::default_checkpointing(),
+            memory_budget_gb: None,
+            backend: Self::default_backend(),
+            compile: true,
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adamw,
+    Adam,
+    Sgd,
+    Adafactor,
 }
 
 /// `[optimizer]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
+    #[serde(default = "OptimizerConfig::default_kind")]
+    pub kind: OptimizerKind,
     /// The peak learning rate; schedules scale from it.
     pub lr: f64,
+    /// adamw (default 0.01) and sgd (default 0).
+    pub weight_decay: Option<f64>,
+    /// adam, adamw (default [0.9, 0.999]).
+    pub betas: Option<[f64; 2]>,
+    /// adam, adamw (default 1e-8).
+    pub eps: Option<f64>,
+    /// sgd (default 0).
+    pub momentum: Option<f64>,
+}
+
+impl OptimizerConfig {
+    fn default_kind() -> OptimizerKind {
+        OptimizerKind::Adamw
+    }
+
+    /// Settings given to an optimizer that has no use for them: `(key, kind)` pairs.
+    pub fn inapplicable(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let k = self.kind;
+        if self.weight_decay.is_some() && !matches!(k, OptimizerKind::Adamw | OptimizerKind::Sgd) {
+            out.push("weight_decay");
+        }
+        if self.betas.is_some() && !matches!(k, OptimizerKind::Adamw | OptimizerKind::Adam) {
+            out.push("betas");
+        }
+        if self.eps.is_some() && !matches!(k, OptimizerKind::Adamw | OptimizerKind::Adam) {
+            out.push("eps");
+        }
+        if self.momentum.is_some() && k != OptimizerKind::Sgd {
+            out.push("momentum");
+        }
+        out
+    }
+}
+
+/// `[model]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A model directory, or a Hugging Face repo id found in the local HF cache.
+    pub path: String,
+    /// float32, bfloat16 or float16 (default: float32 on the CPU, bfloat16 on a GPU).
+    pub dtype: Option<String>,
+    /// Quantize a float model on load.
+    pub quantize: Option<QuantizeConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeConfig {
+    pub bits: i32,
+    #[serde(default = "QuantizeConfig::default_group_size")]
+    pub group_size: i32,
+}
+
+impl QuantizeConfig {
+    fn default_group_size() -> i32 {
+        64
+    }
+}
+
+/// `[lora]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Which modules get adapters (a LoraTargetMapper plugin; default all_linear).
+    #[serde(default = "LoraConfig::default_mapper")]
+    pub mapper: PluginTable,
+    #[serde(default = "LoraConfig::default_rank")]
+    pub rank: i32,
+    /// Multiplier of the low-rank update (mlx-lm's `scale`, default 20).
+    #[serde(default = "LoraConfig::default_scale")]
+    pub scale: f32,
+    #[serde(default)]
+    pub dropout: f32,
+    /// DoRA instead of LoRA.
+    #[serde(default)]
+    pub dora: bool,
+    /// Only the last N transformer layers (mlx-lm's `num_layers`).
+    pub last_n_layers: Option<usize>,
+}
+
+impl LoraConfig {
+    fn default_mapper() -> PluginTable {
+        PluginTable::named("all_linear")
+    }
+
+    fn default_rank() -> i32 {
+        8
+    }
+
+    fn default_scale() -> f32 {
+        20.0
+    }
+}
+
+/// `[data]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub train: PathBuf,
+    pub valid: Option<PathBuf>,
+    /// none, prompt or assistant (default none, as mlx-lm).
+    #[serde(default = "DataConfig::default_mask")]
+    pub mask: crate::data::Masking,
+    #[serde(default = "DataConfig::default_max_seq_length")]
+    pub max_seq_length: usize,
+    #[serde(default)]
+    pub skip_bad_rows: bool,
+    /// A DataCachePolicy plugin (default disk).
+    #[serde(default = "DataConfig::default_cache")]
+    pub cache: PluginTable,
+    #[serde(default = "DataConfig::default_batch_size")]
+    pub batch_size: usize,
+    /// Batches are padded to a multiple of this many tokens (fewer shapes for the compiled step).
+    #[serde(default = "DataConfig::default_pad_multiple")]
+    pub pad_multiple: usize,
+}
+
+impl DataConfig {
+    fn default_mask() -> crate::data::Masking {
+        crate::data::Masking::None
+    }
+
+    fn default_max_seq_length() -> usize {
+        2048
+    }
+
+    fn default_cache() -> PluginTable {
+        PluginTable::named("disk")
+    }
+
+    fn default_batch_size() -> usize {
+        4
+    }
+
+    fn default_pad_multiple() -> usize {
+        32
+    }
 }
 
 /// `[plugins]`

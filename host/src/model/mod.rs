@@ -31,6 +31,16 @@ type FamilyFn = fn(&HfArgs) -> Result<TransformerConfig, String>;
 const FAMILIES: &[(&str, FamilyFn)] =
     &[("llama", llama::config), ("mistral", mistral::config), ("qwen2", qwen2::config), ("qwen3", qwen3::config)];
 
+/// A dtype by name (`float32`, `bfloat16`, `float16`, or f32/bf16/f16).
+pub fn parse_dtype(name: &str) -> Option<Dtype> {
+    match name {
+        "float32" | "f32" => Some(Dtype::Float32),
+        "bfloat16" | "bf16" => Some(Dtype::Bfloat16),
+        "float16" | "f16" => Some(Dtype::Float16),
+        _ => None,
+    }
+}
+
 pub fn supported_model_types() -> Vec<String> {
     FAMILIES.iter().map(|(name, _)| (*name).to_owned()).collect()
 }

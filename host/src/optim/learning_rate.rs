@@ -12,17 +12,23 @@ use mlx_rs::{
     Array,
 };
 
-/// The current learning rate, an input of the compiled step.
-pub struct LearningRate(pub Array);
+/// The current learning rate, an input of the compiled step (and its value, for optimizers that cannot take
+/// an array).
+pub struct LearningRate(pub Array, f64);
 
 impl LearningRate {
     pub fn new(lr: f64) -> Self {
-        LearningRate(Array::from_f32(lr as f32))
+        LearningRate(Array::from_f32(lr as f32), lr)
     }
 
     /// Sets the value the next step uses.
     pub fn set(&mut self, lr: f64) {
         self.0 = Array::from_f32(lr as f32);
+        self.1 = lr;
+    }
+
+    pub fn value(&self) -> f64 {
+        self.1
     }
 }
 

@@ -3,6 +3,7 @@
 
 use plugin_cache_policies as _;
 use plugin_lora_targets as _;
+use plugin_losses as _;
 use plugin_schedules as _;
 
 /// Built-in names the host must always have; a test checks each is registered.
@@ -23,4 +24,5 @@ pub const EXPECTED: &[(sdk::PluginKind, &str)] = &[
     (sdk::PluginKind::DataCachePolicy, "none"),
     (sdk::PluginKind::DataCachePolicy, "lazy"),
     (sdk::PluginKind::DataCachePolicy, "disk"),
+    (sdk::PluginKind::Loss, "sft"),
 ];

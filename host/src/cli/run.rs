@@ -1,0 +1,56 @@
+use std::path::PathBuf;
+
+use clap::Args;
+use host::{
+    config::RunConfig,
+    plugins::Registry,
+    train::{self, Resume, StopReason},
+};
+
+use super::ConfigArgs;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Continue from a checkpoint: the latest of this run's output directory, or the given checkpoint.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "CHECKPOINT")]
+    resume: Option<String>,
+}
+
+/// Trains as the configuration says. Ctrl-C stops after the current step with a checkpoint.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut registry = Registry::builtin()?;
+    let config = RunConfig::load(&args.config.config, &args.config.overrides, &mut registry)?;
+    let resume = args.resume.map(|r| if r == "latest" { Resume::Latest } else { Resume::From(PathBuf::from(r)) });
+    // A second Ctrl-C ends the process the usual way.
+    let _ = ctrlc::set_handler(|| {
+        static PRESSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if PRESSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit now)");
+        train::request_stop();
+    });
+    let outcome = train::run(&config, &registry, resume.as_ref())?;
+    let how = match outcome.stopped {
+        StopReason::Completed => "completed",
+        StopReason::EarlyStopped => "stopped early (no better validation loss)",
+        StopReason::Interrupted => "interrupted; resume with --resume",
+    };
+    println!("{} steps, {how}", outcome.steps);
+    println!("final train loss {:.4}", outcome.last_loss);
+    if let Some((loss, step)) = outcome.best_eval {
+        println!("best validation loss {loss:.4} at step {step} (adapters in {})", outcome.output.join("best").display());
+    }
+    let padding = 100.0 * (1.0 - outcome.real_tokens as f64 / outcome.padded_tokens.max(1) as f64);
+    println!(
+        "{:.0} tokens/s ({} tokens, {padding:.1}% padding), {:.1} s, peak memory {:.3} GB",
+        outcome.real_tokens as f64 / outcome.seconds.max(1e-9),
+        outcome.real_tokens,
+        outcome.seconds,
+        outcome.peak_memory_bytes as f64 / 1e9
+    );
+    println!("adapters, checkpoints, metrics.jsonl and loss.png in {}", outcome.output.display());
+    Ok(())
+}

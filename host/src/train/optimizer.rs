@@ -1,0 +1,192 @@
+//! Optimizers by name. AdamW and Adam are mlx-rs's; SGD is ours because mlx-rs keeps its learning rate as a
+//! plain float, which a compiled step would freeze; Adafactor (float learning rate too) runs uncompiled.
+
+use std::{collections::HashMap, rc::Rc};
+
+use mlx_rs::{
+    builder::Builder,
+    error::{Exception, StateProjectionError},
+    module::{FlattenedModuleParam, ModuleParameters},
+    optimizers::{Adafactor, AdafactorBuilder, Adam, AdamBuilder, AdamW, AdamWBuilder, Optimizer, OptimizerState, State},
+    utils::{StateProjection, Updatable},
+    Array,
+};
+
+use crate::config::{OptimizerConfig, OptimizerKind};
+
+/// SGD with momentum and (coupled) weight decay, as PyTorch defines it; the learning rate is an array.
+pub struct Sgd {
+    pub lr: Array,
+    momentum: f32,
+    weight_decay: f32,
+    state: State,
+}
+
+impl Optimizer for Sgd {
+    type State = State;
+
+    fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    fn update_single(&mut self, key: &Rc<str>, gradient: &Array, parameter: &mut Array) -> Result<(), Exception> {
+        let mut g = gradient.clone();
+        if self.weight_decay != 0.0 {
+            g = g.add(parameter.multiply(Array::from_f32(self.weight_decay))?)?;
+        }
+        if self.momentum != 0.0 {
+            let v = match self.state.get(key) {
+                Some(v) => v.multiply(Array::from_f32(self.momentum))?.add(&g)?,
+                None => g.clone(),
+            };
+            self.state.insert(key.clone(), v.clone());
+            g = v;
+        }
+        *parameter = parameter.subtract(self.lr.multiply(&g)?)?;
+        Ok(())
+    }
+}
+
+impl Updatable for Sgd {
+    fn state_projection(&mut self) -> Result<StateProjection<'_>, StateProjectionError> {
+        self.state.state_projection()
+    }
+}
+
+pub enum TrainOptimizer {
+    AdamW(AdamW),
+    Adam(Adam),
+    Sgd(Sgd),
+    Adafactor(Adafactor),
+}
+
+impl Updatable for TrainOptimizer {
+    fn state_projection(&mut self) -> Result<StateProjection<'_>, StateProjectionError> {
+        match self {
+            TrainOptimizer::AdamW(o) => o.state_projection(),
+            TrainOptimizer::Adam(o) => o.state_projection(),
+            TrainOptimizer::Sgd(o) => o.state_projection(),
+            TrainOptimizer::Adafactor(o) => o.state_projection(),
+        }
+    }
+}
+
+fn flatten<S: OptimizerState>(state: &mut S) -> Result<Vec<(String, Array)>, Exception> {
+    Ok(state.flatten()?.into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+}
+
+impl TrainOptimizer {
+    pub fn build(c: &OptimizerConfig) -> Result<Self, Exception> {
+        let lr = c.lr as f32;
+        let betas = c.betas.map(|[a, b]| (a as f32, b as f32));
+        Ok(match c.kind {
+            OptimizerKind::Adamw => {
+                let mut b = AdamWBuilder::new(lr);
+                if let Some(betas) = betas {
+                    b = b.betas(betas);
+                }
+                if let Some(eps) = c.eps {
+                    b = b.eps(eps as f32);
+                }
+                if let Some(wd) = c.weight_decay {
+                    b = b.weight_decay(wd as f32);
+                }
+                TrainOptimizer::AdamW(b.build()?)
+            }
+            OptimizerKind::Adam => {
+                let mut b = AdamBuilder::new(lr);
+                if let Some(betas) = betas {
+                    b = b.betas(betas);
+                }
+                if let Some(eps) = c.eps {
+                    b = b.eps(eps as f32);
+                }
+                TrainOptimizer::Adam(b.build()?)
+            }
+            OptimizerKind::Sgd => TrainOptimizer::Sgd(Sgd {
+                lr: Array::from_f32(lr),
+                momentum: c.momentum.unwrap_or(0.0) as f32,
+                weight_decay: c.weight_decay.unwrap_or(0.0) as f32,
+                state: State::new(),
+            }),
+            // A fixed learning rate (from the schedule), not Adafactor's relative step size.
+            OptimizerKind::Adafactor => TrainOptimizer::Adafactor(AdafactorBuilder::new().lr(lr).relative_step(false).build().map_err(|e| Exception::custom(format!("adafactor: {e:?}")))?),
+        })
+    }
+
+    /// Whether the learning rate is an array a compiled step can take as an input.
+    pub fn compilable(&self) -> bool {
+        !matches!(self, TrainOptimizer::Adafactor(_))
+    }
+
+    /// Sets the learning rate for the next update (inside a compiled step: the step's LR input).
+    pub fn set_lr(&mut self, lr: &Array, value: f64) {
+        match self {
+            TrainOptimizer::AdamW(o) => o.lr = lr.clone(),
+            TrainOptimizer::Adam(o) => o.lr = lr.clone(),
+            TrainOptimizer::Sgd(o) => o.lr = lr.clone(),
+            TrainOptimizer::Adafactor(o) => o.lr = Some(value as f32),
+        }
+    }
+
+    pub fn update<M: ModuleParameters>(&mut self, model: &mut M, grads: &FlattenedModuleParam) -> Result<(), Exception> {
+        match self {
+            TrainOptimizer::AdamW(o) => o.update(model, grads),
+            TrainOptimizer::Adam(o) => o.update(model, grads),
+            TrainOptimizer::Sgd(o) => o.update(model, grads),
+            TrainOptimizer::Adafactor(o) => o.update(model, grads),
+        }
+    }
+
+    /// Gives every trainable parameter its (zero) state now rather than at its first update, so the compiled
+    /// steps see one state layout from the start. Numerically the same as lazily created state.
+    pub fn init_state<M: ModuleParameters>(&mut self, model: &M) -> Result<(), Exception> {
+        let params = model.trainable_parameters().flatten();
+        let zeros = |a: &Array| mlx_rs::ops::zeros_like(a);
+        match self {
+            TrainOptimizer::AdamW(o) if o.state.is_empty() => {
+                for (k, p) in &params {
+                    o.state.insert(k.clone(), (zeros(p)?, zeros(p)?));
+                }
+            }
+            TrainOptimizer::Adam(o) if o.state.is_empty() => {
+                for (k, p) in &params {
+                    o.state.insert(k.clone(), (zeros(p)?, zeros(p)?));
+                }
+            }
+            TrainOptimizer::Sgd(o) if o.state.is_empty() && o.momentum != 0.0 => {
+                for (k, p) in &params {
+                    o.state.insert(k.clone(), zeros(p)?);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The optimizer's state by key, for checkpoints.
+    pub fn state_arrays(&mut self) -> Result<Vec<(String, Array)>, Exception> {
+        match self {
+            TrainOptimizer::AdamW(o) => flatten(o.state_mut()),
+            TrainOptimizer::Adam(o) => flatten(o.state_mut()),
+            TrainOptimizer::Sgd(o) => flatten(o.state_mut()),
+            TrainOptimizer::Adafactor(o) => flatten(o.state_mut()),
+        }
+    }
+
+    /// Restores a state written by [`TrainOptimizer::state_arrays`].
+    pub fn load_state(&mut self, arrays: HashMap<String, Array>) -> Result<(), String> {
+        let err = |e: &dyn std::fmt::Display| format!("optimizer state: {e}");
+        match self {
+            TrainOptimizer::AdamW(o) => o.state = OptimizerState::unflatten(arrays).map_err(|e| err(&e))?,
+            TrainOptimizer::Adam(o) => o.state = OptimizerState::unflatten(arrays).map_err(|e| err(&e))?,
+            TrainOptimizer::Sgd(o) => o.state = OptimizerState::unflatten(arrays).map_err(|e| err(&e))?,
+            TrainOptimizer::Adafactor(o) => o.state = OptimizerState::unflatten(arrays).map_err(|e| err(&e))?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! The training step as two functions of explicit state, compiled once per batch shape: `micro` adds one
+//! micro-batch's weighted gradient to the accumulator; `apply` clips and applies the accumulated gradient.
+//! Everything that changes between calls — parameters, optimizer moments, learning rate, PRNG key, the
+//! accumulator — is state, so nothing is frozen into the trace.
+
+use std::{cell::RefCell, rc::Rc};
+
+use mlx_rs::{
+    error::{Exception, StateProjectionError},
+    module::{FlattenedModuleParam, ModuleParameters},
+    nn, ops,
+    ops::indexing::take_along_axis,
+    random::RandomState,
+    utils::{StateProjection, Updatable},
+    Array, Dtype,
+};
+use sdk::{Loss, LossInputs};
+
+use super::optimizer::TrainOptimizer;
+use crate::{lora, model::CausalLm, optim::LearningRate};
+
+/// log p(target) for each position: `[B, T]`, in float32 whatever the model's dtype.
+pub fn token_logps(model: &CausalLm, inputs: &Array, targets: &Array) -> Result<Array, Exception> {
+    let logits = model.forward(inputs, None)?.as_dtype(Dtype::Float32)?;
+    let picked = take_along_axis(&logits, &targets.expand_dims(-1)?, -1)?.squeeze_axes(&[-1])?;
+    picked.subtract(logits.logsumexp_axis(-1, None)?)
+}
+
+/// The gradient accumulator: one array per trainable parameter, in a fixed order.
+pub struct GradBuffer {
+    names: Vec<Rc<str>>,
+    values: Vec<Array>,
+}
+
+impl GradBuffer {
+    pub fn zeros_like(model: &CausalLm) -> Result<Self, Exception> {
+        let params = model.trainable_parameters().flatten();
+        let mut names: Vec<Rc<str>> = params.keys().cloned().collect();
+        names.sort();
+        let values = names.iter().map(|n| ops::zeros_like(params[n])).collect::<Result<_, _>>()?;
+        Ok(GradBuffer { names, values })
+    }
+
+    fn accumulate(&mut self, grads: &FlattenedModuleParam, weight: &Array) -> Result<(), Exception> {
+        for (name, value) in self.names.iter().zip(self.values.iter_mut()) {
+            if let Some(g) = grads.get(name) {
+                *value = value.add(g.multiply(weight)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn global_norm(&self) -> Result<Array, Exception> {
+        let mut total = Array::from_f32(0.0);
+        for v in &self.values {
+            total = total.add(v.square()?.sum(None)?)?;
+        }
+        total.sqrt()
+    }
+
+    fn take_scaled(&mut self, scale: &Array) -> Result<FlattenedModuleParam, Exception> {
+        let mut out = FlattenedModuleParam::new();
+        for (name, value) in self.names.iter().zip(self.values.iter_mut()) {
+            out.insert(name.clone(), value.multiply(scale)?);
+            *value = ops::zeros_like(&*value)?;
+        }
+        Ok(out)
+    }
+}
+
+impl Updatable for GradBuffer {
+    fn state_projection(&mut self) -> Result<StateProjection<'_>, StateProjectionError> {
+        let mut p = StateProjection::new();
+        for (name, value) in self.names.iter().zip(self.values.iter_mut()) {
+            p.required(name.clone(), value)?;
+        }
+        Ok(p)
+    }
+}
+
+/// Everything a step reads and writes. One tuple for both functions (they share the model); each ignores
+/// the parts it does not use.
+pub type TrainState = (CausalLm, (TrainOptimizer, (LearningRate, (GradBuffer, RandomState))));
+
+/// Micro-step. Args: inputs, targets, mask, weight (this micro-batch's share of the step's supervised tokens).
+/// Returns the loss followed by the loss plugin's metrics (their names land in `metric_names` when traced).
+pub fn micro(
+    loss: Rc<dyn Loss>,
+    dropout: bool,
+    metric_names: Rc<RefCell<Vec<String>>>,
+) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
+    move |(model, (_, (_, (grads, rng)))), args| {
+        let [inputs, targets, mask, weight] = args else {
+            return Err(Exception::custom("micro step takes inputs, targets, mask, weight"));
+        };
+        if dropout {
+            let key = rng.next_key()?;
+            lora::set_dropout_key(model, Some(&key))?;
+        }
+        let loss = loss.clone();
+        let names = metric_names.clone();
+        let f = move |m: &mut CausalLm, (inputs, targets, mask): (&Array, &Array, &Array)| -> Result<Vec<Array>, Exception> {
+            let logps = token_logps(m, inputs, targets)?;
+            let out = loss.forward(&LossInputs::new(&logps, mask)).map_err(|e| Exception::custom(e.to_string()))?;
+            *names.borrow_mut() = out.metrics.iter().map(|(n, _)| n.clone()).collect();
+            let mut values = vec![out.loss];
+            values.extend(out.metrics.into_iter().map(|(_, a)| a));
+            Ok(values)
+        };
+        let mut vg = nn::value_and_grad(f);
+        let (values, g) = vg(model, (inputs, targets, mask))?;
+        grads.accumulate(&g, weight)?;
+        if dropout {
+            lora::set_dropout_key(model, None)?;
+        }
+        Ok(values)
+    }
+}
+
+/// Apply step: clips the accumulated gradient to `max_norm` (global norm) and updates. Returns the norm
+/// before clipping.
+pub fn apply(max_norm: Option<f32>) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
+    move |(model, (optimizer, (lr, (grads, _)))), _args| {
+        let norm = grads.global_norm()?;
+        let scale = match max_norm {
+            Some(m) => ops::minimum(Array::from_f32(1.0), Array::from_f32(m).divide(norm.add(Array::from_f32(1e-6))?)?)?,
+            None => Array::from_f32(1.0),
+        };
+        let g = grads.take_scaled(&scale)?;
+        optimizer.set_lr(&lr.0, lr.value());
+        optimizer.update(model, &g)?;
+        Ok(vec![norm])
+    }
+}

@@ -1,0 +1,245 @@
+//! The SFT trainer end to end on a fixture model: the loss falls, resume is exact, gradient accumulation
+//! weighs micro-batches by supervised tokens, a non-finite loss stops with a checkpoint, an interrupt saves.
+
+use std::path::{Path, PathBuf};
+
+use host::{
+    config::{Override, RunConfig},
+    data::{collate, tokenize, Masking, Row},
+    fixture::{self, Family, Preset},
+    lora::{self, LoraSettings},
+    model::{self, LoadOptions},
+    plugins::Registry,
+    text::TextTokenizer,
+    train::{self, Resume, StopReason, TrainError},
+};
+use mlx_rs::{module::ModuleParameters, Array, Dtype};
+use sdk::{Loss, LossInputs, LossOutput, Plugin, PluginError, Requirements};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("host-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A run config over a fresh tiny fixture and the shipped SFT data.
+fn config(name: &str, extra: &str) -> (PathBuf, PathBuf) {
+    let dir = temp(name);
+    fixture::write(&dir.join("model"), Family::Qwen2, Preset::Tiny, 1).unwrap();
+    let data = workspace().join("data/sft");
+    let text = format!(
+        r#"
+[model]
+path = {model:?}
+
+[lora]
+rank = 4
+scale = 10.0
+dropout = 0.1
+
+[data]
+train = {train:?}
+valid = {valid:?}
+mask = "prompt"
+batch_size = 4
+cache = {{ kind = "disk", dir = {cache:?} }}
+
+[optimizer]
+kind = "adamw"
+lr = 2e-3
+
+[schedule]
+kind = "cosine"
+warmup_steps = 2
+
+[train]
+steps = 30
+save_every = 10
+eval_every = 10
+max_grad_norm = 1.0
+seed = 3
+{extra}
+
+[output]
+dir = {out:?}
+"#,
+        model = dir.join("model").display().to_string(),
+        train = data.join("train.jsonl").display().to_string(),
+        valid = data.join("valid.jsonl").display().to_string(),
+        cache = dir.join("cache").display().to_string(),
+        out = dir.join("run").display().to_string(),
+    );
+    let path = dir.join("sft.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, dir)
+}
+
+fn load(path: &Path, overrides: &[&str]) -> (RunConfig, Registry) {
+    let mut registry = Registry::builtin().unwrap();
+    let overrides: Vec<Override> = overrides.iter().map(|o| o.parse().unwrap()).collect();
+    (RunConfig::load(path, &overrides, &mut registry).unwrap(), registry)
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
+        .collect()
+}
+
+#[test]
+fn loss_falls_and_the_run_leaves_adapters_checkpoints_metrics_and_a_plot() {
+    let (path, dir) = config("falls", "");
+    let (cfg, registry) = load(&path, &[]);
+    let outcome = train::run(&cfg, &registry, None).unwrap();
+    assert_eq!((outcome.steps, outcome.stopped), (30, StopReason::Completed));
+    let run = dir.join("run");
+    let l = losses(&run);
+    assert_eq!(l.len(), 30);
+    let (first, last) = (l[..5].iter().sum::<f64>() / 5.0, l[25..].iter().sum::<f64>() / 5.0);
+    assert!(last < first - 0.3, "loss {first:.3} → {last:.3}");
+    for f in ["adapters.safetensors", "adapter_config.json", "loss.png", "resolved.toml", "best/adapters.safetensors", "checkpoints/latest"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let checkpoints: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step-")).collect();
+    assert_eq!(checkpoints.len(), 3);
+    assert!(outcome.padded_tokens >= outcome.real_tokens && outcome.real_tokens > 0);
+}
+
+fn adapters(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut t: Vec<(String, Vec<f32>)> = Array::load_safetensors(run.join("adapters.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_dtype(Dtype::Float32).unwrap().to_vec_exact::<f32>().unwrap()))
+        .collect();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[test]
+fn twenty_steps_equal_ten_then_resume_ten_bit_for_bit() {
+    let (path, dir) = config("resume", "grad_accumulation_steps = 2");
+    let straight = dir.join("straight");
+    let (cfg, registry) = load(&path, &["train.steps=20", &format!("output.dir={:?}", straight.display().to_string())]);
+    train::run(&cfg, &registry, None).unwrap();
+
+    let split = dir.join("split");
+    let out = format!("output.dir={:?}", split.display().to_string());
+    let (cfg, registry) = load(&path, &["train.steps=20", &out]);
+    // Stop after 10 steps, as Ctrl-C would.
+    struct StopAt(u64);
+    impl train::StepCallback for StopAt {
+        fn after_step(&mut self, step: u64, _loss: f64) -> host::generate::Control {
+            if step == self.0 { host::generate::Control::Stop } else { host::generate::Control::Continue }
+        }
+    }
+    let first = train::run_with(&cfg, &registry, None, &mut StopAt(10)).unwrap();
+    assert_eq!((first.steps, first.stopped), (10, StopReason::Interrupted));
+    let resumed = train::run(&cfg, &registry, Some(&Resume::Latest)).unwrap();
+    assert_eq!(resumed.steps, 20);
+    assert_eq!(adapters(&straight), adapters(&split), "adapters after 20 steps");
+    assert_eq!(losses(&straight), losses(&split), "the same losses step by step");
+}
+
+/// A loss that is NaN.
+struct NanLoss;
+
+impl Plugin for NanLoss {
+    const NAME: &'static str = "nan_loss";
+    const SUMMARY: &'static str = "test: always NaN";
+    fn from_config(_: &sdk::toml::Table) -> Result<Self, PluginError> {
+        Ok(NanLoss)
+    }
+}
+
+impl Loss for NanLoss {
+    fn requirements(&self) -> Requirements {
+        Requirements::default()
+    }
+
+    fn forward(&self, inputs: &LossInputs<'_>) -> Result<LossOutput, PluginError> {
+        let loss = inputs.policy_logps.sum(None)?.multiply(Array::from_f32(f32::NAN))?;
+        Ok(LossOutput { loss, metrics: vec![] })
+    }
+}
+
+sdk::register_loss!(NanLoss);
+
+#[test]
+fn a_non_finite_loss_stops_before_the_update_with_a_checkpoint() {
+    let (path, _) = config("nan", "");
+    let (cfg, registry) = load(&path, &["loss.kind=nan_loss"]);
+    match train::run(&cfg, &registry, None) {
+        Err(TrainError::NonFinite { step, value, checkpoint }) => {
+            assert_eq!(step, 1);
+            assert!(value.is_nan());
+            // The checkpoint holds the untouched initial adapters: B is still zero.
+            let t = Array::load_safetensors(checkpoint.join("adapters.safetensors")).unwrap();
+            let b = &t["model.layers.0.self_attn.q_proj.lora_b"];
+            assert_eq!(b.abs().unwrap().sum(None).unwrap().item_exact::<f32>(), 0.0);
+        }
+        other => panic!("expected a non-finite stop, got {other:?}"),
+    }
+}
+
+#[test]
+fn gradient_accumulation_weighs_micro_batches_by_supervised_tokens() {
+    let dir = temp("accum");
+    fixture::write(&dir, Family::Llama, Preset::Tiny, 1).unwrap();
+    let t = TextTokenizer::load(&dir).unwrap();
+    let mut m = model::load(&dir, &LoadOptions { dtype: Some(Dtype::Float32), quantize: None }).unwrap().model;
+    let mapper = Registry::builtin().unwrap().lora_target_mapper("all_linear", &sdk::toml::Table::new()).unwrap();
+    lora::apply(&mut m, &*mapper, &LoraSettings { rank: 4, scale: 2.0, dropout: 0.0, dora: false, last_n_layers: None }, 0).unwrap();
+    for (i, (_, l)) in m.linears_mut().into_iter().enumerate() {
+        if let Some(b) = &mut *l.lora_b {
+            *b = mlx_rs::random::normal::<f32>(b.shape(), None, None, &mlx_rs::random::key(i as u64).unwrap()).unwrap().multiply(Array::from_f32(0.05)).unwrap();
+        }
+    }
+    let row = |p: &str, c: &str| tokenize(&Row::Completion { system: None, prompt: p.into(), completion: c.into() }, &t, Masking::Prompt, 512).unwrap();
+    // Very different supervised counts: equal weights would differ from the token-weighted mean.
+    let (short, long) = (row("1 + 1", "2"), row("Tell me", "the model reads a short story and answers the question step by step"));
+    let (a, b) = (collate(&[&short], 8, 0), collate(&[&long], 8, 0));
+    let both = collate(&[&short, &long], 8, 0);
+    let loss = Registry::builtin().unwrap().loss("sft", &sdk::toml::Table::new()).unwrap();
+    let grads_of = |m: &mut model::CausalLm, batch: &host::data::Batch| {
+        let mut vg = mlx_rs::nn::value_and_grad(|m: &mut model::CausalLm, _: ()| -> Result<Vec<Array>, mlx_rs::error::Exception> {
+            let logps = train::token_logps(m, &batch.inputs, &batch.targets)?;
+            Ok(vec![loss.forward(&LossInputs::new(&logps, &batch.mask)).map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))?.loss])
+        });
+        vg(m, ()).unwrap().1
+    };
+    let (ga, gb, gboth) = (grads_of(&mut m, &a), grads_of(&mut m, &b), grads_of(&mut m, &both));
+    let n = (a.supervised + b.supervised) as f32;
+    let (wa, wb) = (a.supervised as f32 / n, b.supervised as f32 / n);
+    let mut worst = 0.0f32;
+    let mut unweighted_gap = 0.0f32;
+    for (k, g) in &gboth {
+        let weighted = ga[k].multiply(Array::from_f32(wa)).unwrap().add(gb[k].multiply(Array::from_f32(wb)).unwrap()).unwrap();
+        let equal = ga[k].add(&gb[k]).unwrap().multiply(Array::from_f32(0.5)).unwrap();
+        worst = worst.max(weighted.subtract(g).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>());
+        unweighted_gap = unweighted_gap.max(equal.subtract(g).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>());
+    }
+    assert!(worst < 1e-6, "token-weighted accumulation differs from the joint batch by {worst}");
+    assert!(unweighted_gap > 100.0 * worst.max(1e-8), "equal weights would differ noticeably ({unweighted_gap})");
+    let _ = m.trainable_parameters();
+}
+
+#[test]
+fn missing_sections_and_bad_configs_are_clear() {
+    let (path, _) = config("bad", "");
+    let mut registry = Registry::builtin().unwrap();
+    let overrides: Vec<Override> = vec!["optimizer.momentum=0.9".parse().unwrap(), "data.mask=everything".parse().unwrap()];
+    let err = RunConfig::load(&path, &overrides, &mut registry).unwrap_err().to_string();
+    assert!(err.contains("`optimizer.momentum`: does not apply to adamw"), "{err}");
+    assert!(err.contains("`data.mask`: unknown variant `everything`"), "{err}");
+    let (mut cfg, registry) = load(&path, &[]);
+    cfg.data = None;
+    let err = train::run(&cfg, &registry, None).unwrap_err().to_string();
+    assert_eq!(err, "training needs a [data] section");
+}
