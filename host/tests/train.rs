@@ -243,3 +243,35 @@ fn missing_sections_and_bad_configs_are_clear() {
     let err = train::run(&cfg, &registry, None).unwrap_err().to_string();
     assert_eq!(err, "training needs a [data] section");
 }
+
+#[test]
+fn checkpointed_layers_give_the_same_gradients() {
+    let dir = temp("ckpt");
+    fixture::write(&dir, Family::Qwen3, Preset::Tiny, 4).unwrap();
+    let mut m = model::load(&dir, &LoadOptions { dtype: Some(Dtype::Float32), quantize: None }).unwrap().model;
+    let mapper = Registry::builtin().unwrap().lora_target_mapper("all_linear", &sdk::toml::Table::new()).unwrap();
+    lora::apply(&mut m, &*mapper, &LoraSettings { rank: 4, scale: 2.0, dropout: 0.0, dora: false, last_n_layers: Some(1) }, 0).unwrap();
+    for (i, (_, l)) in m.linears_mut().into_iter().enumerate() {
+        if let Some(b) = &mut *l.lora_b {
+            *b = mlx_rs::random::normal::<f32>(b.shape(), None, None, &mlx_rs::random::key(i as u64).unwrap()).unwrap().multiply(Array::from_f32(0.05)).unwrap();
+        }
+    }
+    let inputs = Array::from_slice(&(0..24).map(|i| (i * 13 + 1) % 500).collect::<Vec<i32>>(), &[2, 12]);
+    let targets = Array::from_slice(&(0..24).map(|i| (i * 7 + 3) % 500).collect::<Vec<i32>>(), &[2, 12]);
+    let grads = |m: &mut model::CausalLm| {
+        let mut vg = mlx_rs::nn::value_and_grad(|m: &mut model::CausalLm, _: ()| -> Result<Vec<Array>, mlx_rs::error::Exception> {
+            Ok(vec![train::token_logps(m, &inputs, &targets)?.sum(None)?])
+        });
+        let (v, g) = vg(m, ()).unwrap();
+        (v[0].item_exact::<f32>(), g)
+    };
+    let (v_plain, g_plain) = grads(&mut m);
+    m.model.checkpoint_layers = true;
+    let (v_ckpt, g_ckpt) = grads(&mut m);
+    assert_eq!(g_plain.len(), 14, "the last layer's 7 adapters, A and B");
+    assert!((v_plain - v_ckpt).abs() < 1e-4);
+    for (k, g) in &g_plain {
+        let d = g.subtract(&g_ckpt[k]).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>();
+        assert!(d < 1e-5, "{k}: {d}");
+    }
+}

@@ -96,24 +96,61 @@ impl RunConfig {
     }
 
     /// Reads, overrides, checks and validates a configuration, loading the cdylibs it names into `registry`.
+    /// Relative paths are relative to the working directory.
     pub fn load(file: &Path, overrides: &[Override], registry: &mut Registry) -> Result<RunConfig, ConfigError> {
+        Self::load_in(file, overrides, registry, Path::new(""))
+    }
+
+    /// [`RunConfig::load`] with relative paths taken from `base` (model directories, data files, plugin
+    /// libraries, the output directory; a model that is not a directory there is a Hugging Face repo id).
+    pub fn load_in(file: &Path, overrides: &[Override], registry: &mut Registry, base: &Path) -> Result<RunConfig, ConfigError> {
         let source = Source::read(file, overrides)?;
         let mut problems = Vec::new();
         let sections = fields::field_names::<RunConfig>().unwrap_or_default();
         for key in source.table.keys().filter(|k| !sections.contains(&k.as_str())) {
             problems.push(source.problem(&[key], format!("unknown section; expected one of: {}", sections.join(", "))));
         }
-        let model = section::<ModelConfig>(&source, "model", &mut problems);
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let model = section::<ModelConfig>(&source, "model", &mut problems).map(|m| {
+            m.map(|mut m| {
+                if base.join(&m.path).is_dir() {
+                    m.path = base.join(&m.path).to_string_lossy().into_owned();
+                }
+                m
+            })
+        });
         let lora = section::<LoraConfig>(&source, "lora", &mut problems);
-        let data = section::<DataConfig>(&source, "data", &mut problems);
+        let data = section::<DataConfig>(&source, "data", &mut problems).map(|d| {
+            d.map(|mut d| {
+                rebase(&mut d.train);
+                if let Some(v) = &mut d.valid {
+                    rebase(v);
+                }
+                d
+            })
+        });
         let train = section::<TrainConfig>(&source, "train", &mut problems).map(Option::unwrap_or_default);
         let optimizer = section::<OptimizerConfig>(&source, "optimizer", &mut problems).and_then(|o| {
             o.ok_or_else(|| problems.push(source.problem(&[], "missing section [optimizer] (at least `lr`)")))
         });
         let schedule = section::<ScheduleSection>(&source, "schedule", &mut problems).map(Option::unwrap_or_default);
         let loss = section::<PluginTable>(&source, "loss", &mut problems).map(|l| l.unwrap_or_else(RunConfig::default_loss));
-        let plugins = section::<PluginsConfig>(&source, "plugins", &mut problems).map(Option::unwrap_or_default);
-        let output = section::<OutputConfig>(&source, "output", &mut problems).map(Option::unwrap_or_default);
+        let plugins = section::<PluginsConfig>(&source, "plugins", &mut problems).map(|p| {
+            let mut p = p.unwrap_or_default();
+            p.paths.iter_mut().for_each(rebase);
+            p
+        });
+        let output = section::<OutputConfig>(&source, "output", &mut problems).map(|o| {
+            let mut o = o.unwrap_or_default();
+            if let Some(d) = &mut o.dir {
+                rebase(d);
+            }
+            o
+        });
 
         // Each rule runs when the sections it reads parsed, so one bad section hides no other problem.
         let mut rule = |ok: bool, path: &[&str], message: String| {
@@ -210,7 +247,7 @@ impl RunConfig {
             {
                 if output.dir.is_none() {
                     let stem = file.file_stem().map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
-                    output.dir = Some(PathBuf::from("runs").join(stem));
+                    output.dir = Some(base.join("runs").join(stem));
                 }
                 Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, plugins, output })
             }

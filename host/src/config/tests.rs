@@ -131,7 +131,8 @@ fn every_shipped_config_parses_and_validates() {
     for entry in std::fs::read_dir(&configs).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            RunConfig::load(&path, &[], &mut Registry::builtin().unwrap()).unwrap_or_else(|e| panic!("{e}"));
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            RunConfig::load_in(&path, &[], &mut Registry::builtin().unwrap(), &root).unwrap_or_else(|e| panic!("{e}"));
             seen += 1;
         }
     }

@@ -5,6 +5,7 @@ use mlx_rs::{
     error::Exception,
     fast::{self, ScaledDotProductAttentionMask},
     macros::ModuleParameters,
+    module::ModuleParameters as _,
     ops,
     ops::indexing::IndexOp,
     Array, Dtype,
@@ -66,6 +67,8 @@ pub struct Decoder {
     pub layers: Vec<Layer>,
     #[param]
     pub norm: RmsNorm,
+    /// Recompute each layer's activations in the backward pass (uncached forwards only: training).
+    pub checkpoint_layers: bool,
 }
 
 impl Attention {
@@ -243,6 +246,22 @@ impl Layer {
         let h = x.add(self.self_attn.forward(&self.input_layernorm.forward(x)?, cache)?)?;
         h.add(self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
     }
+
+    /// [`Layer::forward`] without a cache, its activations recomputed in the backward pass. The layer's
+    /// trainable parameters go in as inputs so their gradients flow through the checkpoint.
+    pub fn forward_checkpointed(&self, x: &Array) -> Result<Array, Exception> {
+        let params = self.trainable_parameters().flatten();
+        let mut names: Vec<std::rc::Rc<str>> = params.keys().cloned().collect();
+        names.sort();
+        let mut inputs = vec![x.clone()];
+        inputs.extend(names.iter().map(|n| params[n].clone()));
+        let mut layer = self.clone();
+        let out = crate::nn::checkpointed(&inputs, move |args| {
+            layer.update_flattened(names.iter().cloned().zip(args[1..].iter().cloned()).collect());
+            Ok(vec![layer.forward(&args[0], None)?])
+        })?;
+        out.into_iter().next().ok_or_else(|| Exception::custom("checkpointed layer returned nothing"))
+    }
 }
 
 impl Decoder {
@@ -251,6 +270,7 @@ impl Decoder {
             embed_tokens: Embedding::placeholder(c.vocab_size, c.hidden_size, quant("model.embed_tokens", c.hidden_size), dtype)?,
             layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, i, quant, dtype)).collect::<Result<_, _>>()?,
             norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps)?,
+            checkpoint_layers: false,
         })
     }
 
@@ -267,8 +287,15 @@ impl Decoder {
                 }
             }
             None => {
-                for layer in &self.layers {
-                    h = layer.forward(&h, None)?;
+                // The backward pass starts at the first layer with trainable parameters; earlier layers keep
+                // nothing for it, so only the later ones are worth checkpointing.
+                let first = if self.checkpoint_layers {
+                    self.layers.iter().position(|l| !l.trainable_parameters().flatten().is_empty()).unwrap_or(self.layers.len())
+                } else {
+                    self.layers.len()
+                };
+                for (i, layer) in self.layers.iter().enumerate() {
+                    h = if i >= first { layer.forward_checkpointed(&h)? } else { layer.forward(&h, None)? };
                 }
             }
         }

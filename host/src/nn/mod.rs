@@ -1,12 +1,14 @@
 //! Layers with checkpoint-named parameters. Quantization is a property of a layer (its `scales`/`biases` are
 //! present), not a second copy of the model.
 
+mod checkpoint;
 mod embedding;
 mod linear;
 mod norm;
 mod quant;
 mod rope;
 
+pub use checkpoint::checkpointed;
 pub use embedding::Embedding;
 pub use linear::{Adapter, AdapterSpec, Linear};
 pub use norm::RmsNorm;

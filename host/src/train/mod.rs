@@ -1,6 +1,7 @@
 //! Training runs: supervised fine-tuning with LoRA/DoRA/QLoRA, driven by a run configuration.
 
 pub mod checkpoint;
+pub mod memory;
 mod metrics;
 mod optimizer;
 pub mod plot;
@@ -238,6 +239,16 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         }
         None => Vec::new(),
     };
+
+    // Checkpointing: the longest batch of the data bounds what a step keeps.
+    let first_adapted = summary.targets.iter().filter_map(|p| lora::layer_index(p)).min().unwrap_or(0);
+    let layers = model.num_layers() - first_adapted;
+    let longest = train_set.lengths().iter().copied().max().unwrap_or(0).min(data_cfg.max_seq_length);
+    let dtype_bytes = if model.dtype() == mlx_rs::Dtype::Float32 { 4 } else { 2 };
+    let estimate = memory::activation_bytes(&model.config, data_cfg.batch_size, longest, layers, dtype_bytes);
+    let (checkpointing, why) = memory::decide(train_cfg.gradient_checkpointing, estimate, memory::budget_bytes(train_cfg.memory_budget_gb));
+    model.model.checkpoint_layers = checkpointing;
+    eprintln!("{why}");
 
     let (schedule, schedule_ctx) = config.build_schedule(registry)?;
     let mut optimizer = TrainOptimizer::build(&config.optimizer)?;
