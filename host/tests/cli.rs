@@ -118,3 +118,21 @@ fn generate_streams_text_or_prints_one_json_object() {
     let (ok, _, stderr) = host(&["generate", "--model", "/no/such/model", "--prompt", "x"]);
     assert!(!ok && stderr.contains("model `/no/such/model` not found"), "{stderr}");
 }
+
+#[test]
+fn the_shipped_sft_config_runs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::env::temp_dir().join(format!("host-cli-{}-sft", std::process::id()));
+    let out_arg = format!("output.dir={:?}", out.display().to_string());
+    let status = Command::new(env!("CARGO_BIN_EXE_host"))
+        .current_dir(&root)
+        .args(["run", "--config", "configs/sft.toml", "--set", "train.steps=12", "--set", "train.eval_every=6", "--set", &out_arg])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("12 steps, completed"), "{stdout}");
+    assert!(stdout.contains("best validation loss"), "{stdout}");
+    assert!(out.join("adapters.safetensors").is_file() && out.join("loss.png").is_file());
+}

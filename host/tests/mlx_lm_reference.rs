@@ -99,3 +99,31 @@ fn every_family_matches_mlx_lm() {
         compare(&quantized, &format!("{family:?} 4-bit"));
     }
 }
+
+#[test]
+#[ignore = "needs MLX_LM_PYTHON, a python with mlx-lm (CI provides one)"]
+fn the_mlx_lm_backend_trains_from_the_same_toml() {
+    use host::{config::RunConfig, lora, plugins::Registry, train};
+    let dir = std::env::temp_dir().join(format!("mlx-lm-backend-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    fixture::write(&dir.join("model"), Family::Llama, Preset::Tiny, 6).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sft");
+    let text = format!(
+        "[model]\npath = {:?}\n[lora]\nrank = 4\nscale = 10.0\nmapper = {{ kind = \"short_names\", targets = [\"q_proj\", \"v_proj\"] }}\n\
+         [data]\ntrain = {:?}\nmask = \"prompt\"\n[optimizer]\nlr = 1e-3\n[schedule]\nkind = \"cosine\"\n\
+         [train]\nsteps = 6\nsave_every = 6\nbackend = \"mlx_lm\"\n[output]\ndir = {:?}\n",
+        dir.join("model").display().to_string(),
+        data.join("train.jsonl").display().to_string(),
+        dir.join("run").display().to_string()
+    );
+    std::fs::write(dir.join("run.toml"), text).unwrap();
+    let mut registry = Registry::builtin().unwrap();
+    let config = RunConfig::load(&dir.join("run.toml"), &[], &mut registry).unwrap();
+    let outcome = train::run(&config, &registry, None).unwrap();
+    assert!(!outcome.native);
+    // Its adapters load here: the same format both ways.
+    let mut m = load(&dir.join("model"));
+    let settings = lora::load_adapters(&mut m, &dir.join("run")).unwrap();
+    assert_eq!((settings.rank, settings.scale), (4, 10.0));
+    assert_eq!(m.linears_mut().iter().filter(|(_, l)| l.adapter.is_some()).count(), 4);
+}

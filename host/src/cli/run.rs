@@ -38,6 +38,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         StopReason::EarlyStopped => "stopped early (no better validation loss)",
         StopReason::Interrupted => "interrupted; resume with --resume",
     };
+    if !outcome.native {
+        println!("{} steps trained by mlx_lm.lora (its output above); adapters in {}", outcome.steps, outcome.output.display());
+        return Ok(());
+    }
     println!("{} steps, {how}", outcome.steps);
     println!("final train loss {:.4}", outcome.last_loss);
     if let Some((loss, step)) = outcome.best_eval {

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod memory;
 mod metrics;
+pub mod mlx_lm;
 mod optimizer;
 pub mod plot;
 mod step;
@@ -25,7 +26,7 @@ pub use optimizer::TrainOptimizer;
 pub use step::{token_logps, GradBuffer, TrainState};
 
 use crate::{
-    config::RunConfig,
+    config::{Backend, RunConfig},
     data::{collate, plan_epoch, Batch, DataError, DataOptions, Dataset},
     lora::{self, LoraError, LoraSettings},
     model::{self, hub, LoadOptions, ModelError},
@@ -93,6 +94,8 @@ pub struct RunOutcome {
     pub padded_tokens: usize,
     pub seconds: f64,
     pub peak_memory_bytes: usize,
+    /// False when mlx_lm.lora did the training (token counts and memory are then not measured here).
+    pub native: bool,
 }
 
 /// One optimizer step's worth of micro-batches.
@@ -182,6 +185,9 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: Option<&Resume>) -> 
 
 /// [`run`] with a callback after every step.
 pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>, callback: &mut dyn StepCallback) -> Result<RunOutcome, TrainError> {
+    if let Some(command) = mlx_lm_command(config, resume)? {
+        return run_mlx_lm(config, &command);
+    }
     let missing = |s: &str| TrainError::Config(format!("training needs a [{s}] section"));
     let model_cfg = config.model.as_ref().ok_or_else(|| missing("model"))?;
     let lora_cfg = config.lora.as_ref().ok_or_else(|| missing("lora"))?;
@@ -416,5 +422,69 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         padded_tokens: padded_total,
         seconds: started.elapsed().as_secs_f64(),
         peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0),
+        native: true,
     })
+}
+
+/// Hands the run to mlx_lm.lora.
+fn run_mlx_lm(config: &RunConfig, command: &[String]) -> Result<RunOutcome, TrainError> {
+    let started = Instant::now();
+    let out = config.output_dir();
+    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    mlx_lm::run(config, command)?;
+    Ok(RunOutcome {
+        steps: config.train.steps,
+        // mlx-lm reports its losses on its own output.
+        last_loss: f64::NAN,
+        best_eval: None,
+        stopped: StopReason::Completed,
+        output: out,
+        real_tokens: 0,
+        padded_tokens: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        peak_memory_bytes: 0,
+        native: false,
+    })
+}
+
+/// The backend a configuration gets: mlx_lm.lora when asked for, or (`auto`) when the model's family is not
+/// implemented here and mlx-lm is installed; otherwise the native trainer.
+fn mlx_lm_command(config: &RunConfig, resume: Option<&Resume>) -> Result<Option<Vec<String>>, TrainError> {
+    let backend = config.train.backend;
+    if backend == Backend::Native {
+        return Ok(None);
+    }
+    let native_ok = match (&config.model, backend) {
+        (Some(m), Backend::Auto) => {
+            let dir = hub::resolve(&m.path)?;
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let model_type = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("model_type").and_then(|t| t.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            if model::supported_model_types().contains(&model_type) {
+                true
+            } else {
+                eprintln!("model_type `{model_type}` is not implemented natively; trying mlx_lm.lora (backend = \"auto\")");
+                false
+            }
+        }
+        _ => false,
+    };
+    if native_ok {
+        return Ok(None);
+    }
+    if resume.is_some() {
+        return Err(TrainError::Config("--resume applies to native runs only".into()));
+    }
+    match mlx_lm::locate() {
+        Some(command) => {
+            eprintln!("training with mlx_lm.lora ({})", command.join(" "));
+            Ok(Some(command))
+        }
+        None => Err(TrainError::Config(
+            "mlx_lm.lora is not installed (pip install mlx-lm, or set MLX_LM_PYTHON to a Python that has it)".into(),
+        )),
+    }
 }
