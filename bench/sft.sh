@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# LoRA SFT real-token throughput and peak memory: `host run` against mlx_lm.lora's training loop on the same
+# ~88M-parameter fixture model and the same mixed-length data (16-600 words per row), float32, batch 4, rank 8,
+# all linear layers, AdamW at a constant 1e-4, no prompt masking. Prints a markdown table.
+#
+#   bench/sft.sh [PYTHON_WITH_MLX_LM]      (STEPS=20 WARMUP=3 by default)
+#
+# Throughput is measured after WARMUP steps (both tools compile their step per batch shape): the tokens the
+# steps train on (non-padding targets) over the time those steps took.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${1:-python3}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-3}
+WORK=${WORK:-target/bench}
+mkdir -p "$WORK"
+cargo build --release -p host >&2
+HOST=target/release/host
+[ -d "$WORK/small-llama" ] || $HOST fixture --family llama --preset small --out "$WORK/small-llama" --seed 0 >&2
+"$PYTHON" bench/make_sft_data.py "$WORK/sft-data" 512
+
+cat > "$WORK/sft-bench.toml" <<TOML
+[model]
+path = "$WORK/small-llama"
+[lora]
+mapper = { kind = "all_linear" }
+rank = 8
+scale = 20.0
+[data]
+train = "$WORK/sft-data/train.jsonl"
+batch_size = 4
+max_seq_length = 1024
+cache = { kind = "disk", dir = "$WORK/sft-cache" }
+[optimizer]
+kind = "adamw"
+lr = 1e-4
+[train]
+steps = $STEPS
+save_every = $STEPS
+gradient_checkpointing = "${CHECKPOINTING:-off}"
+[output]
+dir = "$WORK/sft-host"
+TOML
+host_out=$($HOST run --config "$WORK/sft-bench.toml")
+echo "$host_out" >&2
+host_peak=$(echo "$host_out" | sed -n 's/.*peak memory \([0-9.]*\) GB.*/\1/p')
+host_row=$("$PYTHON" - "$WORK/sft-host/metrics.jsonl" "$WARMUP" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+steady = rows[int(sys.argv[2]):]
+tokens = sum(r["tokens"] for r in steady)
+seconds = sum(r["tokens"] / r["tokens_per_second"] for r in steady)
+padded = sum(r["padded_tokens"] for r in rows)
+real = sum(r["tokens"] for r in rows)
+print(f"{tokens / seconds:.1f} {100 * (1 - real / padded):.1f}")
+PY
+)
+
+mkdir -p "$WORK/sft-mlxlm-data"
+cp "$WORK/sft-data/train.jsonl" "$WORK/sft-mlxlm-data/train.jsonl"
+mlx_json=$("$PYTHON" bench/mlx_lm_lora_bench.py --model "$WORK/small-llama" --train --data "$WORK/sft-mlxlm-data" \
+  --fine-tune-type lora --optimizer adamw --num-layers -1 --batch-size 4 --iters "$STEPS" --learning-rate 1e-4 \
+  --steps-per-report 1 --steps-per-eval $((STEPS + 1)) --val-batches 0 --max-seq-length 1024 \
+  --adapter-path "$WORK/sft-mlxlm" --save-every "$STEPS" 2>/dev/null | tail -1)
+mlx_row=$("$PYTHON" - "$mlx_json" "$WARMUP" <<'PY'
+import json, sys
+reports = json.loads(sys.argv[1])
+steady = reports[int(sys.argv[2]):]
+deltas = [r["trained_tokens"] - p["trained_tokens"] for p, r in zip(reports, reports[1:])][int(sys.argv[2]) - 1:]
+seconds = sum(d / r["tokens_per_second"] for d, r in zip(deltas, steady))
+print(f"{sum(deltas) / seconds:.1f} {max(r['peak_memory'] for r in reports):.3f}")
+PY
+)
+read -r host_tps host_pad <<<"$host_row"
+read -r mlx_tps mlx_peak <<<"$mlx_row"
+echo "| tool | real tokens/s (steps $((WARMUP + 1))-$STEPS) | padding | peak memory GB |"
+echo "|---|---|---|---|"
+echo "| host | $host_tps | $host_pad% | $host_peak |"
+echo "| mlx_lm.lora | $mlx_tps | (pads each batch to its longest row, +1 to a multiple of 32) | $mlx_peak |"
