@@ -202,3 +202,38 @@ fn host_fuse_writes_a_model_equal_to_base_plus_adapters() {
     assert!(max_diff(&logits(&fused), &adapted) < 1e-5);
     assert!(out.join("tokenizer.json").is_file());
 }
+
+#[test]
+fn host_generate_applies_adapters_unfused_or_fused() {
+    let (mut m, dir) = load("cli-generate", Family::Llama, None);
+    lora::apply(&mut m, &*mapper("all_linear", ""), &settings(4, true, None), 0).unwrap();
+    perturb(&mut m, 5);
+    let adapters = temp("cli-generate-adapters");
+    lora::save_adapters(&mut m, &adapters, &serde_json::Map::new()).unwrap();
+    // The reference: greedy first token and its log-probability from the adapted model in this process.
+    let ids: Vec<i32> = (0..8).map(|i| (i * 29 + 5) % 500).collect();
+    let all = logits(&m);
+    let last = &all[all.len() - 512..];
+    let max = last.iter().cloned().fold(f32::MIN, f32::max);
+    let log_z = max + last.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+    let (first, best) = last.iter().enumerate().fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let prompt = serde_json::to_string(&ids).unwrap();
+        let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", &prompt, "--max-tokens", "6"];
+        args.extend(["--json", "--ignore-eos", "--dtype", "f32"]);
+        args.extend(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_host")).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let adapted = run(&["--adapter", adapters.to_str().unwrap()]);
+    assert_eq!(adapted["tokens"][0].as_u64(), Some(first as u64));
+    let logprob = adapted["logprobs"][0].as_f64().unwrap() as f32;
+    assert!((logprob - (best - log_z)).abs() < 1e-4, "{logprob} vs {}", best - log_z);
+    let fused = run(&["--adapter", adapters.to_str().unwrap(), "--fuse"]);
+    assert_eq!(fused["tokens"], adapted["tokens"]);
+    let base = run(&[]);
+    let base_logprob = base["logprobs"][0].as_f64().unwrap() as f32;
+    assert!((base_logprob - logprob).abs() > 1e-3 || base["tokens"] != adapted["tokens"], "the adapters changed nothing");
+}

@@ -249,9 +249,8 @@ fn quantized_checkpoints_round_trip_with_per_module_overrides() {
     *down.weight = dense;
     down.quantize(eight).unwrap();
     let embed = &mut loaded.model.model.embed_tokens;
-    let dense = host::nn::Linear { weight: embed.weight.clone(), bias: mlx_rs::module::Param::new(None), scales: embed.scales.clone(), biases: embed.biases.clone(), quant: embed.quant, in_dims: embed.dims, out_dims: 0 }
-        .dense_weight(Dtype::Float32)
-        .unwrap();
+    let q = embed.quant.unwrap();
+    let dense = q.dequantize(&embed.weight, (*embed.scales).as_ref().unwrap(), (*embed.biases).as_ref().unwrap(), Dtype::Float32).unwrap();
     *embed = host::nn::Embedding::placeholder(dense.shape()[0], embed.dims, None, Dtype::Float32).unwrap();
     *embed.weight = dense;
     let plan = loaded.quantization.as_mut().unwrap();

@@ -1,10 +1,11 @@
-use std::io::Write;
+use std::{io::Write, path::PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use host::{
     cache,
     config::Override,
+    lora,
     generate::{generate, Control, FinishReason, GenerateOptions, Sampler, SamplerConfig},
     model::{self, hub, LoadOptions},
     plugins::Registry,
@@ -18,6 +19,13 @@ pub struct GenerateArgs {
     /// A model directory, or a Hugging Face repo id found in the local HF cache.
     #[arg(long)]
     model: String,
+    /// Adapters to apply: a directory with adapters.safetensors and adapter_config.json (ours or mlx-lm's).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Merge the adapters into the weights before generating: faster decoding, but a quantized base is
+    /// re-quantized with the adapter folded in, which rounds it (without --fuse the output is exact).
+    #[arg(long, requires = "adapter")]
+    fuse: bool,
     /// Raw text prompt (the tokenizer adds its BOS if it has one).
     #[arg(long, conflicts_with_all = ["chat", "prompt_ids"], required_unless_present_any = ["chat", "prompt_ids"])]
     prompt: Option<String>,
@@ -130,7 +138,21 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .map(|bits| host::nn::Quant::checked(bits, args.quantize_group_size, "--quantize-bits"))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let loaded = model::load(&dir, &LoadOptions { dtype: args.dtype, quantize })?;
+    let mut loaded = model::load(&dir, &LoadOptions { dtype: args.dtype, quantize })?;
+    if let Some(adapter) = &args.adapter {
+        let settings = lora::load_adapters(&mut loaded.model, adapter)?;
+        if args.fuse {
+            lora::fuse(&mut loaded.model, false)?;
+        }
+        eprintln!(
+            "adapters from {} (rank {}, scale {}{}){}",
+            adapter.display(),
+            settings.rank,
+            settings.scale,
+            if settings.dora { ", DoRA" } else { "" },
+            if args.fuse { ", fused" } else { "" }
+        );
+    }
     let tokenizer = TextTokenizer::load(&dir)?;
     let prompt_tokens = match (&args.prompt, &args.chat) {
         _ if args.prompt_ids.is_some() => args.prompt_ids.clone().map(|l| l.0).unwrap_or_default(),
