@@ -4,12 +4,18 @@
 use std::path::{Path, PathBuf};
 
 use host::{
-    data::{collate, tokenize, DataOptions, Dataset, Masking, Row},
+    data::{assemble, collate, tokenize, DataOptions, Dataset, Masking, Prompt, Reply, Row, RowShape},
     fixture::{self, Family, Preset},
     plugins::Registry,
     text::TextTokenizer,
 };
 use serde_json::json;
+
+
+/// The one sequence a text, prompt/completion or messages row becomes.
+fn single(row: &Row, t: &TextTokenizer, masking: Masking, max_len: usize) -> Result<host::data::Example, String> {
+    host::data::tokenize(row, t, masking, max_len).map(|mut item| item.examples.remove(0))
+}
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("host-data-{}-{name}", std::process::id()));
@@ -43,17 +49,17 @@ fn supervised_text(t: &TextTokenizer, tokens: &[u32], supervised: &[bool]) -> St
 }
 
 fn options(masking: Masking) -> DataOptions {
-    DataOptions { masking, max_seq_length: 512, skip_bad_rows: false }
+    DataOptions { masking, max_seq_length: 512, skip_bad_rows: false, shape: RowShape::Single }
 }
 
 #[test]
 fn masks_are_exact_for_every_format() {
     let (t, _) = qwen("masks");
     let completion = Row::Completion { system: None, prompt: "What is 2 + 3?".into(), completion: "5".into() };
-    let e = tokenize(&completion, &t, Masking::Prompt, 512).unwrap();
+    let e = single(&completion, &t, Masking::Prompt, 512).unwrap();
     assert_eq!(t.decode(&e.tokens, false).unwrap(), "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n");
     assert_eq!(supervised_text(&t, &e.tokens, &e.supervised), "5<|im_end|>\n");
-    let e = tokenize(&completion, &t, Masking::None, 512).unwrap();
+    let e = single(&completion, &t, Masking::None, 512).unwrap();
     assert!(e.supervised.iter().all(|&s| s));
 
     let chat = Row::Chat {
@@ -66,19 +72,19 @@ fn masks_are_exact_for_every_format() {
         ],
         tools: None,
     };
-    let e = tokenize(&chat, &t, Masking::Assistant, 512).unwrap();
+    let e = single(&chat, &t, Masking::Assistant, 512).unwrap();
     assert_eq!(supervised_text(&t, &e.tokens, &e.supervised), "Hello<|im_end|>\n|4<|im_end|>\n");
-    let e = tokenize(&chat, &t, Masking::Prompt, 512).unwrap();
+    let e = single(&chat, &t, Masking::Prompt, 512).unwrap();
     assert_eq!(supervised_text(&t, &e.tokens, &e.supervised), "4<|im_end|>\n");
 
     let text = Row::Text("the cat reads".into());
-    let e = tokenize(&text, &t, Masking::None, 512).unwrap();
+    let e = single(&text, &t, Masking::None, 512).unwrap();
     assert_eq!(t.decode(&e.tokens, false).unwrap(), "the cat reads<|im_end|>", "EOS appended");
     assert!(e.supervised.iter().all(|&s| s));
-    assert_eq!(tokenize(&text, &t, Masking::Prompt, 512).unwrap_err(), "mask = \"prompt\" needs prompt/completion or messages rows, not text");
+    assert_eq!(single(&text, &t, Masking::Prompt, 512).unwrap_err(), "mask = \"prompt\" needs prompt/completion or messages rows, not text");
 
     // Truncation keeps the head and says so.
-    let e = tokenize(&completion, &t, Masking::Prompt, 6).unwrap();
+    let e = single(&completion, &t, Masking::Prompt, 6).unwrap();
     assert_eq!(e.tokens.len(), 6);
     assert!(e.truncated);
     assert_eq!(e.supervised_targets(), 0);
@@ -87,8 +93,8 @@ fn masks_are_exact_for_every_format() {
 #[test]
 fn a_hand_built_batch_supervises_exactly_the_completions() {
     let (t, _) = qwen("batch");
-    let a = tokenize(&Row::Completion { system: None, prompt: "2 + 2".into(), completion: "4".into() }, &t, Masking::Prompt, 512).unwrap();
-    let b = tokenize(&Row::Text("one two".into()), &t, Masking::None, 512).unwrap();
+    let a = single(&Row::Completion { system: None, prompt: "2 + 2".into(), completion: "4".into() }, &t, Masking::Prompt, 512).unwrap();
+    let b = single(&Row::Text("one two".into()), &t, Masking::None, 512).unwrap();
     let batch = collate(&[&a, &b], 8, 0);
     let width = batch.inputs.shape()[1] as usize;
     assert_eq!(width % 8, 0);
@@ -145,7 +151,7 @@ fn disk_cache_hits_and_misses_on_every_input() {
     assert!(again.cache_hit);
     let mut first = first;
     for i in 0..2 {
-        assert_eq!(again.example(i, &t).unwrap(), first.example(i, &t).unwrap());
+        assert_eq!(again.item(i, &t).unwrap(), first.item(i, &t).unwrap());
     }
     // Different masking, data or template: a different key.
     assert!(!Dataset::load(&path, &t, options(Masking::None), &mut *disk, &tok_file).unwrap().cache_hit);
@@ -170,8 +176,60 @@ fn lazy_policies_tokenize_on_use() {
         let mut d = Dataset::load(&path, &t, options(Masking::None), &mut *p, &model.join("tokenizer.json")).unwrap();
         assert!(!d.exact_lengths);
         assert!(d.lengths()[0] > d.lengths()[1], "rendered length orders the rows");
-        let e = d.example(0, &t).unwrap().unwrap();
-        assert_eq!(t.decode(&e.tokens, false).unwrap(), "a b c d e f<|im_end|>");
-        assert_eq!(d.example(0, &t).unwrap().unwrap(), e);
+        let e = d.item(0, &t).unwrap().unwrap();
+        assert_eq!(t.decode(&e.examples[0].tokens, false).unwrap(), "a b c d e f<|im_end|>");
+        assert_eq!(d.item(0, &t).unwrap().unwrap(), e);
     }
+}
+
+#[test]
+fn preference_pairs_and_labelled_rows_supervise_their_completions_only() {
+    let (t, model) = qwen("pairs");
+    let pair = Row::Preference {
+        prompt: Prompt::Text { system: Some("Be exact.".into()), prompt: "What is 2 + 3?".into() },
+        chosen: Reply::Text("5".into()),
+        rejected: Reply::Text("6, I think".into()),
+    };
+    let item = tokenize(&pair, &t, Masking::Prompt, 512).unwrap();
+    assert_eq!(item.examples.len(), 2);
+    let (c, r) = (&item.examples[0], &item.examples[1]);
+    assert_eq!(
+        t.decode(&c.tokens, false).unwrap(),
+        "<|im_start|>system\nBe exact.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n5<|im_end|>\n"
+    );
+    assert_eq!(supervised_text(&t, &c.tokens, &c.supervised), "5<|im_end|>\n");
+    assert_eq!(supervised_text(&t, &r.tokens, &r.supervised), "6, I think<|im_end|>\n");
+    assert_eq!(c.tokens[..c.completion_start()], r.tokens[..r.completion_start()], "one prompt, two completions");
+    assert_eq!(tokenize(&pair, &t, Masking::None, 512).unwrap_err(), "preference and labelled rows are scored on their completions only, so mask must be \"prompt\", not \"none\"");
+
+    // A conversational pair gives the same tokens as its plain form.
+    let conversational = host::data::parse_row(
+        r#"{"prompt": [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "What is 2 + 3?"}], "chosen": [{"role": "assistant", "content": "5"}], "rejected": [{"role": "assistant", "content": "6, I think"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(tokenize(&conversational, &t, Masking::Prompt, 512).unwrap(), item);
+
+    // Labelled rows keep their label; the batch pairs each prompt with another row's completion.
+    let a = tokenize(&host::data::parse_row(r#"{"prompt": "2 + 2", "completion": "4", "label": true}"#).unwrap(), &t, Masking::Prompt, 512).unwrap();
+    let b = tokenize(&host::data::parse_row(r#"{"prompt": "9 - 1", "completion": "seven", "label": false}"#).unwrap(), &t, Masking::Prompt, 512).unwrap();
+    assert_eq!((a.label, b.label), (Some(true), Some(false)));
+    let batch = assemble(&[&a, &b], Some(&[&b, &a]), 8, 512);
+    assert_eq!(batch.labels.as_ref().unwrap().as_slice::<f32>(), &[1.0, 0.0]);
+    let kl = batch.kl.as_ref().unwrap();
+    let width = kl.inputs.shape()[1] as usize;
+    let row0: Vec<u32> = kl.inputs.as_slice::<i32>()[..width].iter().map(|&v| v as u32).collect();
+    let text = t.decode(&row0, false).unwrap();
+    assert!(text.starts_with("<|im_start|>user\n2 + 2<|im_end|>\n<|im_start|>assistant\nseven<|im_end|>"), "{text}");
+
+    // A file of pairs loads for a pair loss and is refused, naming the line, for a single-sequence loss.
+    let dir = temp("pairs-data");
+    let path = write_jsonl(&dir, "train.jsonl", &[r#"{"prompt": "2 + 3", "chosen": "5", "rejected": "6"}"#]);
+    let mut none = policy("none", "");
+    let pairs = DataOptions { shape: RowShape::Pair, ..options(Masking::Prompt) };
+    assert_eq!(Dataset::load(&path, &t, pairs, &mut *none, &model.join("tokenizer.json")).unwrap().len(), 1);
+    let err = Dataset::load(&path, &t, options(Masking::Prompt), &mut *none, &model.join("tokenizer.json")).err().unwrap().to_string();
+    assert_eq!(
+        err,
+        format!("{}:1: this is one of the preference rows (prompt/chosen/rejected), but the loss trains on text, prompt/completion or messages rows", path.display())
+    );
 }

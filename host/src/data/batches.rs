@@ -4,7 +4,7 @@
 
 use mlx_rs::Array;
 
-use super::Example;
+use super::{Example, Item};
 
 /// SplitMix64: a tiny deterministic generator for shuffles that must be identical on resume.
 pub struct SplitMix(u64);
@@ -55,6 +55,52 @@ pub struct Batch {
     /// Input positions including padding (B × T).
     pub padded_tokens: usize,
     pub supervised: usize,
+    /// Preference pairs P: rows `[0, P)` are the chosen completions, `[P, 2P)` the rejected ones; 0 otherwise.
+    pub pairs: usize,
+    /// `[B]` float32, 1 for a desirable completion and 0 for an undesirable one (labelled rows).
+    pub labels: Option<Array>,
+    /// Each row's prompt with another row's completion (KTO's KL reference point), padded to its own width.
+    pub kl: Option<Box<Batch>>,
+    /// `[B, T]` reference log-probs of the targets when they were computed before training.
+    pub reference: Option<Array>,
+}
+
+impl Batch {
+    /// The rows the loss averages over: pairs for preference data, rows otherwise.
+    pub fn units(&self) -> usize {
+        if self.pairs > 0 { self.pairs } else { self.rows }
+    }
+
+    /// Attaches per-row reference log-probs (each row's targets, unpadded), padding them to the batch width.
+    pub fn set_reference(&mut self, rows: &[&[f32]]) {
+        let width = self.inputs.shape()[1] as usize;
+        let mut values = vec![0f32; rows.len() * width];
+        for (r, row) in rows.iter().enumerate() {
+            let n = row.len().min(width);
+            values[r * width..r * width + n].copy_from_slice(&row[..n]);
+        }
+        self.reference = Some(Array::from_slice(&values, &[rows.len() as i32, width as i32]));
+    }
+}
+
+/// The batch of some items: their sequences (chosen ones first, then rejected ones, for pairs), their labels,
+/// and with `partners` (one per item) the mismatched prompt/completion sequences.
+pub fn assemble(items: &[&Item], partners: Option<&[&Item]>, pad_multiple: usize, max_len: usize) -> Batch {
+    let width = items.iter().map(|i| i.examples.len()).max().unwrap_or(1);
+    let examples: Vec<&Example> = (0..width).flat_map(|k| items.iter().filter_map(move |i| i.examples.get(k))).collect();
+    let mut batch = collate(&examples, pad_multiple, 0);
+    if width == 2 {
+        batch.pairs = items.len();
+    }
+    if items.iter().all(|i| i.label.is_some()) && !items.is_empty() {
+        let labels: Vec<f32> = items.iter().map(|i| if i.label == Some(true) { 1.0 } else { 0.0 }).collect();
+        batch.labels = Some(Array::from_slice(&labels, &[labels.len() as i32]));
+    }
+    if let Some(partners) = partners {
+        let mismatched: Vec<Example> = items.iter().zip(partners).map(|(i, p)| i.examples[0].with_completion_of(&p.examples[0], max_len)).collect();
+        batch.kl = Some(Box::new(collate(&mismatched.iter().collect::<Vec<_>>(), pad_multiple, 0)));
+    }
+    batch
 }
 
 pub fn collate(examples: &[&Example], pad_multiple: usize, pad_id: u32) -> Batch {
@@ -87,6 +133,10 @@ pub fn collate(examples: &[&Example], pad_multiple: usize, pad_id: u32) -> Batch
         real_tokens: real,
         padded_tokens: rows * width,
         supervised,
+        pairs: 0,
+        labels: None,
+        kl: None,
+        reference: None,
     }
 }
 
@@ -121,5 +171,26 @@ mod tests {
         assert_eq!(b.targets.as_slice::<i32>(), &[2, 3, 4, 0, 6, 0, 0, 0]);
         assert_eq!(b.mask.as_slice::<f32>(), &[0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
         assert_eq!((b.real_tokens, b.padded_tokens, b.supervised), (4, 8, 3));
+    }
+
+    #[test]
+    fn pairs_put_chosen_rows_first_and_labelled_rows_get_mismatched_partners() {
+        let ex = |tokens: Vec<u32>, prompt: usize| Example { supervised: (0..tokens.len()).map(|i| i >= prompt).collect(), tokens, truncated: false };
+        let p1 = Item { examples: vec![ex(vec![1, 2, 3], 2), ex(vec![1, 2, 4, 5], 2)], label: None };
+        let p2 = Item { examples: vec![ex(vec![6, 7], 1), ex(vec![6, 8], 1)], label: None };
+        let b = assemble(&[&p1, &p2], None, 1, 64);
+        assert_eq!(b.pairs, 2);
+        assert_eq!(b.inputs.as_slice::<i32>(), &[1, 2, 0, 6, 0, 0, 1, 2, 4, 6, 0, 0]);
+        assert_eq!(b.units(), 2);
+
+        let k1 = Item { examples: vec![ex(vec![1, 2, 3, 4], 2)], label: Some(true) };
+        let k2 = Item { examples: vec![ex(vec![5, 6, 7], 1)], label: Some(false) };
+        let b = assemble(&[&k1, &k2], Some(&[&k2, &k1]), 1, 64);
+        assert_eq!(b.labels.as_ref().unwrap().as_slice::<f32>(), &[1.0, 0.0]);
+        let kl = b.kl.as_ref().unwrap();
+        // Row 0: prompt [1, 2] + k2's completion [6, 7]; row 1: prompt [5] + k1's completion [3, 4].
+        assert_eq!(kl.inputs.as_slice::<i32>(), &[1, 2, 6, 5, 3, 0]);
+        assert_eq!(kl.targets.as_slice::<i32>(), &[2, 6, 7, 3, 4, 0]);
+        assert_eq!(kl.mask.as_slice::<f32>(), &[0.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
     }
 }

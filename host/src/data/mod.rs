@@ -4,6 +4,8 @@
 
 mod batches;
 mod cache;
+
+pub use cache::key as cache_key;
 mod rows;
 mod tokenize;
 
@@ -12,9 +14,9 @@ use std::path::{Path, PathBuf};
 use sdk::DataCachePolicy;
 use thiserror::Error;
 
-pub use batches::{collate, plan_epoch, Batch, SplitMix};
-pub use rows::{parse_row, read_rows, Row, SourcedRow};
-pub use tokenize::{tokenize, Example, Masking};
+pub use batches::{assemble, collate, plan_epoch, Batch, SplitMix};
+pub use rows::{parse_row, read_rows, Prompt, Reply, Row, RowShape, SourcedRow};
+pub use tokenize::{tokenize, Example, Item, Masking};
 
 use crate::text::TextTokenizer;
 
@@ -34,6 +36,8 @@ pub struct DataOptions {
     pub max_seq_length: usize,
     /// Leave malformed rows out (counted and listed) instead of stopping.
     pub skip_bad_rows: bool,
+    /// The rows the loss trains on; others are errors naming their line.
+    pub shape: RowShape,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,7 +48,7 @@ pub struct DataStats {
     pub bad_rows: Vec<(usize, String)>,
     /// Examples cut at `max_seq_length`.
     pub truncated: usize,
-    /// Examples left out because nothing in them is supervised (e.g. the completion was truncated away).
+    /// Rows left out because a sequence of theirs has nothing supervised (e.g. the completion was truncated away).
     pub unsupervised: usize,
 }
 
@@ -71,7 +75,7 @@ struct Entry {
     counted: bool,
     /// Kept while tokenization is still to come (lazy and none policies).
     row: Option<Row>,
-    example: Option<Example>,
+    item: Option<Item>,
 }
 
 /// A tokenized (or tokenizable) dataset.
@@ -85,14 +89,34 @@ pub struct Dataset {
     options: DataOptions,
     pub stats: DataStats,
     pub cache_hit: bool,
+    /// Identifies the tokenized contents (tokenizer, template, file, options): a key for derived caches.
+    pub key: String,
 }
 
+/// An estimate of a row's length for batching before it is tokenized.
 fn rendered_len(row: &Row, t: &TextTokenizer) -> Result<usize, String> {
+    let prompt_len = |p: &Prompt| match p {
+        Prompt::Text { system, prompt } => Ok(system.as_ref().map_or(0, String::len) + prompt.len()),
+        Prompt::Messages(m) => t.render_chat(m, None, false).map(|s| s.len()),
+    };
+    let reply_len = |r: &Reply| match r {
+        Reply::Text(s) => s.len(),
+        Reply::Messages(m) => m.iter().map(|m| m.to_string().len()).sum(),
+    };
     Ok(match row {
         Row::Text(text) => text.len(),
         Row::Completion { system, prompt, completion } => system.as_ref().map_or(0, String::len) + prompt.len() + completion.len(),
         Row::Chat { messages, tools } => t.render_chat(messages, tools.as_deref(), false)?.len(),
+        Row::Preference { prompt, chosen, rejected } => prompt_len(prompt)? + reply_len(chosen).max(reply_len(rejected)),
+        Row::Labeled { prompt, completion, .. } => prompt_len(prompt)? + reply_len(completion),
     })
+}
+
+fn check_shape(row: &Row, expected: RowShape) -> Result<(), String> {
+    if row.shape() != expected {
+        return Err(format!("this is one of the {}, but the loss trains on {}", row.shape().describe(), expected.describe()));
+    }
+    Ok(())
 }
 
 impl Dataset {
@@ -101,11 +125,11 @@ impl Dataset {
         let data = std::fs::read(path).map_err(|e| file(e.to_string()))?;
         let tokenizer_bytes = std::fs::read(tokenizer_file).map_err(|e| file(format!("{}: {e}", tokenizer_file.display())))?;
         let key = cache::key(&[
-            b"host-dataset-v1",
+            b"host-dataset-v2",
             &tokenizer_bytes,
             t.template_source().unwrap_or("").as_bytes(),
             &data,
-            format!("{:?} {} {}", options.masking, options.max_seq_length, options.skip_bad_rows).as_bytes(),
+            format!("{:?} {} {} {:?}", options.masking, options.max_seq_length, options.skip_bad_rows, options.shape).as_bytes(),
         ]);
         let mut dataset = Dataset {
             path: path.to_owned(),
@@ -116,6 +140,7 @@ impl Dataset {
             options,
             stats: DataStats::default(),
             cache_hit: false,
+            key: key.clone(),
         };
         if policy.tokenize_eagerly() {
             if let Some(blob) = policy.load(&key).map_err(|e| DataError::Cache(e.to_string()))? {
@@ -132,25 +157,25 @@ impl Dataset {
         if policy.tokenize_eagerly() {
             let mut entries = Vec::with_capacity(rows.len());
             for r in rows {
-                match tokenize(&r.row, t, options.masking, options.max_seq_length) {
+                match check_shape(&r.row, options.shape).and_then(|()| tokenize(&r.row, t, options.masking, options.max_seq_length)) {
                     Ok(e) => entries.push((r.line, e)),
                     Err(message) if options.skip_bad_rows => dataset.stats.bad_rows.push((r.line, message)),
                     Err(message) => return Err(DataError::Row { path: path.to_owned(), line: r.line, message }),
                 }
             }
             dataset.stats.rows = entries.len();
-            dataset.stats.truncated = entries.iter().filter(|(_, e)| e.truncated).count();
+            dataset.stats.truncated = entries.iter().filter(|(_, e)| e.truncated()).count();
             let before = entries.len();
-            entries.retain(|(_, e)| e.supervised_targets() > 0);
+            entries.retain(|(_, e)| e.usable());
             dataset.stats.unsupervised = before - entries.len();
             policy.store(&key, &cache::encode(&entries, &dataset.stats)).map_err(|e| DataError::Cache(e.to_string()))?;
             dataset.set_tokenized(entries, dataset.stats.clone());
         } else {
             for r in rows {
-                match rendered_len(&r.row, t) {
+                match check_shape(&r.row, options.shape).and_then(|()| rendered_len(&r.row, t)) {
                     Ok(len) => {
                         dataset.lengths.push(len);
-                        dataset.entries.push(Entry { line: r.line, counted: false, row: Some(r.row), example: None });
+                        dataset.entries.push(Entry { line: r.line, counted: false, row: Some(r.row), item: None });
                     }
                     Err(message) if options.skip_bad_rows => dataset.stats.bad_rows.push((r.line, message)),
                     Err(message) => return Err(DataError::Row { path: path.to_owned(), line: r.line, message }),
@@ -164,9 +189,9 @@ impl Dataset {
         Ok(dataset)
     }
 
-    fn set_tokenized(&mut self, entries: Vec<(usize, Example)>, stats: DataStats) {
-        self.lengths = entries.iter().map(|(_, e)| e.tokens.len()).collect();
-        self.entries = entries.into_iter().map(|(line, e)| Entry { line, counted: true, row: None, example: Some(e) }).collect();
+    fn set_tokenized(&mut self, entries: Vec<(usize, Item)>, stats: DataStats) {
+        self.lengths = entries.iter().map(|(_, e)| e.len()).collect();
+        self.entries = entries.into_iter().map(|(line, e)| Entry { line, counted: true, row: None, item: Some(e) }).collect();
         self.stats = stats;
     }
 
@@ -182,10 +207,20 @@ impl Dataset {
         &self.lengths
     }
 
-    /// The example at `i`, tokenized now if the policy defers it. `None`: it has no supervised token (counted).
-    pub fn example(&mut self, i: usize, t: &TextTokenizer) -> Result<Option<Example>, DataError> {
+    /// The source line of entry `i`.
+    pub fn line(&self, i: usize) -> usize {
+        self.entries[i].line
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The item at `i`, tokenized now if the policy defers it. `None`: a sequence of it has no supervised
+    /// token (counted).
+    pub fn item(&mut self, i: usize, t: &TextTokenizer) -> Result<Option<Item>, DataError> {
         let entry = &mut self.entries[i];
-        if let Some(e) = &entry.example {
+        if let Some(e) = &entry.item {
             return Ok(Some(e.clone()));
         }
         let row = entry.row.as_ref().ok_or_else(|| DataError::Cache("an entry has neither row nor tokens".into()))?;
@@ -193,15 +228,15 @@ impl Dataset {
             .map_err(|message| DataError::Row { path: self.path.clone(), line: entry.line, message })?;
         let first = !entry.counted;
         entry.counted = true;
-        if e.supervised_targets() == 0 {
+        if !e.usable() {
             self.stats.unsupervised += usize::from(first);
             return Ok(None);
         }
-        if e.truncated && first {
+        if e.truncated() && first {
             self.stats.truncated += 1;
         }
         if self.memoize {
-            entry.example = Some(e.clone());
+            entry.item = Some(e.clone());
             entry.row = None;
         }
         Ok(Some(e))

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::rows::Row;
+use super::rows::{Prompt, Reply, Row};
 use crate::text::TextTokenizer;
 
 /// Which tokens the loss sees.
@@ -21,6 +21,16 @@ pub enum Masking {
     Assistant,
 }
 
+impl Masking {
+    pub fn name(self) -> &'static str {
+        match self {
+            Masking::None => "none",
+            Masking::Prompt => "prompt",
+            Masking::Assistant => "assistant",
+        }
+    }
+}
+
 /// A tokenized row: `supervised[i]` says whether token i is a target of the loss.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
@@ -33,6 +43,57 @@ impl Example {
     /// Supervised targets: token i counts when predicted from tokens before it (so never token 0).
     pub fn supervised_targets(&self) -> usize {
         self.supervised.iter().skip(1).filter(|&&s| s).count()
+    }
+}
+
+/// What one row becomes: one sequence, a preference pair (chosen, rejected), or a labelled sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub examples: Vec<Example>,
+    pub label: Option<bool>,
+}
+
+impl Item {
+    fn single(example: Example) -> Self {
+        Item { examples: vec![example], label: None }
+    }
+
+    /// The batching key: the longest sequence (a pair is padded to its longer side).
+    pub fn len(&self) -> usize {
+        self.examples.iter().map(|e| e.tokens.len()).max().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.examples.iter().any(|e| e.truncated)
+    }
+
+    /// Every sequence has a supervised target (a pair whose completion was cut away cannot be compared).
+    pub fn usable(&self) -> bool {
+        self.examples.iter().all(|e| e.supervised_targets() > 0)
+    }
+}
+
+impl Example {
+    /// Where the completion starts: the first supervised token (the prompt is everything before it).
+    pub fn completion_start(&self) -> usize {
+        self.supervised.iter().position(|&s| s).unwrap_or(self.tokens.len())
+    }
+
+    /// This example's prompt followed by `other`'s completion (KTO's mismatched pairs), cut at `max_len`.
+    pub fn with_completion_of(&self, other: &Example, max_len: usize) -> Example {
+        let (head, tail) = (self.completion_start(), other.completion_start());
+        let mut tokens = self.tokens[..head].to_vec();
+        let mut supervised = vec![false; head];
+        tokens.extend_from_slice(&other.tokens[tail..]);
+        supervised.extend_from_slice(&other.supervised[tail..]);
+        let truncated = tokens.len() > max_len;
+        tokens.truncate(max_len);
+        supervised.truncate(max_len);
+        Example { tokens, supervised, truncated }
     }
 }
 
@@ -95,44 +156,84 @@ fn chat(t: &TextTokenizer, messages: &[Value], tools: Option<&[Value]>, masking:
     tokenize_spans(t, &full, &spans)
 }
 
-pub fn tokenize(row: &Row, t: &TextTokenizer, masking: Masking, max_len: usize) -> Result<Example, String> {
-    let (mut tokens, mut supervised) = match row {
+/// A prompt and its completion; with `supervise_prompt` false only the completion is supervised.
+fn prompted(t: &TextTokenizer, prompt: &Prompt, reply: &Reply, supervise_prompt: bool) -> Result<(Vec<u32>, Vec<bool>), String> {
+    if let (Prompt::Text { system, prompt }, Reply::Text(completion), false) = (prompt, reply, t.has_chat_template()) {
+        // No template: the plain concatenation, as mlx-lm does for models without one.
+        let head = match system {
+            Some(s) => format!("{s}\n{prompt}"),
+            None => prompt.clone(),
+        };
+        let mut tokens = t.encode(&head, true)?;
+        let mut supervised = vec![supervise_prompt; tokens.len()];
+        let tail = t.encode(completion, false)?;
+        supervised.extend(std::iter::repeat_n(true, tail.len()));
+        tokens.extend(tail);
+        append_eos(&mut tokens, &mut supervised, t.eos_id, true);
+        return Ok((tokens, supervised));
+    }
+    if !t.has_chat_template() {
+        return Err("chat messages need a model with a chat template".into());
+    }
+    let mut messages = match prompt {
+        Prompt::Text { system, prompt } => {
+            let mut m: Vec<Value> = system.iter().map(|s| json!({"role": "system", "content": s})).collect();
+            m.push(json!({"role": "user", "content": prompt}));
+            m
+        }
+        Prompt::Messages(m) => m.clone(),
+    };
+    let prompt_count = messages.len();
+    match reply {
+        Reply::Text(c) => messages.push(json!({"role": "assistant", "content": c})),
+        Reply::Messages(m) => messages.extend(m.iter().cloned()),
+    }
+    let full = t.render_chat(&messages, None, false)?;
+    let start = if supervise_prompt { 0 } else { prefix_len(t, &messages, None, prompt_count, true, &full)? };
+    tokenize_spans(t, &full, &[(start, full.len())])
+}
+
+fn finish(mut tokens: Vec<u32>, mut supervised: Vec<bool>, max_len: usize) -> Example {
+    let truncated = tokens.len() > max_len;
+    tokens.truncate(max_len);
+    supervised.truncate(max_len);
+    Example { tokens, supervised, truncated }
+}
+
+pub fn tokenize(row: &Row, t: &TextTokenizer, masking: Masking, max_len: usize) -> Result<Item, String> {
+    let (tokens, supervised) = match row {
         Row::Text(text) => {
             if masking != Masking::None {
-                return Err(format!("mask = \"{}\" needs prompt/completion or messages rows, not text", serde_json::to_value(masking).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()));
+                return Err(format!("mask = \"{}\" needs prompt/completion or messages rows, not text", masking.name()));
             }
             let mut tokens = t.encode(text, true)?;
             let mut supervised = vec![true; tokens.len()];
             append_eos(&mut tokens, &mut supervised, t.eos_id, true);
             (tokens, supervised)
         }
-        Row::Completion { system, prompt, completion } if t.has_chat_template() => {
-            let mut messages = Vec::new();
-            if let Some(s) = system {
-                messages.push(json!({"role": "system", "content": s}));
-            }
-            messages.push(json!({"role": "user", "content": prompt}));
-            messages.push(json!({"role": "assistant", "content": completion}));
-            chat(t, &messages, None, if masking == Masking::None { Masking::None } else { Masking::Prompt })?
-        }
         Row::Completion { system, prompt, completion } => {
-            // No template: the plain concatenation, as mlx-lm does for models without one.
-            let head = match system {
-                Some(s) => format!("{s}\n{prompt}"),
-                None => prompt.clone(),
-            };
-            let mut tokens = t.encode(&head, true)?;
-            let mut supervised = vec![masking == Masking::None; tokens.len()];
-            let tail = t.encode(completion, false)?;
-            supervised.extend(std::iter::repeat_n(true, tail.len()));
-            tokens.extend(tail);
-            append_eos(&mut tokens, &mut supervised, t.eos_id, true);
-            (tokens, supervised)
+            let p = Prompt::Text { system: system.clone(), prompt: prompt.clone() };
+            prompted(t, &p, &Reply::Text(completion.clone()), masking == Masking::None)?
         }
         Row::Chat { messages, tools } => chat(t, messages, tools.as_deref(), masking)?,
+        Row::Preference { prompt, chosen, rejected } => {
+            completions_only(masking)?;
+            let (c, cs) = prompted(t, prompt, chosen, false)?;
+            let (r, rs) = prompted(t, prompt, rejected, false)?;
+            return Ok(Item { examples: vec![finish(c, cs, max_len), finish(r, rs, max_len)], label: None });
+        }
+        Row::Labeled { prompt, completion, label } => {
+            completions_only(masking)?;
+            let (c, cs) = prompted(t, prompt, completion, false)?;
+            return Ok(Item { examples: vec![finish(c, cs, max_len)], label: Some(*label) });
+        }
     };
-    let truncated = tokens.len() > max_len;
-    tokens.truncate(max_len);
-    supervised.truncate(max_len);
-    Ok(Example { tokens, supervised, truncated })
+    Ok(Item::single(finish(tokens, supervised, max_len)))
+}
+
+fn completions_only(masking: Masking) -> Result<(), String> {
+    if masking != Masking::Prompt {
+        return Err(format!("preference and labelled rows are scored on their completions only, so mask must be \"prompt\", not \"{}\"", masking.name()));
+    }
+    Ok(())
 }
