@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use host::{
     config::{Override, RunConfig},
-    data::{collate, tokenize, Masking, Row},
+    data::{collate, Masking, Row},
     fixture::{self, Family, Preset},
     lora::{self, LoraSettings},
     model::{self, LoadOptions},
@@ -15,6 +15,12 @@ use host::{
 };
 use mlx_rs::{module::ModuleParameters, Array, Dtype};
 use sdk::{Loss, LossInputs, LossOutput, Plugin, PluginError, Requirements};
+
+
+/// The one sequence a text, prompt/completion or messages row becomes.
+fn single(row: &Row, t: &TextTokenizer, masking: Masking, max_len: usize) -> Result<host::data::Example, String> {
+    host::data::tokenize(row, t, masking, max_len).map(|mut item| item.examples.remove(0))
+}
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("host-train-{}-{name}", std::process::id()));
@@ -201,7 +207,7 @@ fn gradient_accumulation_weighs_micro_batches_by_supervised_tokens() {
             *b = mlx_rs::random::normal::<f32>(b.shape(), None, None, &mlx_rs::random::key(i as u64).unwrap()).unwrap().multiply(Array::from_f32(0.05)).unwrap();
         }
     }
-    let row = |p: &str, c: &str| tokenize(&Row::Completion { system: None, prompt: p.into(), completion: c.into() }, &t, Masking::Prompt, 512).unwrap();
+    let row = |p: &str, c: &str| single(&Row::Completion { system: None, prompt: p.into(), completion: c.into() }, &t, Masking::Prompt, 512).unwrap();
     // Very different supervised counts: equal weights would differ from the token-weighted mean.
     let (short, long) = (row("1 + 1", "2"), row("Tell me", "the model reads a short story and answers the question step by step"));
     let (a, b) = (collate(&[&short], 8, 0), collate(&[&long], 8, 0));

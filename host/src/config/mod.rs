@@ -15,7 +15,7 @@ use sdk::{LrSchedule, ScheduleContext, Warmup};
 pub use problem::{ConfigError, ConfigProblem, Location};
 pub use sections::{
     Backend, Checkpointing, DataConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable,
-    PluginsConfig, QuantizeConfig, ScheduleSection, TrainConfig,
+    PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, ScheduleSection, TrainConfig,
 };
 pub use source::Override;
 
@@ -38,6 +38,8 @@ pub struct RunConfig {
     /// A Loss plugin (default sft).
     #[serde(default = "RunConfig::default_loss")]
     pub loss: PluginTable,
+    /// Where reference log-probs come from, for losses that use them (default: adapters off).
+    pub reference: Option<ReferenceConfig>,
     #[serde(default)]
     pub plugins: PluginsConfig,
     #[serde(default)]
@@ -121,6 +123,16 @@ impl RunConfig {
                     m.path = base.join(&m.path).to_string_lossy().into_owned();
                 }
                 m
+            })
+        });
+        let reference = section::<ReferenceConfig>(&source, "reference", &mut problems).map(|r| {
+            r.map(|mut r| {
+                if let Some(m) = &mut r.model {
+                    if base.join(&*m).is_dir() {
+                        *m = base.join(&*m).to_string_lossy().into_owned();
+                    }
+                }
+                r
             })
         });
         let lora = section::<LoraConfig>(&source, "lora", &mut problems);
@@ -229,8 +241,31 @@ impl RunConfig {
             let p = &schedule.plugin;
             check_plugin(&source, &["schedule"], p, registry.schedule(&p.kind, &p.config).err(), &mut problems);
         }
+        let mut needs = None;
         if let Ok(p) = &loss {
-            check_plugin(&source, &["loss"], p, registry.loss(&p.kind, &p.config).err(), &mut problems);
+            let built = registry.loss(&p.kind, &p.config);
+            needs = built.as_ref().ok().map(|l| l.requirements());
+            check_plugin(&source, &["loss"], p, built.err(), &mut problems);
+        }
+        if let (Some(needs), Ok(Some(r))) = (needs, &reference) {
+            let kind = loss.as_ref().map(|l| l.kind.clone()).unwrap_or_default();
+            if !needs.reference {
+                problems.push(source.problem(&["reference"], format!("loss `{kind}` uses no reference policy; remove [reference]")));
+            }
+            match (r.mode, &r.model) {
+                (ReferenceMode::Model, None) => problems.push(source.problem(&["reference", "mode"], "mode = \"model\" needs `model`, the reference model")),
+                (ReferenceMode::AdaptersOff, Some(_)) => problems.push(source.problem(
+                    &["reference", "model"],
+                    "mode = \"adapters_off\" uses the base model; `model` goes with mode = \"model\" or \"precomputed\"",
+                )),
+                _ => {}
+            }
+        }
+        if let (Some(needs), Ok(Some(d))) = (needs, &data) {
+            if (needs.pairs || needs.labels) && d.mask.is_some_and(|m| m != crate::data::Masking::Prompt) {
+                let kind = loss.as_ref().map(|l| l.kind.clone()).unwrap_or_default();
+                problems.push(source.problem(&["data", "mask"], format!("loss `{kind}` scores completions only: mask must be \"prompt\" (or left out)")));
+            }
         }
         if let Ok(Some(l)) = &lora {
             let p = &l.mapper;
@@ -241,15 +276,15 @@ impl RunConfig {
             check_plugin(&source, &["data", "cache"], p, registry.data_cache_policy(&p.kind, &p.config).err(), &mut problems);
         }
 
-        match (model, lora, data, train, optimizer, schedule, loss, plugins, output) {
-            (Ok(model), Ok(lora), Ok(data), Ok(train), Ok(optimizer), Ok(schedule), Ok(loss), Ok(plugins), Ok(mut output))
+        match (model, lora, data, train, optimizer, schedule, loss, reference, plugins, output) {
+            (Ok(model), Ok(lora), Ok(data), Ok(train), Ok(optimizer), Ok(schedule), Ok(loss), Ok(reference), Ok(plugins), Ok(mut output))
                 if problems.is_empty() =>
             {
                 if output.dir.is_none() {
                     let stem = file.file_stem().map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
                     output.dir = Some(base.join("runs").join(stem));
                 }
-                Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, plugins, output })
+                Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, reference, plugins, output })
             }
             _ => Err(ConfigError { file: file.to_owned(), problems }),
         }

@@ -234,9 +234,10 @@ impl LoraConfig {
 pub struct DataConfig {
     pub train: PathBuf,
     pub valid: Option<PathBuf>,
-    /// none, prompt or assistant (default none, as mlx-lm).
-    #[serde(default = "DataConfig::default_mask")]
-    pub mask: crate::data::Masking,
+    /// none, prompt or assistant (default none, as mlx-lm; preference and labelled rows: prompt, the only
+    /// choice there).
+    #[serde(default)]
+    pub mask: Option<crate::data::Masking>,
     #[serde(default = "DataConfig::default_max_seq_length")]
     pub max_seq_length: usize,
     #[serde(default)]
@@ -252,8 +253,13 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
-    fn default_mask() -> crate::data::Masking {
-        crate::data::Masking::None
+    /// The masking rows of `shape` get.
+    pub fn masking(&self, shape: crate::data::RowShape) -> crate::data::Masking {
+        match (self.mask, shape) {
+            (Some(m), _) => m,
+            (None, crate::data::RowShape::Single) => crate::data::Masking::None,
+            (None, _) => crate::data::Masking::Prompt,
+        }
     }
 
     fn default_max_seq_length() -> usize {
@@ -270,6 +276,39 @@ impl DataConfig {
 
     fn default_pad_multiple() -> usize {
         32
+    }
+}
+
+/// `[reference]`: where a loss's reference log-probs come from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceConfig {
+    #[serde(default)]
+    pub mode: ReferenceMode,
+    /// A separate reference model (a directory or a repo id in the local HF cache): needed by mode = "model";
+    /// with "precomputed", the model the log-probs are computed with (default: the base model).
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceMode {
+    /// The policy with its adapters switched off, each step: the base model, with no second copy of it.
+    #[default]
+    AdaptersOff,
+    /// Computed once before training and kept through the data cache policy.
+    Precomputed,
+    /// A second model, each step.
+    Model,
+}
+
+impl ReferenceMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReferenceMode::AdaptersOff => "adapters_off",
+            ReferenceMode::Precomputed => "precomputed",
+            ReferenceMode::Model => "model",
+        }
     }
 }
 

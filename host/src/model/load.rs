@@ -45,6 +45,38 @@ fn read_json(path: &Path) -> Result<serde_json::Value, ModelError> {
     serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))
 }
 
+/// Bytes that change whenever the checkpoint does, without reading all of it: `config.json`, and for each
+/// weight file its name, size, safetensors header (every tensor's name, dtype, shape and offsets) and 16
+/// samples of 4 KiB spread over the data. A key for caches derived from the weights (reference log-probs).
+pub fn fingerprint(dir: &Path) -> Result<Vec<u8>, ModelError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let config = dir.join("config.json");
+    let mut out = std::fs::read(&config).map_err(|e| ModelError::file(&config, e.to_string()))?;
+    for file in weight_files(dir)? {
+        let io = |e: std::io::Error| ModelError::file(&file, e.to_string());
+        let mut f = std::fs::File::open(&file).map_err(io)?;
+        let size = f.metadata().map_err(io)?.len();
+        out.extend_from_slice(file.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        out.extend_from_slice(&size.to_le_bytes());
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).map_err(io)?;
+        let header_len = u64::from_le_bytes(len).min(size.saturating_sub(8));
+        let mut header = vec![0u8; header_len as usize];
+        f.read_exact(&mut header).map_err(io)?;
+        out.extend_from_slice(&header);
+        let data_start = 8 + header_len;
+        let data_len = size - data_start;
+        for k in 0..16u64 {
+            let at = data_start + data_len * k / 16;
+            f.seek(SeekFrom::Start(at)).map_err(io)?;
+            let mut sample = vec![0u8; 4096.min((size - at) as usize)];
+            f.read_exact(&mut sample).map_err(io)?;
+            out.extend_from_slice(&sample);
+        }
+    }
+    Ok(out)
+}
+
 /// The safetensors files of a checkpoint.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let index = dir.join("model.safetensors.index.json");

@@ -16,7 +16,7 @@ use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
 
 pub use args::{HfArgs, QuantizationPlan, TokenIds, TransformerConfig};
 pub use error::{Misshaped, ModelError, WeightMismatch};
-pub use load::{default_dtype, load, LoadOptions, LoadedModel};
+pub use load::{default_dtype, fingerprint, load, LoadOptions, LoadedModel};
 pub use save::save;
 pub use transformer::{Attention, Decoder, Layer, Mlp};
 

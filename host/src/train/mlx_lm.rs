@@ -86,7 +86,8 @@ pub fn plan(config: &RunConfig) -> Result<Plan, TrainError> {
     if model.dtype.is_some() {
         return Err(unsupported("[model] dtype"));
     }
-    if data.mask == crate::data::Masking::Assistant {
+    let mask = data.masking(crate::data::RowShape::Single);
+    if mask == crate::data::Masking::Assistant {
         return Err(unsupported("mask = \"assistant\""));
     }
     if data.skip_bad_rows || data.cache.kind != "disk" || data.pad_multiple != 32 {
@@ -135,7 +136,7 @@ pub fn plan(config: &RunConfig) -> Result<Plan, TrainError> {
         "--seed".into(),
         t.seed.to_string(),
     ];
-    if data.mask == crate::data::Masking::Prompt {
+    if mask == crate::data::Masking::Prompt {
         args.push("--mask-prompt".into());
     }
     match (t.eval_every, &data.valid) {

@@ -1,11 +1,14 @@
-//! Training runs: supervised fine-tuning with LoRA/DoRA/QLoRA, driven by a run configuration.
+//! Training runs with LoRA/DoRA/QLoRA driven by a run configuration: supervised fine-tuning and the
+//! preference losses (pairs, labelled rows, reference log-probs), whatever loss plugin the configuration names.
 
 pub mod checkpoint;
+pub mod inputs;
 pub mod memory;
 mod metrics;
 pub mod mlx_lm;
 mod optimizer;
 pub mod plot;
+pub mod reference;
 mod step;
 
 use std::{
@@ -18,16 +21,19 @@ use std::{
 
 use mlx_rs::{random::RandomState, transforms::compile::compile_with_state, Array};
 use serde_json::json;
-use sdk::{Loss, LossInputs};
+use sdk::Loss;
 use thiserror::Error;
 
 pub use checkpoint::TrainerState;
 pub use optimizer::TrainOptimizer;
 pub use step::{token_logps, GradBuffer, TrainState};
 
+use inputs::{batch_arrays, loss_inputs, Needs};
+use reference::{partner, ReferenceSource, ReferenceTable};
+
 use crate::{
-    config::{Backend, RunConfig},
-    data::{collate, plan_epoch, Batch, DataError, DataOptions, Dataset},
+    config::{Backend, ReferenceMode, RunConfig},
+    data::{assemble, plan_epoch, Batch, DataError, DataOptions, Dataset, Item},
     lora::{self, LoraError, LoraSettings},
     model::{self, hub, LoadOptions, ModelError},
     nn::Quant,
@@ -102,6 +108,54 @@ pub struct RunOutcome {
 struct StepBatches {
     batches: Vec<Batch>,
     supervised: usize,
+    units: usize,
+}
+
+impl StepBatches {
+    /// A micro-batch's share of the step: of its pairs or rows for per-row losses, else of its supervised tokens.
+    fn weight(&self, b: &Batch, needs: Needs) -> f32 {
+        if needs.per_row() { b.units() as f32 / self.units.max(1) as f32 } else { b.supervised as f32 / self.supervised.max(1) as f32 }
+    }
+}
+
+/// How batches are put together for a run.
+#[derive(Clone, Copy)]
+struct Batching<'t> {
+    pad_multiple: usize,
+    max_len: usize,
+    kl_pairs: bool,
+    table: Option<&'t ReferenceTable>,
+}
+
+/// The batch of these dataset entries (unusable ones left out), with precomputed reference log-probs when
+/// there is a table; `None` when no entry is usable.
+fn build_batch(dataset: &mut Dataset, t: &TextTokenizer, indices: &[usize], how: Batching<'_>) -> Result<Option<Batch>, TrainError> {
+    let mut present: Vec<(usize, Item)> = Vec::new();
+    let mut partners = Vec::new();
+    for &i in indices {
+        if let Some(item) = dataset.item(i, t)? {
+            if how.kl_pairs {
+                partners.push(partner(dataset, i, t)?);
+            }
+            present.push((i, item));
+        }
+    }
+    if present.is_empty() {
+        return Ok(None);
+    }
+    let items: Vec<&Item> = present.iter().map(|(_, item)| item).collect();
+    let partner_refs: Vec<&Item> = partners.iter().collect();
+    let mut batch = assemble(&items, how.kl_pairs.then_some(&partner_refs[..]), how.pad_multiple, how.max_len);
+    if let Some(table) = how.table {
+        let indices: Vec<usize> = present.iter().map(|(i, _)| *i).collect();
+        let missing = || TrainError::Config(format!("{}: a row has no precomputed reference log-probs", dataset.path().display()));
+        let (rows, kl) = table.rows(&indices, items[0].examples.len()).ok_or_else(missing)?;
+        batch.set_reference(&rows);
+        if let Some(kl_batch) = batch.kl.as_deref_mut() {
+            kl_batch.set_reference(&kl.ok_or_else(missing)?);
+        }
+    }
+    Ok(Some(batch))
 }
 
 /// Walks the epochs' batch plans from a saved position, tokenizing on demand.
@@ -109,7 +163,7 @@ struct Feeder<'a> {
     dataset: &'a mut Dataset,
     tokenizer: &'a TextTokenizer,
     batch_size: usize,
-    pad_multiple: usize,
+    how: Batching<'a>,
     seed: u64,
     epoch: u64,
     position: usize,
@@ -117,9 +171,9 @@ struct Feeder<'a> {
 }
 
 impl<'a> Feeder<'a> {
-    fn new(dataset: &'a mut Dataset, tokenizer: &'a TextTokenizer, batch_size: usize, pad_multiple: usize, seed: u64, epoch: u64, position: usize) -> Self {
+    fn new(dataset: &'a mut Dataset, tokenizer: &'a TextTokenizer, batch_size: usize, how: Batching<'a>, seed: u64, epoch: u64, position: usize) -> Self {
         let plan = plan_epoch(dataset.lengths(), batch_size, seed, epoch);
-        Feeder { dataset, tokenizer, batch_size, pad_multiple, seed, epoch, position, plan }
+        Feeder { dataset, tokenizer, batch_size, how, seed, epoch, position, plan }
     }
 
     fn next_batch(&mut self) -> Result<Batch, TrainError> {
@@ -131,15 +185,8 @@ impl<'a> Feeder<'a> {
             }
             let indices = self.plan[self.position].clone();
             self.position += 1;
-            let mut examples = Vec::with_capacity(indices.len());
-            for i in indices {
-                if let Some(e) = self.dataset.example(i, self.tokenizer)? {
-                    examples.push(e);
-                }
-            }
-            if !examples.is_empty() {
-                let refs: Vec<&crate::data::Example> = examples.iter().collect();
-                return Ok(collate(&refs, self.pad_multiple, 0));
+            if let Some(batch) = build_batch(self.dataset, self.tokenizer, &indices, self.how)? {
+                return Ok(batch);
             }
         }
     }
@@ -153,16 +200,29 @@ fn scalar(a: &Array) -> f64 {
     f64::from(a.item_exact::<f32>())
 }
 
-/// Token-weighted mean loss of the validation batches, adapters as they are, no dropout.
-fn evaluate(model: &crate::model::CausalLm, loss: &dyn Loss, batches: &[Batch]) -> Result<f64, TrainError> {
-    let (mut total, mut tokens) = (0.0, 0usize);
+/// The validation loss and metrics, adapters as they are, no dropout: each batch weighted as in training
+/// (by supervised tokens, or by pairs or rows for per-row losses).
+fn evaluate(model: &mut crate::model::CausalLm, loss: &dyn Loss, needs: Needs, source: Option<&ReferenceSource>, batches: &[Batch]) -> Result<(f64, Vec<(String, f64)>), TrainError> {
+    let (mut total, mut weight) = (0.0, 0.0);
+    let mut metrics: Vec<(String, f64)> = Vec::new();
+    let key = mlx_rs::random::key(0)?;
     for b in batches {
-        let logps = token_logps(model, &b.inputs, &b.targets)?;
-        let out = loss.forward(&LossInputs::new(&logps, &b.mask)).map_err(|e| TrainError::Mlx(e.to_string()))?;
-        total += scalar(&out.loss) * b.supervised as f64;
-        tokens += b.supervised;
+        let args = batch_arrays(b, needs, model, source)?;
+        let logps = token_logps(model, &args[0], &args[1])?;
+        let inputs = loss_inputs(needs, &args, &logps, needs.rng.then_some(&key))?;
+        let out = loss.forward(&inputs).map_err(|e| TrainError::Mlx(e.to_string()))?;
+        let w = if needs.per_row() { b.units() } else { b.supervised } as f64;
+        total += scalar(&out.loss) * w;
+        weight += w;
+        if metrics.is_empty() {
+            metrics = out.metrics.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
+        }
+        for ((_, sum), (_, v)) in metrics.iter_mut().zip(&out.metrics) {
+            *sum += scalar(v) * w;
+        }
     }
-    Ok(total / tokens.max(1) as f64)
+    let weight = weight.max(1.0);
+    Ok((total / weight, metrics.into_iter().map(|(n, v)| (n, v / weight)).collect()))
 }
 
 /// Told about every optimizer step; may stop the run (with a checkpoint), as Ctrl-C does.
@@ -197,49 +257,79 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     std::fs::create_dir_all(&out).map_err(io(&out))?;
 
     let loss: Rc<dyn Loss> = Rc::from(registry.loss(&config.loss.kind, &config.loss.config)?);
-    let needs = loss.requirements();
-    if needs != sdk::Requirements::default() {
-        return Err(TrainError::Config(format!(
-            "loss `{}` needs {:?}, which the supervised trainer does not compute",
-            config.loss.kind, needs
-        )));
-    }
+    let needs = Needs::of(&config.loss.kind, loss.requirements())?;
 
     let dir = hub::resolve(&model_cfg.path)?;
     let dtype = model_cfg.dtype.as_deref().and_then(model::parse_dtype);
     let quantize = model_cfg.quantize.map(|q| Quant { bits: q.bits, group_size: q.group_size });
-    let loaded = model::load(&dir, &LoadOptions { dtype, quantize })?;
+    let load_options = LoadOptions { dtype, quantize };
+    let loaded = model::load(&dir, &load_options)?;
     let tokenizer = TextTokenizer::load(&dir)?;
     let mut model = loaded.model;
+    let reference_cfg = config.reference.clone().unwrap_or_default();
+    let (source, source_identity) = if needs.reference {
+        reference_source(&dir, reference_cfg.model.as_deref(), &load_options)?
+    } else {
+        (None, Vec::new())
+    };
     let mapper = registry.lora_target_mapper(&lora_cfg.mapper.kind, &lora_cfg.mapper.config)?;
     let settings = LoraSettings { rank: lora_cfg.rank, scale: lora_cfg.scale, dropout: lora_cfg.dropout, dora: lora_cfg.dora, last_n_layers: lora_cfg.last_n_layers };
     let summary = lora::apply(&mut model, &*mapper, &settings, train_cfg.seed)?;
     eprintln!("{}", summary.describe());
 
-    let data_options = DataOptions { masking: data_cfg.mask, max_seq_length: data_cfg.max_seq_length, skip_bad_rows: data_cfg.skip_bad_rows };
+    let data_options = DataOptions {
+        masking: data_cfg.masking(needs.shape()),
+        max_seq_length: data_cfg.max_seq_length,
+        skip_bad_rows: data_cfg.skip_bad_rows,
+        shape: needs.shape(),
+    };
     let mut policy = registry.data_cache_policy(&data_cfg.cache.kind, &data_cfg.cache.config)?;
     let tokenizer_file = dir.join("tokenizer.json");
     let mut train_set = Dataset::load(&data_cfg.train, &tokenizer, data_options, &mut *policy, &tokenizer_file)?;
     eprintln!("train data: {}{}", train_set.stats.describe(), if train_set.cache_hit { " (tokens from the data cache)" } else { "" });
-    let valid_batches: Vec<Batch> = match &data_cfg.valid {
+    let mut valid_set = match &data_cfg.valid {
         Some(path) => {
-            let mut valid = Dataset::load(path, &tokenizer, data_options, &mut *policy, &tokenizer_file)?;
+            let valid = Dataset::load(path, &tokenizer, data_options, &mut *policy, &tokenizer_file)?;
             eprintln!("valid data: {}", valid.stats.describe());
+            Some(valid)
+        }
+        None => None,
+    };
+
+    // Precomputed reference log-probs: one pass over each dataset now, then the reference model is dropped.
+    let precomputed = needs.reference && reference_cfg.mode == ReferenceMode::Precomputed;
+    let (mut train_table, mut valid_table) = (None, None);
+    let source = match source {
+        Some(source) if precomputed => {
+            let started = Instant::now();
+            let build = |set: &mut Dataset, model: &mut crate::model::CausalLm, policy: &mut dyn sdk::DataCachePolicy| {
+                ReferenceTable::build(set, &tokenizer, &source, model, &source_identity, needs.kl_pairs, data_cfg.batch_size, data_cfg.max_seq_length, policy)
+            };
+            let table = build(&mut train_set, &mut model, &mut *policy)?;
+            let hit = table.cache_hit;
+            train_table = Some(table);
+            if let Some(valid) = &mut valid_set {
+                valid_table = Some(build(valid, &mut model, &mut *policy)?);
+            }
+            eprintln!(
+                "reference log-probs {} ({:.1} s)",
+                if hit { "from the data cache" } else { "precomputed" },
+                started.elapsed().as_secs_f64()
+            );
+            None
+        }
+        other => other,
+    };
+    let batching = |table| Batching { pad_multiple: data_cfg.pad_multiple, max_len: data_cfg.max_seq_length, kl_pairs: needs.kl_pairs, table };
+    let valid_batches: Vec<Batch> = match &mut valid_set {
+        Some(valid) => {
             let mut plan = plan_epoch(valid.lengths(), data_cfg.batch_size, train_cfg.seed, 0);
             if let Some(n) = train_cfg.eval_batches {
                 plan.truncate(n);
             }
             let mut batches = Vec::with_capacity(plan.len());
             for indices in plan {
-                let mut examples = Vec::new();
-                for i in indices {
-                    if let Some(e) = valid.example(i, &tokenizer)? {
-                        examples.push(e);
-                    }
-                }
-                if !examples.is_empty() {
-                    batches.push(collate(&examples.iter().collect::<Vec<_>>(), data_cfg.pad_multiple, 0));
-                }
+                batches.extend(build_batch(valid, &tokenizer, &indices, batching(valid_table.as_ref()))?);
             }
             batches
         }
@@ -251,7 +341,8 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     let layers = model.num_layers() - first_adapted;
     let longest = train_set.lengths().iter().copied().max().unwrap_or(0).min(data_cfg.max_seq_length);
     let dtype_bytes = if model.dtype() == mlx_rs::Dtype::Float32 { 4 } else { 2 };
-    let estimate = memory::activation_bytes(&model.config, data_cfg.batch_size, longest, layers, dtype_bytes);
+    let rows = data_cfg.batch_size * if needs.pairs { 2 } else { 1 };
+    let estimate = memory::activation_bytes(&model.config, rows, longest, layers, dtype_bytes);
     let (checkpointing, why) = memory::decide(train_cfg.gradient_checkpointing, estimate, memory::budget_bytes(train_cfg.memory_budget_gb));
     model.model.checkpoint_layers = checkpointing;
     eprintln!("{why}");
@@ -281,21 +372,22 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     let dropout = lora_cfg.dropout > 0.0;
     let max_norm = train_cfg.max_grad_norm.map(|n| n as f32);
     let compiled = train_cfg.compile && ts.1 .0.compilable();
-    let mut micro_eager = step::micro(loss.clone(), dropout, metric_names.clone());
+    let mut micro_eager = step::micro(loss.clone(), needs, dropout, metric_names.clone());
     let mut apply_eager = step::apply(max_norm);
-    let mut micro_compiled = compile_with_state(step::micro(loss.clone(), dropout, metric_names.clone()), None);
+    let mut micro_compiled = compile_with_state(step::micro(loss.clone(), needs, dropout, metric_names.clone()), None);
     let mut apply_compiled = compile_with_state(step::apply(max_norm), None);
 
     let mut adapter_extra = serde_json::Map::new();
     for (k, v) in [
         ("model", json!(model_cfg.path)),
+        ("loss", json!(config.loss.kind)),
         ("data", json!(data_cfg.train)),
         ("optimizer", json!(config.optimizer.kind)),
         ("learning_rate", json!(config.optimizer.lr)),
         ("iters", json!(train_cfg.steps)),
         ("batch_size", json!(data_cfg.batch_size)),
         ("max_seq_length", json!(data_cfg.max_seq_length)),
-        ("mask_prompt", json!(data_cfg.mask != crate::data::Masking::None)),
+        ("mask_prompt", json!(data_options.masking != crate::data::Masking::None)),
         ("seed", json!(train_cfg.seed)),
     ] {
         adapter_extra.insert(k.to_owned(), v);
@@ -303,7 +395,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
 
     let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step))?;
     let bar = metrics::progress_bar(train_cfg.steps, state.step);
-    let mut feeder = Feeder::new(&mut train_set, &tokenizer, data_cfg.batch_size, data_cfg.pad_multiple, train_cfg.seed, state.epoch, state.batch_in_epoch);
+    let mut feeder = Feeder::new(&mut train_set, &tokenizer, data_cfg.batch_size, batching(train_table.as_ref()), train_cfg.seed, state.epoch, state.batch_in_epoch);
     let started = Instant::now();
     let _ = mlx_rs::memory::reset_peak_memory();
     let (mut real_total, mut padded_total) = (0usize, 0usize);
@@ -321,10 +413,11 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
 
     while state.step < train_cfg.steps {
         let step_started = Instant::now();
-        let mut micro_batches = StepBatches { batches: Vec::new(), supervised: 0 };
+        let mut micro_batches = StepBatches { batches: Vec::new(), supervised: 0, units: 0 };
         for _ in 0..train_cfg.grad_accumulation_steps {
             let b = feeder.next_batch()?;
             micro_batches.supervised += b.supervised;
+            micro_batches.units += b.units();
             micro_batches.batches.push(b);
         }
         let lr = schedule.lr(state.step, &schedule_ctx).map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
@@ -333,8 +426,9 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         let mut metric_values: Vec<f64> = Vec::new();
         let (mut real, mut padded) = (0, 0);
         for b in &micro_batches.batches {
-            let weight = b.supervised as f32 / micro_batches.supervised as f32;
-            let args = [b.inputs.clone(), b.targets.clone(), b.mask.clone(), Array::from_f32(weight)];
+            let weight = micro_batches.weight(b, needs);
+            let mut args = batch_arrays(b, needs, &mut ts.0, source.as_ref())?;
+            args.insert(3, Array::from_f32(weight));
             let values = if compiled { micro_compiled(&mut ts, &args[..])? } else { micro_eager(&mut ts, &args[..])? };
             loss_value += scalar(&values[0]) * f64::from(weight);
             metric_values.resize(values.len() - 1, 0.0);
@@ -370,13 +464,20 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         }
         log.write(record)?;
         bar.set_position(state.step);
-        bar.set_message(format!("loss {loss_value:.4} lr {lr:.2e} {:.0} tok/s", real as f64 / seconds.max(1e-9)));
+        let names = metric_names.borrow().clone();
+        let preference = preference_summary(&names, &metric_values);
+        bar.set_message(format!("loss {loss_value:.4}{preference} lr {lr:.2e} {:.0} tok/s", real as f64 / seconds.max(1e-9)));
 
         if let Some(every) = train_cfg.eval_every {
             if state.step % every == 0 || state.step == train_cfg.steps {
-                let eval = evaluate(&ts.0, &*loss, &valid_batches)?;
-                log.write(json!({"step": state.step, "eval_loss": eval}))?;
-                bar.println(format!("step {}: eval loss {eval:.4}", state.step));
+                let (eval, eval_metrics) = evaluate(&mut ts.0, &*loss, needs, source.as_ref(), &valid_batches)?;
+                let mut record = json!({"step": state.step, "eval_loss": eval});
+                for (name, v) in &eval_metrics {
+                    record[format!("eval_{name}")] = json!(v);
+                }
+                log.write(record)?;
+                let (names, values): (Vec<String>, Vec<f64>) = eval_metrics.into_iter().unzip();
+                bar.println(format!("step {}: eval loss {eval:.4}{}", state.step, preference_summary(&names, &values)));
                 if state.best_eval.is_none_or(|(best, _)| eval < best) {
                     state.best_eval = Some((eval, state.step));
                     state.evals_since_best = 0;
@@ -412,6 +513,20 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     }
     let png = out.join("loss.png");
     plot::write_png(&png, &series).map_err(io(&png))?;
+    let reward_series: Vec<plot::Series> = [
+        ("reward margin", "rewards/margin", [44, 160, 44]),
+        ("preference accuracy", "rewards/accuracy", [255, 127, 14]),
+        ("chosen reward", "rewards/chosen", [31, 119, 180]),
+        ("rejected reward", "rewards/rejected", [214, 39, 40]),
+    ]
+    .into_iter()
+    .map(|(name, key, color)| plot::Series { name: name.into(), color, points: log.series(key) })
+    .filter(|s| !s.points.is_empty())
+    .collect();
+    if !reward_series.is_empty() {
+        let png = out.join("rewards.png");
+        plot::write_png(&png, &reward_series).map_err(io(&png))?;
+    }
     Ok(RunOutcome {
         steps: state.step,
         last_loss,
@@ -424,6 +539,49 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0),
         native: true,
     })
+}
+
+/// " acc 0.75 margin 0.123" when the loss reports preference metrics.
+fn preference_summary(names: &[String], values: &[f64]) -> String {
+    let find = |n: &str| names.iter().position(|x| x == n).and_then(|i| values.get(i).copied());
+    let mut s = String::new();
+    if let Some(acc) = find("rewards/accuracy") {
+        s.push_str(&format!(" acc {acc:.2}"));
+    }
+    if let Some(margin) = find("rewards/margin") {
+        s.push_str(&format!(" margin {margin:.3}"));
+    }
+    s
+}
+
+/// The reference a loss compares with: a separate model when `[reference] model` names one (same tokenizer
+/// required), else the policy with adapters off. Also the bytes that identify it for precomputed tables.
+fn reference_source(base: &Path, model: Option<&str>, options: &LoadOptions) -> Result<(Option<ReferenceSource>, Vec<u8>), TrainError> {
+    let mut identity = format!("{:?} {:?}", options.dtype, options.quantize.map(|q| (q.bits, q.group_size))).into_bytes();
+    match model {
+        None => {
+            identity.extend_from_slice(b"adapters_off");
+            identity.extend(model::fingerprint(base)?);
+            Ok((Some(ReferenceSource::AdaptersOff), identity))
+        }
+        Some(path) => {
+            let dir = hub::resolve(path)?;
+            let (ours, theirs) = (base.join("tokenizer.json"), dir.join("tokenizer.json"));
+            let read = |p: &Path| std::fs::read(p).map_err(io(p));
+            if read(&ours)? != read(&theirs)? {
+                return Err(TrainError::Config(format!(
+                    "[reference] model: {} has another tokenizer than the policy's {}; log-probs would not be comparable",
+                    theirs.display(),
+                    ours.display()
+                )));
+            }
+            let loaded = model::load(&dir, options)?;
+            eprintln!("reference model: {}", dir.display());
+            identity.extend_from_slice(b"model");
+            identity.extend(model::fingerprint(&dir)?);
+            Ok((Some(ReferenceSource::Model(Box::new(loaded.model))), identity))
+        }
+    }
 }
 
 /// Hands the run to mlx_lm.lora.

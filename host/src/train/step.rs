@@ -14,9 +14,12 @@ use mlx_rs::{
     utils::{StateProjection, Updatable},
     Array, Dtype,
 };
-use sdk::{Loss, LossInputs};
+use sdk::Loss;
 
-use super::optimizer::TrainOptimizer;
+use super::{
+    inputs::{loss_inputs, Needs},
+    optimizer::TrainOptimizer,
+};
 use crate::{lora, model::CausalLm, optim::LearningRate};
 
 /// log p(target) for each position: `[B, T]`, in float32 whatever the model's dtype.
@@ -82,33 +85,39 @@ impl Updatable for GradBuffer {
 /// the parts it does not use.
 pub type TrainState = (CausalLm, (TrainOptimizer, (LearningRate, (GradBuffer, RandomState))));
 
-/// Micro-step. Args: inputs, targets, mask, weight (this micro-batch's share of the step's supervised tokens).
-/// Returns the loss followed by the loss plugin's metrics (their names land in `metric_names` when traced).
+/// Micro-step. Args: inputs, targets, mask, weight (this micro-batch's share of the step), then the
+/// loss's optional inputs (see [`super::inputs`]). Returns the loss followed by the loss plugin's metrics
+/// (their names land in `metric_names` when traced).
 pub fn micro(
     loss: Rc<dyn Loss>,
+    needs: Needs,
     dropout: bool,
     metric_names: Rc<RefCell<Vec<String>>>,
 ) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
     move |(model, (_, (_, (grads, rng)))), args| {
-        let [inputs, targets, mask, weight] = args else {
-            return Err(Exception::custom("micro step takes inputs, targets, mask, weight"));
-        };
+        if args.len() < 4 {
+            return Err(Exception::custom("micro step takes inputs, targets, mask, weight and the loss's inputs"));
+        }
+        let weight = &args[3];
+        let view: Vec<Array> = args[..3].iter().chain(&args[4..]).cloned().collect();
         if dropout {
             let key = rng.next_key()?;
             lora::set_dropout_key(model, Some(&key))?;
         }
+        let loss_key = if needs.rng { Some(rng.next_key()?) } else { None };
         let loss = loss.clone();
         let names = metric_names.clone();
-        let f = move |m: &mut CausalLm, (inputs, targets, mask): (&Array, &Array, &Array)| -> Result<Vec<Array>, Exception> {
-            let logps = token_logps(m, inputs, targets)?;
-            let out = loss.forward(&LossInputs::new(&logps, mask)).map_err(|e| Exception::custom(e.to_string()))?;
+        let f = move |m: &mut CausalLm, view: &[Array]| -> Result<Vec<Array>, Exception> {
+            let logps = token_logps(m, &view[0], &view[1])?;
+            let inputs = loss_inputs(needs, view, &logps, loss_key.as_ref())?;
+            let out = loss.forward(&inputs).map_err(|e| Exception::custom(e.to_string()))?;
             *names.borrow_mut() = out.metrics.iter().map(|(n, _)| n.clone()).collect();
             let mut values = vec![out.loss];
             values.extend(out.metrics.into_iter().map(|(_, a)| a));
             Ok(values)
         };
         let mut vg = nn::value_and_grad(f);
-        let (values, g) = vg(model, (inputs, targets, mask))?;
+        let (values, g) = vg(model, &view[..])?;
         grads.accumulate(&g, weight)?;
         if dropout {
             lora::set_dropout_key(model, None)?;

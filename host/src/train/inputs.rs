@@ -1,0 +1,102 @@
+//! What a loss asks for, turned into the arrays a training step receives and back. A step's arguments are
+//! `[inputs, targets, mask, weight, …]` followed by the optional inputs the loss declared, in a fixed order,
+//! so one compiled step serves the whole run.
+
+use mlx_rs::{error::Exception, Array};
+use sdk::{LossInputs, Requirements};
+
+use super::{reference::ReferenceSource, step::token_logps, TrainError};
+use crate::{data::Batch, model::CausalLm};
+
+/// The optional inputs a run's loss takes; the rest of `Requirements` is refused before training starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    pub reference: bool,
+    pub pairs: bool,
+    pub labels: bool,
+    pub kl_pairs: bool,
+    pub rng: bool,
+}
+
+impl Needs {
+    /// The requirements a trainer over fixed data can meet; GRPO's rollout inputs come from its own trainer.
+    pub fn of(loss: &str, r: Requirements) -> Result<Needs, TrainError> {
+        let rollout = [("old_policy", r.old_policy), ("rewards", r.rewards), ("advantages", r.advantages), ("group_ids", r.group_ids)];
+        if let Some((name, _)) = rollout.iter().find(|(_, on)| *on) {
+            return Err(TrainError::Config(format!("loss `{loss}` needs `{name}`, which only a rollout trainer (GRPO) produces")));
+        }
+        if r.pairs && (r.labels || r.kl_pairs) {
+            return Err(TrainError::Config(format!("loss `{loss}` asks for preference pairs and labelled rows at once")));
+        }
+        Ok(Needs { reference: r.reference, pairs: r.pairs, labels: r.labels, kl_pairs: r.kl_pairs, rng: r.rng })
+    }
+
+    pub fn shape(self) -> crate::data::RowShape {
+        match (self.pairs, self.labels) {
+            (true, _) => crate::data::RowShape::Pair,
+            (false, true) => crate::data::RowShape::Labeled,
+            (false, false) => crate::data::RowShape::Single,
+        }
+    }
+
+    /// Micro-batches are weighted by pairs or rows for losses that average over them, by supervised tokens
+    /// for token means.
+    pub fn per_row(self) -> bool {
+        self.pairs || self.labels
+    }
+}
+
+/// Everything a batch contributes to a step, in the step's argument order (weight excluded): inputs,
+/// targets, mask, then reference log-probs, labels, and the mismatched pairs' policy log-probs, reference
+/// log-probs and mask, as needed. Reference and mismatched-pair log-probs carry no gradient, so they are
+/// computed here, before the step.
+pub fn batch_arrays(b: &Batch, needs: Needs, model: &mut CausalLm, source: Option<&ReferenceSource>) -> Result<Vec<Array>, TrainError> {
+    let missing = |what: &str| TrainError::Config(format!("the batch has no {what}"));
+    let mut out = vec![b.inputs.clone(), b.targets.clone(), b.mask.clone()];
+    let reference = |model: &mut CausalLm, batch: &Batch| -> Result<Array, TrainError> {
+        match (&batch.reference, source) {
+            (Some(r), _) => Ok(r.clone()),
+            (None, Some(source)) => Ok(source.logps(model, &batch.inputs, &batch.targets)?),
+            (None, None) => Err(missing("reference log-probs")),
+        }
+    };
+    if needs.reference {
+        out.push(reference(model, b)?);
+    }
+    if needs.labels {
+        out.push(b.labels.clone().ok_or_else(|| missing("labels"))?);
+    }
+    if needs.kl_pairs {
+        let kl = b.kl.as_deref().ok_or_else(|| missing("mismatched pairs"))?;
+        let policy = token_logps(model, &kl.inputs, &kl.targets)?;
+        policy.eval()?;
+        out.push(policy);
+        out.push(reference(model, kl)?);
+        out.push(kl.mask.clone());
+    }
+    Ok(out)
+}
+
+/// The loss's view of a step's arguments (weight removed) and its policy log-probs.
+pub fn loss_inputs<'a>(needs: Needs, args: &'a [Array], logps: &'a Array, rng_key: Option<&'a Array>) -> Result<LossInputs<'a>, Exception> {
+    let mut rest = args.get(3..).unwrap_or_default().iter();
+    let mut next = |what: &str| rest.next().ok_or_else(|| Exception::custom(format!("step arguments lack {what}")));
+    let mask = &args[2];
+    let mut inputs = LossInputs::new(logps, mask);
+    if needs.reference {
+        inputs.reference_logps = Some(next("reference log-probs")?);
+    }
+    if needs.labels {
+        inputs.labels = Some(next("labels")?);
+    }
+    if needs.kl_pairs {
+        inputs.kl_policy_logps = Some(next("mismatched-pair policy log-probs")?);
+        inputs.kl_reference_logps = Some(next("mismatched-pair reference log-probs")?);
+        inputs.kl_mask = Some(next("mismatched-pair mask")?);
+    }
+    if needs.pairs {
+        inputs.num_pairs = (logps.shape()[0] / 2) as usize;
+    }
+    inputs.rng_key = rng_key;
+    Ok(inputs)
+}
