@@ -120,19 +120,23 @@ fn generate_streams_text_or_prints_one_json_object() {
 }
 
 #[test]
-fn the_shipped_sft_config_runs() {
+fn the_shipped_training_configs_run() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::env::temp_dir().join(format!("host-cli-{}-sft", std::process::id()));
-    let out_arg = format!("output.dir={:?}", out.display().to_string());
-    let status = Command::new(env!("CARGO_BIN_EXE_host"))
-        .current_dir(&root)
-        .args(["run", "--config", "configs/sft.toml", "--set", "train.steps=12", "--set", "train.eval_every=6", "--set", &out_arg])
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let stdout = String::from_utf8_lossy(&status.stdout);
-    assert!(stdout.contains("12 steps, completed"), "{stdout}");
-    assert!(stdout.contains("best validation loss"), "{stdout}");
-    assert!(out.join("adapters.safetensors").is_file() && out.join("loss.png").is_file());
+    for name in ["sft", "dpo", "orpo", "kto", "simpo"] {
+        let out = std::env::temp_dir().join(format!("host-cli-{}-{name}", std::process::id()));
+        let out_arg = format!("output.dir={:?}", out.display().to_string());
+        let config = format!("configs/{name}.toml");
+        let status = Command::new(env!("CARGO_BIN_EXE_host"))
+            .current_dir(&root)
+            .args(["run", "--config", &config, "--set", "train.steps=12", "--set", "train.eval_every=6", "--set", "schedule.warmup_steps=2", "--set", &out_arg])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{name}: {}", String::from_utf8_lossy(&status.stderr));
+        let stdout = String::from_utf8_lossy(&status.stdout);
+        assert!(stdout.contains("12 steps, completed"), "{name}: {stdout}");
+        assert!(stdout.contains("best validation loss"), "{name}: {stdout}");
+        assert!(out.join("adapters.safetensors").is_file() && out.join("loss.png").is_file(), "{name}");
+        assert_eq!(out.join("rewards.png").is_file(), name != "sft", "{name}: preference losses plot their rewards");
+    }
 }
