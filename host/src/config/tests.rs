@@ -138,3 +138,45 @@ fn every_shipped_config_parses_and_validates() {
     }
     assert!(seen > 0, "no configs found in {}", configs.display());
 }
+
+#[test]
+fn reference_and_mask_rules_follow_what_the_loss_needs() {
+    let text = "\
+[optimizer]
+lr = 1e-3
+
+[loss]
+kind = \"simpo\"
+beta = -2.0
+
+[reference]
+mode = \"model\"
+";
+    let err = load("reference", text, &[]).unwrap_err();
+    let got: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(got, vec!["loss.beta"], "a loss that fails to build leaves its reference rules unchecked: {err}");
+    let err = load("reference", &text.replace("beta = -2.0", "beta = 2.0"), &[]).unwrap_err();
+    let got: Vec<(Location, &str, &str)> = err.problems.iter().map(|p| (p.location.clone(), p.path.as_str(), p.message.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (at(8, 2), "reference", "loss `simpo` uses no reference policy; remove [reference]"),
+            (at(9, 1), "reference.mode", "mode = \"model\" needs `model`, the reference model"),
+        ],
+        "{err}"
+    );
+    let dpo = "[optimizer]\nlr = 1e-3\n[loss]\nkind = \"dpo\"\n[reference]\nmode = \"adapters_off\"\nmodel = \"elsewhere\"\n";
+    let err = load("reference-model", dpo, &[]).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].path, "reference.model");
+    let cfg = load("reference-ok", dpo, &["reference.mode=\"precomputed\""]).unwrap();
+    assert_eq!(cfg.reference.unwrap().mode, ReferenceMode::Precomputed);
+
+    let data = write("mask-data", "");
+    let masked = format!("[optimizer]\nlr = 1e-3\n[loss]\nkind = \"kto\"\n[data]\ntrain = {:?}\nmask = \"none\"\n", data.display().to_string());
+    let err = load("mask", &masked, &[]).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!((err.problems[0].path.as_str(), err.problems[0].message.as_str()), ("data.mask", "loss `kto` scores completions only: mask must be \"prompt\" (or left out)"));
+    let cfg = load("mask-ok", &masked.replace("mask = \"none\"\n", ""), &[]).unwrap();
+    assert_eq!(cfg.data.unwrap().masking(crate::data::RowShape::Labeled), crate::data::Masking::Prompt);
+}
