@@ -216,3 +216,27 @@ fn a_cdylib_loss_trains_exactly_like_the_builtin_it_mirrors() {
         assert!(losses[29] < 0.5 * losses[0], "it trains: {} → {}", losses[0], losses[29]);
     }
 }
+
+#[test]
+fn a_separate_reference_model_gives_the_adapters_off_run_and_must_share_the_tokenizer() {
+    let (off, dir) = pair_config("ref-off", "kind = \"dpo\"\nbeta = 0.1", "");
+    let copy = dir.join("reference-copy");
+    fixture::write(&copy, Family::Qwen2, Preset::Tiny, 2).unwrap();
+    let model_line = format!("\n[reference]\nmode = \"model\"\nmodel = {:?}", copy.display().to_string());
+    let (separate, _) = pair_config("ref-model", "kind = \"dpo\"\nbeta = 0.1", &model_line);
+    let mut registry = Registry::builtin().unwrap();
+    let a: Vec<f64> = run(&off, &mut registry).iter().filter_map(|r| r.get("loss")?.as_f64()).collect();
+    let b: Vec<f64> = run(&separate, &mut registry).iter().filter_map(|r| r.get("loss")?.as_f64()).collect();
+    for (step, (x, y)) in a.iter().zip(&b).enumerate().take(6) {
+        assert!((x - y).abs() <= 2e-6, "step {}: {x} vs {y}", step + 1);
+    }
+
+    // Another tokenizer (a fixture of another family) is refused before training.
+    let other = dir.join("other-family");
+    fixture::write(&other, Family::Llama, Preset::Tiny, 2).unwrap();
+    let model_line = format!("\n[reference]\nmode = \"model\"\nmodel = {:?}", other.display().to_string());
+    let (bad, _) = pair_config("ref-bad", "kind = \"dpo\"", &model_line);
+    let cfg = RunConfig::load(&bad, &[] as &[Override], &mut registry).unwrap();
+    let err = train::run(&cfg, &registry, None).unwrap_err().to_string();
+    assert!(err.contains("has another tokenizer than the policy's"), "{err}");
+}
