@@ -178,6 +178,12 @@ impl RunConfig {
             rule(t.max_grad_norm.is_none_or(|n| n > 0.0), &["train", "max_grad_norm"], "must be positive".into());
             rule(t.memory_budget_gb.is_none_or(|m| m > 0.0), &["train", "memory_budget_gb"], "must be positive".into());
             rule(
+                t.checkpoint_layers.is_none() || t.gradient_checkpointing == Checkpointing::On,
+                &["train", "checkpoint_layers"],
+                "goes with gradient_checkpointing = \"on\" (\"auto\" chooses the count itself)".into(),
+            );
+            rule(t.checkpoint_layers != Some(0), &["train", "checkpoint_layers"], "must be at least 1 (or gradient_checkpointing = \"off\")".into());
+            rule(
                 t.early_stopping_patience.is_none() || t.eval_every.is_some(),
                 &["train", "early_stopping_patience"],
                 "needs `eval_every`: early stopping watches the validation loss".into(),

@@ -56,6 +56,9 @@ pub struct TrainConfig {
     pub early_stopping_patience: Option<usize>,
     #[serde(default = "TrainConfig::default_checkpointing")]
     pub gradient_checkpointing: Checkpointing,
+    /// With `gradient_checkpointing = "on"`: checkpoint only this many layers, from the first adapted one
+    /// (default all). `auto` picks the count itself.
+    pub checkpoint_layers: Option<usize>,
     /// Budget for activations under `gradient_checkpointing = "auto"` (default: half the device's memory).
     pub memory_budget_gb: Option<f64>,
     #[serde(default = "TrainConfig::default_backend")]
@@ -108,6 +111,7 @@ impl Default for TrainConfig {
             keep_checkpoints: Self::default_keep(),
             early_stopping_patience: None,
             gradient_checkpointing: Self::default_checkpointing(),
+            checkpoint_layers: None,
             memory_budget_gb: None,
             backend: Self::default_backend(),
             compile: true,

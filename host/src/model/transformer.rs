@@ -67,8 +67,9 @@ pub struct Decoder {
     pub layers: Vec<Layer>,
     #[param]
     pub norm: RmsNorm,
-    /// Recompute each layer's activations in the backward pass (uncached forwards only: training).
-    pub checkpoint_layers: bool,
+    /// Recompute the activations of this many layers in the backward pass, counted from the first layer with
+    /// trainable parameters (uncached forwards only: training); 0 checkpoints none, `usize::MAX` all.
+    pub checkpoint_layers: usize,
 }
 
 impl Attention {
@@ -270,7 +271,7 @@ impl Decoder {
             embed_tokens: Embedding::placeholder(c.vocab_size, c.hidden_size, quant("model.embed_tokens", c.hidden_size), dtype)?,
             layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, i, quant, dtype)).collect::<Result<_, _>>()?,
             norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps)?,
-            checkpoint_layers: false,
+            checkpoint_layers: 0,
         })
     }
 
@@ -289,13 +290,14 @@ impl Decoder {
             None => {
                 // The backward pass starts at the first layer with trainable parameters; earlier layers keep
                 // nothing for it, so only the later ones are worth checkpointing.
-                let first = if self.checkpoint_layers {
+                let first = if self.checkpoint_layers > 0 {
                     self.layers.iter().position(|l| !l.trainable_parameters().flatten().is_empty()).unwrap_or(self.layers.len())
                 } else {
                     self.layers.len()
                 };
+                let end = first.saturating_add(self.checkpoint_layers);
                 for (i, layer) in self.layers.iter().enumerate() {
-                    h = if i >= first { layer.forward_checkpointed(&h)? } else { layer.forward(&h, None)? };
+                    h = if (first..end).contains(&i) { layer.forward_checkpointed(&h)? } else { layer.forward(&h, None)? };
                 }
             }
         }

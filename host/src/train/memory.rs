@@ -1,5 +1,6 @@
-//! Whether to checkpoint activations: explicit on/off wins; `auto` compares an estimate of the activations a
-//! training step keeps for its backward pass with a memory budget.
+//! How many layers to checkpoint: explicit on/off wins (`on` with an optional layer count); `auto` checkpoints
+//! the fewest layers that bring an estimate of the activations a training step keeps for its backward pass
+//! within a memory budget (a checkpointed layer keeps only its input, and costs one more forward pass).
 //!
 //! The estimate per layer and sequence of s tokens at hidden size h, a heads and b bytes per element follows
 //! Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models"):
@@ -9,14 +10,41 @@
 
 use crate::{config::Checkpointing, model::TransformerConfig};
 
-/// Bytes of activations one step keeps for `rows` sequences of `seq` tokens through `layers` layers.
-pub fn activation_bytes(c: &TransformerConfig, rows: usize, seq: usize, layers: usize, dtype_bytes: usize) -> u64 {
+/// The activations a step keeps, per layer and in total.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    /// Bytes one layer keeps without checkpointing.
+    pub per_layer: u64,
+    /// Bytes a checkpointed layer keeps (its input).
+    pub per_checkpointed_layer: u64,
+    /// The logits' float32 log-softmax.
+    pub logits: u64,
+    /// Layers that keep activations (from the first adapted one to the last).
+    pub layers: usize,
+}
+
+impl Estimate {
+    /// Bytes with the first `checkpointed` of the layers checkpointed.
+    pub fn bytes(&self, checkpointed: usize) -> u64 {
+        let n = checkpointed.min(self.layers) as u64;
+        self.per_layer * (self.layers as u64 - n) + self.per_checkpointed_layer * n + self.logits
+    }
+}
+
+/// The activations one step keeps for `rows` sequences of `seq` tokens through `layers` layers.
+pub fn estimate(c: &TransformerConfig, rows: usize, seq: usize, layers: usize, dtype_bytes: usize) -> Estimate {
     let (s, h, a, b) = (seq as f64, f64::from(c.hidden_size), f64::from(c.num_attention_heads), dtype_bytes as f64);
     let mlp_scale = f64::from(c.intermediate_size) / (4.0 * h);
     // 34 s h = 11 s h (attention block) + 19 s h (MLP at 4h) + 4 s h (norms); scale the MLP part.
     let per_layer = (s * h * (15.0 + 19.0 * mlp_scale)) * b / 2.0 + 5.0 * a * s * s * b / 2.0;
     let logits = s * f64::from(c.vocab_size) * 4.0 * 2.0;
-    (rows as f64 * (per_layer * layers as f64 + logits)) as u64
+    let r = rows as f64;
+    Estimate { per_layer: (r * per_layer) as u64, per_checkpointed_layer: (r * s * h * b) as u64, logits: (r * logits) as u64, layers }
+}
+
+/// Bytes of activations one step keeps without checkpointing.
+pub fn activation_bytes(c: &TransformerConfig, rows: usize, seq: usize, layers: usize, dtype_bytes: usize) -> u64 {
+    estimate(c, rows, seq, layers, dtype_bytes).bytes(0)
 }
 
 /// The memory the activations may take: `memory_budget_gb`, else half of the device's (on the CPU, the
@@ -42,20 +70,43 @@ fn device_memory_bytes() -> u64 {
         .map_or(8 << 30, |kb| kb * 1024)
 }
 
-/// The decision and a line explaining it.
-pub fn decide(mode: Checkpointing, estimate: u64, budget: u64) -> (bool, String) {
+/// How many layers to checkpoint (`usize::MAX`: all), and a line explaining it. `layers` is `[train]
+/// checkpoint_layers`, which goes with `on` only.
+pub fn decide(mode: Checkpointing, layers: Option<usize>, estimate: &Estimate, budget: u64) -> (usize, String) {
     let gb = |b: u64| b as f64 / 1e9;
     match mode {
-        Checkpointing::On => (true, "gradient checkpointing on (configured)".into()),
-        Checkpointing::Off => (false, "gradient checkpointing off (configured)".into()),
-        Checkpointing::Auto if estimate > budget => (
-            true,
-            format!("gradient checkpointing on: activations ~{:.2} GB exceed the {:.2} GB budget", gb(estimate), gb(budget)),
-        ),
-        Checkpointing::Auto => (
-            false,
-            format!("gradient checkpointing off: activations ~{:.2} GB fit the {:.2} GB budget", gb(estimate), gb(budget)),
-        ),
+        Checkpointing::On => match layers {
+            Some(n) => (n, format!("gradient checkpointing on for {n} of {} layers (configured)", estimate.layers)),
+            None => (usize::MAX, "gradient checkpointing on (configured)".into()),
+        },
+        Checkpointing::Off => (0, "gradient checkpointing off (configured)".into()),
+        Checkpointing::Auto => {
+            let full = estimate.bytes(0);
+            if full <= budget {
+                return (0, format!("gradient checkpointing off: activations ~{:.2} GB fit the {:.2} GB budget", gb(full), gb(budget)));
+            }
+            match (1..=estimate.layers).find(|&n| estimate.bytes(n) <= budget) {
+                Some(n) => (
+                    n,
+                    format!(
+                        "gradient checkpointing on for {n} of {} layers: activations ~{:.2} GB → ~{:.2} GB, within the {:.2} GB budget",
+                        estimate.layers,
+                        gb(full),
+                        gb(estimate.bytes(n)),
+                        gb(budget)
+                    ),
+                ),
+                None => (
+                    usize::MAX,
+                    format!(
+                        "gradient checkpointing on for every layer: activations ~{:.2} GB → ~{:.2} GB, still over the {:.2} GB budget",
+                        gb(full),
+                        gb(estimate.bytes(estimate.layers)),
+                        gb(budget)
+                    ),
+                ),
+            }
+        }
     }
 }
 
@@ -97,11 +148,19 @@ mod tests {
     }
 
     #[test]
-    fn explicit_settings_win_and_auto_compares_with_the_budget() {
-        assert!(decide(Checkpointing::On, 1, 100).0);
-        assert!(!decide(Checkpointing::Off, 100, 1).0);
-        assert!(decide(Checkpointing::Auto, 101, 100).0);
-        assert!(!decide(Checkpointing::Auto, 99, 100).0);
+    fn explicit_settings_win_and_auto_checkpoints_the_fewest_layers_that_fit() {
+        // 10 layers of 100 bytes (10 when checkpointed) and 50 bytes of logits: 1050 bytes unchecked.
+        let e = Estimate { per_layer: 100, per_checkpointed_layer: 10, logits: 50, layers: 10 };
+        assert_eq!(e.bytes(3), 700 + 30 + 50);
+        assert_eq!(decide(Checkpointing::On, None, &e, 10_000).0, usize::MAX);
+        assert_eq!(decide(Checkpointing::On, Some(4), &e, 10_000).0, 4);
+        assert_eq!(decide(Checkpointing::Off, None, &e, 1).0, 0);
+        assert_eq!(decide(Checkpointing::Auto, None, &e, 1050).0, 0);
+        // 1050 − 90·n ≤ 800 first holds at n = 3.
+        assert_eq!(decide(Checkpointing::Auto, None, &e, 800).0, 3);
+        let (n, why) = decide(Checkpointing::Auto, None, &e, 100);
+        assert_eq!(n, usize::MAX);
+        assert!(why.contains("still over"), "{why}");
         assert_eq!(budget_bytes(Some(2.5)), 2_500_000_000);
     }
 }

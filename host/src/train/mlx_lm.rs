@@ -147,6 +147,9 @@ pub fn plan(config: &RunConfig) -> Result<Plan, TrainError> {
         // mlx-lm evaluates every 200 steps by default; with no eval_every, never.
         _ => args.extend(["--steps-per-eval".into(), (t.steps + 1).to_string(), "--val-batches".into(), "0".into()]),
     }
+    if t.checkpoint_layers.is_some() {
+        return Err(unsupported("checkpoint_layers (mlx-lm checkpoints every layer or none)"));
+    }
     if t.gradient_checkpointing == Checkpointing::On {
         args.push("--grad-checkpoint".into());
     }

@@ -342,8 +342,9 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     let longest = train_set.lengths().iter().copied().max().unwrap_or(0).min(data_cfg.max_seq_length);
     let dtype_bytes = if model.dtype() == mlx_rs::Dtype::Float32 { 4 } else { 2 };
     let rows = data_cfg.batch_size * if needs.pairs { 2 } else { 1 };
-    let estimate = memory::activation_bytes(&model.config, rows, longest, layers, dtype_bytes);
-    let (checkpointing, why) = memory::decide(train_cfg.gradient_checkpointing, estimate, memory::budget_bytes(train_cfg.memory_budget_gb));
+    let estimate = memory::estimate(&model.config, rows, longest, layers, dtype_bytes);
+    let budget = memory::budget_bytes(train_cfg.memory_budget_gb);
+    let (checkpointing, why) = memory::decide(train_cfg.gradient_checkpointing, train_cfg.checkpoint_layers, &estimate, budget);
     model.model.checkpoint_layers = checkpointing;
     eprintln!("{why}");
 
