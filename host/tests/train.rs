@@ -281,3 +281,16 @@ fn checkpointed_layers_give_the_same_gradients() {
         assert!(d < 1e-5, "{k}: {d}");
     }
 }
+
+#[test]
+fn a_bfloat16_model_trains_compiled_with_float32_adapters() {
+    // An optimizer update must not change an adapter's dtype (a compiled step's state layout is fixed), and
+    // adapters stay float32 on a bfloat16 model, as in mlx-lm.
+    let (path, dir) = config("bf16", "");
+    let (cfg, registry) = load(&path, &["model.dtype=\"bfloat16\"", "train.steps=3", "train.eval_every=3", "train.save_every=3"]);
+    let outcome = train::run(&cfg, &registry, None).unwrap();
+    assert_eq!(outcome.steps, 3);
+    assert!(losses(&dir.join("run")).iter().all(|l| l.is_finite()));
+    let saved = Array::load_safetensors(dir.join("run/adapters.safetensors")).unwrap();
+    assert!(!saved.is_empty() && saved.values().all(|a| a.dtype() == Dtype::Float32));
+}

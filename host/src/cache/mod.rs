@@ -66,7 +66,7 @@ pub fn for_layers(policy: &dyn KvCachePolicy, num_layers: usize) -> Result<Vec<B
 }
 
 /// Repeats each row of a `[B, ...]` array `n` times: rows b0 b0 b0 b1 b1 b1 ...
-fn repeat_rows(a: &Array, n: usize) -> Result<Array, Exception> {
+pub(crate) fn repeat_rows(a: &Array, n: usize) -> Result<Array, Exception> {
     let shape = a.shape().to_vec();
     let mut expanded = shape.clone();
     expanded.insert(1, n as i32);

@@ -16,11 +16,14 @@ pub struct FixtureArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Dtype the weights are stored in: f32, bf16 or f16.
+    #[arg(long, default_value = "f32", value_parser = super::generate::parse_dtype)]
+    dtype: mlx_rs::Dtype,
 }
 
 /// Writes a Hugging Face model directory with random weights and a freshly trained tokenizer.
 pub fn run(args: FixtureArgs) -> anyhow::Result<()> {
-    fixture::write(&args.out, args.family, args.preset, args.seed)?;
+    fixture::write_as(&args.out, args.family, args.preset, args.seed, args.dtype)?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -110,9 +110,25 @@ pub fn generate(
     options: &GenerateOptions,
     sink: &mut dyn TokenSink,
 ) -> Result<(Vec<Completion>, GenerationStats), Exception> {
-    let rows = prompts.len();
+    generate_groups(model, prompts, 1, caches, sampler, options, sink)
+}
+
+/// Generates `group` completions for each prompt: the prompts are prefilled once, then each prompt's KV cache
+/// rows and last-position logits are repeated `group` times and the copies are sampled independently. Returns
+/// the completions prompt by prompt (prompt 0's `group` completions first); sink rows count the same way.
+pub fn generate_groups(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    group: usize,
+    caches: &mut [Box<dyn KvCache>],
+    sampler: &mut Sampler,
+    options: &GenerateOptions,
+    sink: &mut dyn TokenSink,
+) -> Result<(Vec<Completion>, GenerationStats), Exception> {
+    let group = group.max(1);
+    let rows = prompts.len() * group;
     if rows == 0 || options.max_tokens == 0 {
-        return Ok((prompts.iter().map(|_| Completion { tokens: vec![], logprobs: vec![], finish: FinishReason::Length }).collect(), GenerationStats::default()));
+        return Ok(((0..rows).map(|_| Completion { tokens: vec![], logprobs: vec![], finish: FinishReason::Length }).collect(), GenerationStats::default()));
     }
     if prompts.iter().any(Vec::is_empty) {
         return Err(Exception::custom("a prompt has no tokens"));
@@ -127,8 +143,8 @@ pub fn generate(
         batch.extend(std::iter::repeat_n(options.pad_id as i32, pad));
         batch.extend(p.iter().map(|&t| t as i32));
     }
-    let batch = Array::from_slice(&batch, &[rows as i32, longest as i32]);
-    let mut history: Vec<Vec<u32>> = prompts.to_vec();
+    let batch = Array::from_slice(&batch, &[prompts.len() as i32, longest as i32]);
+    let mut history: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), group)).collect();
 
     let _ = mlx_rs::memory::reset_peak_memory();
     let mut stats = GenerationStats { rows, prompt_tokens: prompts.iter().map(Vec::len).sum(), ..Default::default() };
@@ -145,7 +161,17 @@ pub fn generate(
         at = end;
     }
     let refs: Vec<&[u32]> = history.iter().map(Vec::as_slice).collect();
-    let (mut tokens, mut logprobs) = step(model, &batch.index((.., at as i32..)), caches, sampler, &refs)?;
+    let (mut tokens, mut logprobs) = if group == 1 {
+        step(model, &batch.index((.., at as i32..)), caches, sampler, &refs)?
+    } else {
+        let hidden = model.model.forward(&batch.index((.., at as i32..)), Some(caches))?;
+        let last = model.head(&hidden.index((.., -1, ..)))?;
+        for cache in caches.iter_mut() {
+            cache.repeat_rows(group)?;
+        }
+        let shared = crate::cache::repeat_rows(&last, group)?;
+        sampler.sample(&shared, &refs)?
+    };
     async_eval([&tokens, &logprobs])?;
 
     let mut completions: Vec<Completion> =

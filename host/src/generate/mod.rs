@@ -4,5 +4,5 @@
 mod decode;
 mod sampler;
 
-pub use decode::{generate, Completion, Control, FinishReason, GenerateOptions, GenerationStats, TokenSink};
+pub use decode::{generate, generate_groups, Completion, Control, FinishReason, GenerateOptions, GenerationStats, TokenSink};
 pub use sampler::{Sampler, SamplerConfig};

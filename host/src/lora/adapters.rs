@@ -125,10 +125,10 @@ pub fn load_adapters(model: &mut CausalLm, dir: &Path) -> Result<LoraSettings, L
         problems.sort();
         return Err(file_error(&weights_path, problems.join("; ")));
     }
-    let dtype = model.dtype();
+    // Adapters live in float32 whatever the model's dtype (see `Linear::add_adapter`).
     let mut update: HashMap<Rc<str>, Array> = HashMap::new();
     for (name, t) in tensors {
-        update.insert(Rc::from(name), t.as_dtype(dtype)?);
+        update.insert(Rc::from(name), t.as_dtype(mlx_rs::Dtype::Float32)?);
     }
     model.update_flattened(update);
     Ok(settings)

@@ -127,11 +127,13 @@ impl Linear {
 
     /// Adds a fresh adapter (mlx-lm's initialisation: A ~ U(±1/√in), B = 0, so the layer's output is unchanged;
     /// DoRA's magnitude starts at the base rows' norms). Its parameters are trainable; the rest stays as it was.
+    /// Adapter parameters are float32 whatever the model's dtype, as in mlx-lm: small updates survive, and an
+    /// optimizer step (float32 learning rate) leaves their dtype, and a compiled step's state layout, unchanged.
     pub fn add_adapter(&mut self, spec: AdapterSpec, key: &Array) -> Result<(), Exception> {
-        let dtype = (*self.scales).as_ref().map_or_else(|| self.weight.dtype(), |s| s.dtype());
+        let dtype = Dtype::Float32;
         let bound = 1.0 / (self.in_dims as f32).sqrt();
-        let a = random::uniform::<_, f32>(-bound, bound, &[self.in_dims, spec.rank], key)?.as_dtype(dtype)?;
-        let b = Array::zeros::<f32>(&[spec.rank, self.out_dims])?.as_dtype(dtype)?;
+        let a = random::uniform::<_, f32>(-bound, bound, &[self.in_dims, spec.rank], key)?;
+        let b = Array::zeros::<f32>(&[spec.rank, self.out_dims])?;
         self.lora_a = Param::new(Some(a));
         self.lora_b = Param::new(Some(b));
         self.m = Param::new(if spec.dora {

@@ -64,7 +64,17 @@ pub enum TrainError {
 
 impl From<mlx_rs::error::Exception> for TrainError {
     fn from(e: mlx_rs::error::Exception) -> Self {
-        TrainError::Mlx(e.what().to_owned())
+        // Some MLX messages dump whole state layouts; a screenful says what went wrong.
+        const LIMIT: usize = 2000;
+        let what = e.what();
+        if what.len() <= LIMIT {
+            return TrainError::Mlx(what.to_owned());
+        }
+        let mut cut = LIMIT;
+        while !what.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        TrainError::Mlx(format!("{} … ({} more characters)", &what[..cut], what.len() - cut))
     }
 }
 
