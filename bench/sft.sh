@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # LoRA SFT real-token throughput and peak memory: `host run` against mlx_lm.lora's training loop on the same
-# ~88M-parameter fixture model and the same mixed-length data (16-600 words per row), float32, batch 4, rank 8,
-# all linear layers, AdamW at a constant 1e-4, no prompt masking. Prints a markdown table.
+# fixture model and the same mixed-length data (16-600 words per row), rank 8, all linear layers, AdamW at a
+# constant 1e-4, no prompt masking. Prints a markdown table.
 #
-#   bench/sft.sh [PYTHON_WITH_MLX_LM]      (STEPS=20 WARMUP=3 by default)
+#   bench/sft.sh [PYTHON_WITH_MLX_LM]
 #
+# Settings (environment): STEPS=20 WARMUP=3 BATCH=4 PRESET=small (~88M; medium ~0.4B) DTYPE=f32 (bf16 on a GPU)
+# CHECKPOINTING=off|on|auto CHECKPOINT_LAYERS=N, HOST=<a prebuilt host binary> (default: cargo build --release),
+# MAX_BATCH_TOKENS=N HOST_BATCH=M: host batches by a token budget instead (up to M rows; mlx-lm keeps BATCH rows).
 # Throughput is measured after WARMUP steps (both tools compile their step per batch shape): the tokens the
 # steps train on (non-padding targets) over the time those steps took.
 set -euo pipefail
@@ -12,23 +15,36 @@ cd "$(dirname "$0")/.."
 PYTHON=${1:-python3}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
+BATCH=${BATCH:-4}
+PRESET=${PRESET:-small}
+DTYPE=${DTYPE:-f32}
 WORK=${WORK:-target/bench}
 mkdir -p "$WORK"
-cargo build --release -p host >&2
-HOST=target/release/host
-[ -d "$WORK/small-llama" ] || $HOST fixture --family llama --preset small --out "$WORK/small-llama" --seed 0 >&2
+if [ -z "${HOST:-}" ]; then
+  cargo build --release -p host >&2
+  HOST=target/release/host
+fi
+MODEL="$WORK/$PRESET-llama-$DTYPE"
+[ -d "$MODEL" ] || $HOST fixture --family llama --preset "$PRESET" --dtype "$DTYPE" --out "$MODEL" --seed 0 >&2
 "$PYTHON" bench/make_sft_data.py "$WORK/sft-data" 512
+case "$DTYPE" in f32) MODEL_DTYPE=float32 ;; bf16) MODEL_DTYPE=bfloat16 ;; f16) MODEL_DTYPE=float16 ;; esac
+LAYERS_LINE=""
+[ -n "${CHECKPOINT_LAYERS:-}" ] && LAYERS_LINE="checkpoint_layers = $CHECKPOINT_LAYERS"
+BUDGET_LINE=""
+[ -n "${MAX_BATCH_TOKENS:-}" ] && BUDGET_LINE="max_batch_tokens = $MAX_BATCH_TOKENS"
 
 cat > "$WORK/sft-bench.toml" <<TOML
 [model]
-path = "$WORK/small-llama"
+path = "$MODEL"
+dtype = "$MODEL_DTYPE"
 [lora]
 mapper = { kind = "all_linear" }
 rank = 8
 scale = 20.0
 [data]
 train = "$WORK/sft-data/train.jsonl"
-batch_size = 4
+batch_size = ${HOST_BATCH:-$BATCH}
+$BUDGET_LINE
 max_seq_length = 1024
 cache = { kind = "disk", dir = "$WORK/sft-cache" }
 [optimizer]
@@ -38,6 +54,7 @@ lr = 1e-4
 steps = $STEPS
 save_every = $STEPS
 gradient_checkpointing = "${CHECKPOINTING:-off}"
+$LAYERS_LINE
 [output]
 dir = "$WORK/sft-host"
 TOML
@@ -58,10 +75,10 @@ PY
 
 mkdir -p "$WORK/sft-mlxlm-data"
 cp "$WORK/sft-data/train.jsonl" "$WORK/sft-mlxlm-data/train.jsonl"
-mlx_json=$("$PYTHON" bench/mlx_lm_lora_bench.py --model "$WORK/small-llama" --train --data "$WORK/sft-mlxlm-data" \
-  --fine-tune-type lora --optimizer adamw --num-layers -1 --batch-size 4 --iters "$STEPS" --learning-rate 1e-4 \
+mlx_json=$("$PYTHON" bench/mlx_lm_lora_bench.py --model "$MODEL" --train --data "$WORK/sft-mlxlm-data" \
+  --fine-tune-type lora --optimizer adamw --num-layers -1 --batch-size "$BATCH" --iters "$STEPS" --learning-rate 1e-4 \
   --steps-per-report 1 --steps-per-eval $((STEPS + 1)) --val-batches 0 --max-seq-length 1024 \
-  --adapter-path "$WORK/sft-mlxlm" --save-every "$STEPS" 2>/dev/null | tail -1)
+  --adapter-path "$WORK/sft-mlxlm" --save-every "$STEPS" 2>"$WORK/mlx_lm_lora.err" | tail -1)
 mlx_row=$("$PYTHON" - "$mlx_json" "$WARMUP" <<'PY'
 import json, sys
 reports = json.loads(sys.argv[1])

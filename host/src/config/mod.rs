@@ -221,6 +221,7 @@ impl RunConfig {
         }
         if let Ok(Some(d)) = &data {
             rule(d.batch_size >= 1, &["data", "batch_size"], "must be at least 1".into());
+            rule(d.max_batch_tokens != Some(0), &["data", "max_batch_tokens"], "must be at least 1".into());
             rule(d.max_seq_length >= 2, &["data", "max_seq_length"], "must be at least 2".into());
             rule(d.pad_multiple >= 1, &["data", "pad_multiple"], "must be at least 1".into());
             rule(d.train.is_file(), &["data", "train"], format!("{}: no such file", d.train.display()));

@@ -249,8 +249,11 @@ pub struct DataConfig {
     /// A DataCachePolicy plugin (default disk).
     #[serde(default = "DataConfig::default_cache")]
     pub cache: PluginTable,
+    /// Rows per batch (at most, with `max_batch_tokens`).
     #[serde(default = "DataConfig::default_batch_size")]
     pub batch_size: usize,
+    /// Also cap rows × the batch's longest row at this many tokens: batches of short rows take more rows.
+    pub max_batch_tokens: Option<usize>,
     /// Batches are padded to a multiple of this many tokens (fewer shapes for the compiled step).
     #[serde(default = "DataConfig::default_pad_multiple")]
     pub pad_multiple: usize,

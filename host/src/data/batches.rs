@@ -27,13 +27,46 @@ impl SplitMix {
     }
 }
 
+/// How many rows a batch takes: at most `rows`, and with `max_tokens`, only as many as keep rows × the
+/// batch's longest row within it (at least one row): short rows then travel in larger batches, so every step
+/// does a similar amount of work (on a GPU a step's fixed cost otherwise dominates short batches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSize {
+    pub rows: usize,
+    pub max_tokens: Option<usize>,
+}
+
+impl BatchSize {
+    pub fn rows(rows: usize) -> Self {
+        BatchSize { rows, max_tokens: None }
+    }
+}
+
 /// The batches (indices into the dataset) of one epoch.
-pub fn plan_epoch(lengths: &[usize], batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+pub fn plan_epoch(lengths: &[usize], size: BatchSize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
     let mut rng = SplitMix::new(seed ^ epoch.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let jitter: Vec<u64> = (0..lengths.len()).map(|_| rng.next()).collect();
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| (lengths[i], jitter[i]));
-    let mut batches: Vec<Vec<usize>> = order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+    let cap = size.rows.max(1);
+    let mut batches: Vec<Vec<usize>> = match size.max_tokens {
+        None => order.chunks(cap).map(<[usize]>::to_vec).collect(),
+        Some(budget) => {
+            // Ascending lengths: the row being added is the batch's longest.
+            let mut batches: Vec<Vec<usize>> = Vec::new();
+            let mut current: Vec<usize> = Vec::new();
+            for i in order {
+                if !current.is_empty() && (current.len() == cap || (current.len() + 1) * lengths[i] > budget) {
+                    batches.push(std::mem::take(&mut current));
+                }
+                current.push(i);
+            }
+            if !current.is_empty() {
+                batches.push(current);
+            }
+            batches
+        }
+    };
     for i in (1..batches.len()).rev() {
         let j = rng.below(i + 1);
         batches.swap(i, j);
@@ -147,9 +180,9 @@ mod tests {
     #[test]
     fn epochs_group_similar_lengths_and_shuffle_batch_order() {
         let lengths: Vec<usize> = (0..40).map(|i| (i * 37) % 100 + 1).collect();
-        let a = plan_epoch(&lengths, 4, 7, 0);
-        let b = plan_epoch(&lengths, 4, 7, 1);
-        assert_eq!(a, plan_epoch(&lengths, 4, 7, 0), "deterministic");
+        let a = plan_epoch(&lengths, BatchSize::rows(4), 7, 0);
+        let b = plan_epoch(&lengths, BatchSize::rows(4), 7, 1);
+        assert_eq!(a, plan_epoch(&lengths, BatchSize::rows(4), 7, 0), "deterministic");
         assert_ne!(a, b, "another epoch, another order");
         let mut all: Vec<usize> = a.iter().flatten().copied().collect();
         all.sort();
@@ -159,6 +192,19 @@ mod tests {
             let (lo, hi) = (batch.iter().map(|&i| lengths[i]).min().unwrap(), batch.iter().map(|&i| lengths[i]).max().unwrap());
             assert!(hi - lo <= 12, "{batch:?}");
         }
+    }
+
+    #[test]
+    fn a_token_budget_puts_more_short_rows_in_a_batch() {
+        let lengths = [10, 10, 10, 10, 10, 10, 40, 40, 100, 100];
+        let plan = plan_epoch(&lengths, BatchSize { rows: 8, max_tokens: Some(80) }, 1, 0);
+        let mut sizes: Vec<(usize, usize)> = plan.iter().map(|b| (b.iter().map(|&i| lengths[i]).max().unwrap(), b.len())).collect();
+        sizes.sort();
+        // Six rows of 10 (60 ≤ 80), two of 40 (80), and rows of 100 alone: over budget, but never dropped.
+        assert_eq!(sizes, vec![(10, 6), (40, 2), (100, 1), (100, 1)]);
+        let capped = plan_epoch(&lengths, BatchSize { rows: 4, max_tokens: Some(80) }, 1, 0);
+        assert!(capped.iter().all(|b| b.len() <= 4));
+        assert_eq!(capped.iter().map(Vec::len).sum::<usize>(), 10);
     }
 
     #[test]

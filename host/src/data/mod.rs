@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use sdk::DataCachePolicy;
 use thiserror::Error;
 
-pub use batches::{assemble, collate, plan_epoch, Batch, SplitMix};
+pub use batches::{assemble, collate, plan_epoch, Batch, BatchSize, SplitMix};
 pub use rows::{parse_row, read_rows, Prompt, Reply, Row, RowShape, SourcedRow};
 pub use tokenize::{tokenize, Example, Item, Masking};
 

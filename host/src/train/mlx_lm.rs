@@ -90,8 +90,8 @@ pub fn plan(config: &RunConfig) -> Result<Plan, TrainError> {
     if mask == crate::data::Masking::Assistant {
         return Err(unsupported("mask = \"assistant\""));
     }
-    if data.skip_bad_rows || data.cache.kind != "disk" || data.pad_multiple != 32 {
-        return Err(unsupported("[data] skip_bad_rows, cache or pad_multiple (mlx-lm tokenizes and pads its own way)"));
+    if data.skip_bad_rows || data.cache.kind != "disk" || data.pad_multiple != 32 || data.max_batch_tokens.is_some() {
+        return Err(unsupported("[data] skip_bad_rows, cache, pad_multiple or max_batch_tokens (mlx-lm tokenizes and batches its own way)"));
     }
     if t.max_grad_norm.is_some() || t.early_stopping_patience.is_some() || t.memory_budget_gb.is_some() {
         return Err(unsupported("max_grad_norm, early_stopping_patience or memory_budget_gb"));

@@ -33,7 +33,7 @@ use reference::{partner, ReferenceSource, ReferenceTable};
 
 use crate::{
     config::{Backend, ReferenceMode, RunConfig},
-    data::{assemble, plan_epoch, Batch, DataError, DataOptions, Dataset, Item},
+    data::{assemble, plan_epoch, Batch, BatchSize, DataError, DataOptions, Dataset, Item},
     lora::{self, LoraError, LoraSettings},
     model::{self, hub, LoadOptions, ModelError},
     nn::Quant,
@@ -172,7 +172,7 @@ fn build_batch(dataset: &mut Dataset, t: &TextTokenizer, indices: &[usize], how:
 struct Feeder<'a> {
     dataset: &'a mut Dataset,
     tokenizer: &'a TextTokenizer,
-    batch_size: usize,
+    batch_size: BatchSize,
     how: Batching<'a>,
     seed: u64,
     epoch: u64,
@@ -181,7 +181,7 @@ struct Feeder<'a> {
 }
 
 impl<'a> Feeder<'a> {
-    fn new(dataset: &'a mut Dataset, tokenizer: &'a TextTokenizer, batch_size: usize, how: Batching<'a>, seed: u64, epoch: u64, position: usize) -> Self {
+    fn new(dataset: &'a mut Dataset, tokenizer: &'a TextTokenizer, batch_size: BatchSize, how: Batching<'a>, seed: u64, epoch: u64, position: usize) -> Self {
         let plan = plan_epoch(dataset.lengths(), batch_size, seed, epoch);
         Feeder { dataset, tokenizer, batch_size, how, seed, epoch, position, plan }
     }
@@ -330,10 +330,11 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         }
         other => other,
     };
+    let batch_size = BatchSize { rows: data_cfg.batch_size, max_tokens: data_cfg.max_batch_tokens };
     let batching = |table| Batching { pad_multiple: data_cfg.pad_multiple, max_len: data_cfg.max_seq_length, kl_pairs: needs.kl_pairs, table };
     let valid_batches: Vec<Batch> = match &mut valid_set {
         Some(valid) => {
-            let mut plan = plan_epoch(valid.lengths(), data_cfg.batch_size, train_cfg.seed, 0);
+            let mut plan = plan_epoch(valid.lengths(), batch_size, train_cfg.seed, 0);
             if let Some(n) = train_cfg.eval_batches {
                 plan.truncate(n);
             }
@@ -351,7 +352,11 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     let layers = model.num_layers() - first_adapted;
     let longest = train_set.lengths().iter().copied().max().unwrap_or(0).min(data_cfg.max_seq_length);
     let dtype_bytes = if model.dtype() == mlx_rs::Dtype::Float32 { 4 } else { 2 };
-    let rows = data_cfg.batch_size * if needs.pairs { 2 } else { 1 };
+    let batch_rows = match data_cfg.max_batch_tokens {
+        Some(budget) => data_cfg.batch_size.min((budget / longest.max(1)).max(1)),
+        None => data_cfg.batch_size,
+    };
+    let rows = batch_rows * if needs.pairs { 2 } else { 1 };
     let estimate = memory::estimate(&model.config, rows, longest, layers, dtype_bytes);
     let budget = memory::budget_bytes(train_cfg.memory_budget_gb);
     let (checkpointing, why) = memory::decide(train_cfg.gradient_checkpointing, train_cfg.checkpoint_layers, &estimate, budget);
@@ -406,7 +411,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
 
     let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step))?;
     let bar = metrics::progress_bar(train_cfg.steps, state.step);
-    let mut feeder = Feeder::new(&mut train_set, &tokenizer, data_cfg.batch_size, batching(train_table.as_ref()), train_cfg.seed, state.epoch, state.batch_in_epoch);
+    let mut feeder = Feeder::new(&mut train_set, &tokenizer, batch_size, batching(train_table.as_ref()), train_cfg.seed, state.epoch, state.batch_in_epoch);
     let started = Instant::now();
     let _ = mlx_rs::memory::reset_peak_memory();
     let (mut real_total, mut padded_total) = (0usize, 0usize);

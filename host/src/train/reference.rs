@@ -8,7 +8,7 @@ use sdk::DataCachePolicy;
 
 use super::{step::token_logps, TrainError};
 use crate::{
-    data::{assemble, cache_key, plan_epoch, Dataset, Item},
+    data::{assemble, cache_key, plan_epoch, BatchSize, Dataset, Item},
     lora,
     model::CausalLm,
     text::TextTokenizer,
@@ -95,7 +95,7 @@ impl ReferenceTable {
             }
         }
         let mut items: Vec<Option<ItemLogps>> = vec![None; dataset.len()];
-        for indices in plan_epoch(dataset.lengths(), batch_size, 0, 0) {
+        for indices in plan_epoch(dataset.lengths(), BatchSize::rows(batch_size), 0, 0) {
             let mut present = Vec::new();
             let mut partners = Vec::new();
             for i in indices {
