@@ -4,6 +4,7 @@
 use plugin_cache_policies as _;
 use plugin_lora_targets as _;
 use plugin_losses as _;
+use plugin_rewards as _;
 use plugin_schedules as _;
 
 /// Built-in names the host must always have; a test checks each is registered.

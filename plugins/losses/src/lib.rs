@@ -1,6 +1,7 @@
 //! Built-in losses. Definitions: ../shared/design/loss-math.md.
 
 mod dpo;
+mod grpo;
 mod kto;
 mod orpo;
 mod scores;
@@ -11,6 +12,7 @@ mod simpo;
 mod tests;
 
 pub use dpo::{Dpo, DpoType};
+pub use grpo::{Grpo, GrpoType};
 pub use kto::Kto;
 pub use orpo::Orpo;
 pub use sft::Sft;

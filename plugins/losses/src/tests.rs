@@ -157,3 +157,104 @@ fn kto_gradient_flows_through_rewards_but_not_the_reference_point() {
     }
     assert!(g[1].as_slice::<f32>().iter().all(|&v| v == 0.0), "z₀ is detached: {:?}", g[1]);
 }
+
+mod grpo {
+    use sdk::{
+        mlx_rs::{error::Exception, transforms::value_and_grad, Array},
+        Loss, LossInputs, LossOutput,
+    };
+
+    use super::{close, metric};
+    use crate::{Grpo, GrpoType};
+
+    fn a(v: &[f32]) -> Array {
+        Array::from_slice(v, &[3, 3])
+    }
+
+    struct Batch {
+        logp: Array,
+        old: Array,
+        reference: Array,
+        mask: Array,
+        advantages: Array,
+    }
+
+    fn batch() -> Batch {
+        Batch {
+            logp: a(&[-1.0, -0.5, -2.0, -0.2, -0.3, -0.4, -1.5, -1.0, -0.7]),
+            old: a(&[-1.1, -0.5, -1.8, -0.5, -0.3, -0.1, -1.5, -1.4, -0.7]),
+            reference: a(&[-1.2, -0.6, -2.1, -0.1, -0.3, -0.6, -1.4, -1.1, -0.9]),
+            mask: a(&[1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]),
+            advantages: Array::from_slice(&[0.5f32, -1.0, 2.0], &[3]),
+        }
+    }
+
+    fn run(loss: &Grpo, b: &Batch, logp: &Array, old: &Array) -> LossOutput {
+        let mut inputs = LossInputs::new(logp, &b.mask);
+        inputs.old_logps = Some(old);
+        inputs.advantages = Some(&b.advantages);
+        if loss.requirements().reference {
+            inputs.reference_logps = Some(&b.reference);
+        }
+        loss.forward(&inputs).unwrap()
+    }
+
+    // Ratios (masked tokens): row 0 (1.105, 1, 0.819), row 1 (1.350, 1), row 2 (1, 1.492). Clipped away: row 2's
+    // 1.492 > 1.28 with A = 2 (1 of 7 tokens); row 1's 1.350 with A = −1 keeps its unclipped (smaller) term.
+    #[test]
+    fn each_loss_type_equals_its_formula() {
+        let b = batch();
+        let cases = [
+            (GrpoType::Grpo, None, 0.0, -0.530_795_847_134_756_8),
+            (GrpoType::Bnpo, None, 0.0, -0.524_584_575_428_687_4),
+            (GrpoType::Dapo, None, 0.0, -0.524_584_575_428_687_4),
+            (GrpoType::DrGrpo, Some(8), 0.0, -0.153_003_834_500_033_83),
+            (GrpoType::Grpo, None, 0.04, -0.530_568_405_043_953_2),
+            (GrpoType::Bnpo, None, 0.04, -0.524_335_519_181_046_5),
+            (GrpoType::DrGrpo, Some(8), 0.04, -0.152_931_193_094_471_9),
+        ];
+        for (kind, length, beta, expected) in cases {
+            let loss = Grpo::new(kind, 0.2, Some(0.28), beta, length).unwrap();
+            assert_eq!(loss.requirements().reference, beta > 0.0, "β = 0 runs no reference");
+            let out = run(&loss, &b, &b.logp, &b.old);
+            close(out.loss.item_exact(), expected);
+            close(metric(&out, "clip_fraction"), 1.0 / 7.0);
+            close(metric(&out, "ratio"), 1.109_369_310_910_129);
+            if beta > 0.0 {
+                close(metric(&out, "kl"), 0.006_226_406_191_022_279);
+            }
+        }
+    }
+
+    #[test]
+    fn on_the_first_iteration_the_ratio_is_one_and_nothing_is_clipped() {
+        let b = batch();
+        let loss = Grpo::new(GrpoType::Bnpo, 0.2, None, 0.0, None).unwrap();
+        let out = run(&loss, &b, &b.logp, &b.logp);
+        assert_eq!(metric(&out, "ratio"), 1.0);
+        assert_eq!(metric(&out, "clip_fraction"), 0.0);
+        // −Σ m·A / Σ m = −(3·0.5 − 2·1 + 2·2) / 7
+        close(out.loss.item_exact(), -(1.5 - 2.0 + 4.0) / 7.0);
+    }
+
+    #[test]
+    fn clipped_tokens_get_no_gradient() {
+        let b = batch();
+        let loss = Grpo::new(GrpoType::Bnpo, 0.2, Some(0.28), 0.0, None).unwrap();
+        let mut vg = value_and_grad(|x: &[Array]| -> Result<Vec<Array>, Exception> { Ok(vec![run(&loss, &b, &x[0], &b.old).loss]) });
+        let (_, g) = vg(&[b.logp.clone()]).unwrap();
+        // −A·ρ/7 where the unclipped term is the minimum, 0 where clipping wins or the mask is 0.
+        let expected = [-0.078_940_78, -0.071_428_57, -0.058_480_77, 0.192_836_97, 0.142_857_14, 0.0, -0.285_714_29, 0.0, 0.0];
+        for (x, e) in g[0].as_slice::<f32>().iter().zip(expected) {
+            assert!((x - e).abs() < 1e-6, "{:?}", g[0]);
+        }
+    }
+
+    #[test]
+    fn settings_that_do_not_apply_are_refused() {
+        assert!(Grpo::new(GrpoType::DrGrpo, 0.2, None, 0.0, None).is_err());
+        assert!(Grpo::new(GrpoType::Dapo, 0.2, None, 0.0, Some(8)).is_err());
+        assert!(Grpo::new(GrpoType::Dapo, 1.5, None, 0.0, None).is_err());
+        assert!(Grpo::new(GrpoType::Dapo, 0.2, None, -0.1, None).is_err());
+    }
+}
