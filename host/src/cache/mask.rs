@@ -38,7 +38,8 @@ impl AttentionMask {
                 let qpos = query_start + q;
                 for &kpos in key_positions {
                     let causal = kpos <= qpos;
-                    let in_window = window.is_none_or(|w| kpos < keep || qpos - kpos < w);
+                    // Future keys (a prefill chunk over a rotating cache) are hidden by `causal`; no underflow here.
+                    let in_window = window.is_none_or(|w| kpos < keep || qpos.saturating_sub(kpos) < w);
                     visible.push(causal && in_window && kpos >= pad);
                 }
             }

@@ -210,7 +210,15 @@ fn quantized_attention(
         AttentionMask::Array(m) => Some(m.expand_dims(2)?),
     };
     if let Some(visible) = visible {
-        scores = ops::select(&visible, &scores, Array::from_f32(f32::NEG_INFINITY).as_dtype(scores.dtype())?)?;
+        // The dtype's lowest finite value, not −∞ (as mlx-lm): a query that sees no key at all (a left-padding
+        // position) then gets finite uniform weights instead of NaN, which the quantized value matmul would
+        // spread into every row that attends over it, even with weight 0.
+        let lowest = match scores.dtype() {
+            Dtype::Float16 => -65504.0,
+            Dtype::Bfloat16 => -3.38e38,
+            _ => f32::MIN,
+        };
+        scores = ops::select(&visible, &scores, Array::from_f32(lowest).as_dtype(scores.dtype())?)?;
     }
     let probs = ops::softmax_axis(&scores, -1, true)?;
     let out = ops::quantized_matmul(&probs, &v[0], &v[1], &v[2], false, quant.group_size, quant.bits)?;
