@@ -32,7 +32,8 @@ fn example_plugins_are_listed_with_their_file_as_origin() {
     let listed: Vec<(PluginKind, String, Origin)> =
         registry.plugins().map(|p| (p.kind, p.name.clone(), p.origin.clone())).collect();
     assert!(listed.contains(&(PluginKind::LrSchedule, "inverse_sqrt".into(), Origin::Library(path.clone()))));
-    assert!(listed.contains(&(PluginKind::Loss, "pair_logsigmoid".into(), Origin::Library(path))));
+    assert!(listed.contains(&(PluginKind::Loss, "pair_logsigmoid".into(), Origin::Library(path.clone()))));
+    assert!(listed.contains(&(PluginKind::Reward, "ends_with".into(), Origin::Library(path))));
     assert!(listed.contains(&(PluginKind::LrSchedule, "cosine".into(), Origin::BuiltIn("plugin-schedules"))));
     // Unknown names list built-ins and loaded plugins alike.
     let err = registry.schedule("inverse", &table("")).err().unwrap().to_string();
@@ -55,6 +56,20 @@ fn example_schedule_matches_its_closed_form() {
         let got = schedule.lr(step, &ctx).unwrap();
         assert!((got - want).abs() < 1e-15, "step {step}: {got} vs {want}");
     }
+}
+
+#[test]
+fn cdylib_reward_scores_a_batch_across_the_abi() {
+    let (registry, _) = with_example();
+    let mut reward = registry.reward("ends_with", &table("suffix = \".\"\nscore = 0.5")).unwrap();
+    let prompts = ["p"; 4];
+    let completions = ["The answer is 7.", "seven", "   ", "ok. "];
+    let ids: Vec<&[u32]> = vec![&[1, 2], &[3], &[], &[4]];
+    let rows = ["{}"; 4];
+    let batch = sdk::RewardBatch { prompts: &prompts, completions: &completions, completion_ids: &ids, rows: &rows };
+    assert_eq!(reward.score(&batch).unwrap(), vec![Some(0.5), Some(0.0), None, Some(0.5)]);
+    let err = registry.reward("ends_with", &table("suffix = \"\"")).err().unwrap().to_string();
+    assert!(err.contains("`suffix` must not be empty"), "{err}");
 }
 
 #[test]

@@ -47,6 +47,11 @@ impl Requirements {
         Self::FLAGS.iter().enumerate().fold(0, |bits, (i, f)| bits | (u64::from(*f(&mut self)) << i))
     }
 
+    /// Inputs only a rollout trainer (GRPO) produces: the loss learns from sampled completions.
+    pub fn rollout(&self) -> bool {
+        self.old_policy || self.rewards || self.advantages || self.group_ids
+    }
+
     /// Unknown bits (from a newer plugin) are ignored by an older host; the minor version rule already
     /// refuses plugins newer than the host.
     pub fn from_bits(bits: u64) -> Self {

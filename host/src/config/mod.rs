@@ -15,7 +15,7 @@ use sdk::{LrSchedule, ScheduleContext, Warmup};
 pub use problem::{ConfigError, ConfigProblem, Location};
 pub use sections::{
     Backend, Checkpointing, DataConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable,
-    PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, ScheduleSection, TrainConfig,
+    PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, RewardEntry, RolloutConfig, ScaleRewards, ScheduleSection, TrainConfig,
 };
 pub use source::Override;
 
@@ -40,6 +40,11 @@ pub struct RunConfig {
     pub loss: PluginTable,
     /// Where reference log-probs come from, for losses that use them (default: adapters off).
     pub reference: Option<ReferenceConfig>,
+    /// GRPO's sampling and advantages (losses that take advantages; defaults when absent).
+    pub rollout: Option<RolloutConfig>,
+    /// GRPO's reward functions, `[[reward]]` tables.
+    #[serde(default)]
+    pub reward: Vec<RewardEntry>,
     #[serde(default)]
     pub plugins: PluginsConfig,
     #[serde(default)]
@@ -135,6 +140,8 @@ impl RunConfig {
                 r
             })
         });
+        let rollout = section::<RolloutConfig>(&source, "rollout", &mut problems);
+        let rewards = section::<Vec<RewardEntry>>(&source, "reward", &mut problems).map(Option::unwrap_or_default);
         let lora = section::<LoraConfig>(&source, "lora", &mut problems);
         let data = section::<DataConfig>(&source, "data", &mut problems).map(|d| {
             d.map(|mut d| {
@@ -267,6 +274,75 @@ impl RunConfig {
                 )),
                 _ => {}
             }
+            if needs.rollout() && r.mode == ReferenceMode::Precomputed {
+                problems.push(source.problem(
+                    &["reference", "mode"],
+                    format!("loss `{kind}` scores fresh completions every step; their reference log-probs cannot be precomputed (use \"adapters_off\" or \"model\")"),
+                ));
+            }
+        }
+        if let Ok(rewards) = &rewards {
+            for (i, r) in rewards.iter().enumerate() {
+                let at = i.to_string();
+                check_plugin(&source, &["reward", &at], &r.plugin, registry.reward(&r.plugin.kind, &r.plugin.config).err(), &mut problems);
+            }
+        }
+        if let Ok(Some(r)) = &rollout {
+            let mut check = |ok: bool, key: &str, message: &str| {
+                if !ok {
+                    problems.push(source.problem(&["rollout", key], message.to_owned()));
+                }
+            };
+            check(r.num_generations >= 2, "num_generations", "must be at least 2: advantages compare a prompt's completions");
+            check(r.max_tokens >= 1, "max_tokens", "must be at least 1");
+            check(r.temperature > 0.0, "temperature", "must be positive: identical greedy samples have no advantages");
+            check(r.num_iterations >= 1, "num_iterations", "must be at least 1");
+            let sampler = crate::generate::SamplerConfig { temperature: r.temperature, top_p: r.top_p, top_k: r.top_k, min_p: r.min_p, repetition_penalty: 1.0, repetition_context: 20 };
+            if let Err(message) = sampler.validate() {
+                problems.push(source.problem(&["rollout"], message));
+            }
+            let p = &r.cache;
+            check_plugin(&source, &["rollout", "cache"], p, registry.kv_cache_policy(&p.kind, &p.config).err(), &mut problems);
+        }
+        if let (Some(needs), Ok(rollout), Ok(rewards)) = (needs, &rollout, &rewards) {
+            let kind = loss.as_ref().map(|l| l.kind.clone()).unwrap_or_default();
+            if needs.rollout() {
+                if rewards.is_empty() {
+                    problems.push(source.problem(&["loss", "kind"], format!("loss `{kind}` learns from rewards: add at least one [[reward]]")));
+                }
+                let max_tokens = rollout.as_ref().map_or(RolloutConfig::default().max_tokens, |r| r.max_tokens);
+                if let Ok(l) = &loss {
+                    if let Some(n) = l.config.get("max_completion_length").and_then(toml::Value::as_integer) {
+                        if n as usize != max_tokens {
+                            problems.push(source.problem(&["loss", "max_completion_length"], format!("{n} differs from [rollout] max_tokens ({max_tokens}), the completions' real limit")));
+                        }
+                    }
+                }
+            } else {
+                if rollout.is_some() {
+                    problems.push(source.problem(&["rollout"], format!("loss `{kind}` trains on fixed data, not rollouts; remove [rollout]")));
+                }
+                if !rewards.is_empty() {
+                    problems.push(source.problem(&["reward"], format!("loss `{kind}` takes no rewards; remove [[reward]]")));
+                }
+            }
+        }
+        if let (Some(needs), Ok(Some(d)), Ok(t)) = (needs, &data, &train) {
+            if needs.rollout() {
+                let kind = loss.as_ref().map(|l| l.kind.clone()).unwrap_or_default();
+                if d.mask.is_some() {
+                    problems.push(source.problem(&["data", "mask"], format!("loss `{kind}` scores its own completions; `mask` does not apply")));
+                }
+                if d.max_batch_tokens.is_some() {
+                    problems.push(source.problem(&["data", "max_batch_tokens"], format!("loss `{kind}` batches `batch_size` prompts × num_generations completions; `max_batch_tokens` does not apply")));
+                }
+                if source.table.get("data").and_then(|d| d.get("cache")).is_some() {
+                    problems.push(source.problem(&["data", "cache"], format!("loss `{kind}` reads prompts, tokenized at the start of the run; the data cache does not apply")));
+                }
+                if d.valid.is_some() || t.eval_every.is_some() {
+                    problems.push(source.problem(&["data", "valid"], format!("evaluation for loss `{kind}` (rollouts on validation prompts) is not implemented; remove `valid` and `eval_every`")));
+                }
+            }
         }
         if let (Some(needs), Ok(Some(d))) = (needs, &data) {
             if (needs.pairs || needs.labels) && d.mask.is_some_and(|m| m != crate::data::Masking::Prompt) {
@@ -283,15 +359,15 @@ impl RunConfig {
             check_plugin(&source, &["data", "cache"], p, registry.data_cache_policy(&p.kind, &p.config).err(), &mut problems);
         }
 
-        match (model, lora, data, train, optimizer, schedule, loss, reference, plugins, output) {
-            (Ok(model), Ok(lora), Ok(data), Ok(train), Ok(optimizer), Ok(schedule), Ok(loss), Ok(reference), Ok(plugins), Ok(mut output))
+        match (model, lora, data, train, optimizer, schedule, (loss, reference, rollout, rewards), plugins, output) {
+            (Ok(model), Ok(lora), Ok(data), Ok(train), Ok(optimizer), Ok(schedule), (Ok(loss), Ok(reference), Ok(rollout), Ok(reward)), Ok(plugins), Ok(mut output))
                 if problems.is_empty() =>
             {
                 if output.dir.is_none() {
                     let stem = file.file_stem().map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
                     output.dir = Some(base.join("runs").join(stem));
                 }
-                Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, reference, plugins, output })
+                Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, plugins, output })
             }
             _ => Err(ConfigError { file: file.to_owned(), problems }),
         }

@@ -319,6 +319,135 @@ impl ReferenceMode {
     }
 }
 
+/// `[rollout]`: how GRPO samples completions and turns rewards into advantages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Completions per prompt, G (default 8, as TRL).
+    #[serde(default = "RolloutConfig::default_generations")]
+    pub num_generations: usize,
+    /// Completion tokens at most (TRL's max_completion_length; default 256).
+    #[serde(default = "RolloutConfig::default_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default = "RolloutConfig::one")]
+    pub temperature: f32,
+    #[serde(default = "RolloutConfig::one")]
+    pub top_p: f32,
+    #[serde(default)]
+    pub top_k: i32,
+    #[serde(default)]
+    pub min_p: f32,
+    /// Divide centred rewards by the group's standard deviation (`"group"` or `true`, the default), the whole
+    /// batch's (`"batch"`), or not at all (`"none"` or `false`, Dr. GRPO).
+    #[serde(default)]
+    pub scale_rewards: ScaleRewards,
+    /// Optimizer steps per batch of rollouts (μ; default 1). Later iterations clip against the rollout policy.
+    #[serde(default = "RolloutConfig::one_iteration")]
+    pub num_iterations: u64,
+    /// A KvCachePolicy plugin for generation (default standard).
+    #[serde(default = "RolloutConfig::default_cache")]
+    pub cache: PluginTable,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            num_generations: Self::default_generations(),
+            max_tokens: Self::default_max_tokens(),
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            scale_rewards: ScaleRewards::Group,
+            num_iterations: 1,
+            cache: Self::default_cache(),
+        }
+    }
+}
+
+impl RolloutConfig {
+    fn default_generations() -> usize {
+        8
+    }
+
+    fn default_max_tokens() -> usize {
+        256
+    }
+
+    fn one() -> f32 {
+        1.0
+    }
+
+    fn one_iteration() -> u64 {
+        1
+    }
+
+    fn default_cache() -> PluginTable {
+        PluginTable::named("standard")
+    }
+}
+
+/// How centred rewards are scaled into advantages (TRL's `scale_rewards`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ScaleRewards {
+    #[default]
+    Group,
+    Batch,
+    None,
+}
+
+impl<'de> Deserialize<'de> for ScaleRewards {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match toml::Value::deserialize(d)? {
+            toml::Value::Boolean(true) => Ok(ScaleRewards::Group),
+            toml::Value::Boolean(false) => Ok(ScaleRewards::None),
+            toml::Value::String(s) if s == "group" => Ok(ScaleRewards::Group),
+            toml::Value::String(s) if s == "batch" => Ok(ScaleRewards::Batch),
+            toml::Value::String(s) if s == "none" => Ok(ScaleRewards::None),
+            v => Err(de::Error::custom(format!("`scale_rewards` is \"group\", \"batch\", \"none\", true or false, got {v}"))),
+        }
+    }
+}
+
+impl Serialize for ScaleRewards {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            ScaleRewards::Group => "group",
+            ScaleRewards::Batch => "batch",
+            ScaleRewards::None => "none",
+        })
+    }
+}
+
+/// One `[[reward]]`: a Reward plugin and its weight in the sum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardEntry {
+    pub plugin: PluginTable,
+    /// Default 1.
+    pub weight: f64,
+}
+
+impl<'de> Deserialize<'de> for RewardEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(d)?;
+        let weight = match table.remove("weight") {
+            None => 1.0,
+            Some(toml::Value::Float(x)) if x.is_finite() => x,
+            Some(toml::Value::Integer(n)) => n as f64,
+            Some(v) => return Err(de::Error::custom(format!("`weight` must be a number, got {v}"))),
+        };
+        Ok(RewardEntry { plugin: PluginTable::from_table(table)?, weight })
+    }
+}
+
+impl Serialize for RewardEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut table = self.plugin.to_table();
+        table.insert("weight".to_owned(), toml::Value::Float(self.weight));
+        table.serialize(s)
+    }
+}
+
 /// `[plugins]`
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

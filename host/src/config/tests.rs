@@ -41,7 +41,7 @@ kind = \"cosine\"
     let err = load("many", text, &[]).unwrap_err();
     let got: Vec<(Location, &str)> = err.problems.iter().map(|p| (p.location.clone(), p.path.as_str())).collect();
     assert_eq!(got, vec![(at(8, 2), "sheduler"), (at(3, 1), "train.stepz"), (at(6, 1), "optimizer.lr")], "{err}");
-    assert!(err.problems[0].message.contains("expected one of: model, lora, data, train, optimizer, schedule, loss, reference, plugins, output"));
+    assert!(err.problems[0].message.contains("expected one of: model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, plugins, output"));
     assert!(err.problems[1].message.contains("expected one of: steps, seed, grad_accumulation_steps"), "{}", err.problems[1].message);
     assert!(err.problems[2].message.contains("invalid type"), "{}", err.problems[2].message);
     let shown = err.to_string();
@@ -179,4 +179,95 @@ mode = \"model\"
     assert_eq!((err.problems[0].path.as_str(), err.problems[0].message.as_str()), ("data.mask", "loss `kto` scores completions only: mask must be \"prompt\" (or left out)"));
     let cfg = load("mask-ok", &masked.replace("mask = \"none\"\n", ""), &[]).unwrap();
     assert_eq!(cfg.data.unwrap().masking(crate::data::RowShape::Labeled), crate::data::Masking::Prompt);
+}
+
+#[test]
+fn rollout_rules_follow_what_the_loss_needs() {
+    let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/grpo/train.jsonl").display().to_string();
+    let grpo = &format!("\
+[optimizer]
+lr = 1e-3
+
+[data]
+train = \"{prompts}\"
+max_batch_tokens = 512
+cache = {{ kind = \"none\" }}
+
+[loss]
+kind = \"grpo\"
+beta = 0.04
+loss_type = \"dr_grpo\"
+max_completion_length = 16
+
+[reference]
+mode = \"precomputed\"
+
+[rollout]
+max_tokens = 32
+num_generations = 1
+scale_rewards = \"sometimes\"
+");
+    let err = load("rollout", grpo, &[]).unwrap_err();
+    let got: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    // scale_rewards fails to parse, so the rules that need [rollout] wait; the rest are reported together.
+    assert_eq!(got, vec!["rollout.scale_rewards", "reference.mode", "data.max_batch_tokens", "data.cache"], "{err}");
+    assert!(err.problems[0].message.contains("\"group\", \"batch\", \"none\", true or false"), "{err}");
+
+    let fixed = grpo.replace("scale_rewards = \"sometimes\"", "scale_rewards = false");
+    let err = load("rollout", &fixed, &[]).unwrap_err();
+    let got: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(got, vec!["reference.mode", "rollout.num_generations", "loss.kind", "loss.max_completion_length", "data.max_batch_tokens", "data.cache"], "{err}");
+    let message = |path: &str| err.problems.iter().find(|p| p.path == path).unwrap().message.clone();
+    assert_eq!(message("loss.max_completion_length"), "16 differs from [rollout] max_tokens (32), the completions' real limit");
+    assert_eq!(message("loss.kind"), "loss `grpo` learns from rewards: add at least one [[reward]]");
+
+    let good = &format!("\
+[optimizer]
+lr = 1e-3
+
+[data]
+train = \"{prompts}\"
+
+[loss]
+kind = \"grpo\"
+
+[rollout]
+max_tokens = 32
+scale_rewards = \"batch\"
+
+[[reward]]
+kind = \"exact_answer\"
+
+[[reward]]
+kind = \"regex_format\"
+pattern = 'The answer is \\d+'
+weight = 0.5
+");
+    let config = load("rollout", good, &[]).unwrap();
+    let rollout = config.rollout.clone().unwrap();
+    assert_eq!((rollout.num_generations, rollout.max_tokens, rollout.scale_rewards), (8, 32, crate::config::ScaleRewards::Batch));
+    let rewards: Vec<(&str, f64)> = config.reward.iter().map(|r| (r.plugin.kind.as_str(), r.weight)).collect();
+    assert_eq!(rewards, vec![("exact_answer", 1.0), ("regex_format", 0.5)]);
+    assert_eq!(config.reward[1].plugin.config.get("pattern").and_then(|v| v.as_str()), Some("The answer is \\d+"));
+
+    let err = load("rollout", &good.replace("kind = \"exact_answer\"", "kind = \"exact\""), &[]).unwrap_err();
+    assert_eq!(err.problems[0].path, "reward.0.kind", "{err}");
+    assert!(err.problems[0].message.contains("exact_answer, length_penalty, regex_format"), "{err}");
+
+    let sft = "\
+[optimizer]
+lr = 1e-3
+
+[loss]
+kind = \"sft\"
+
+[rollout]
+max_tokens = 8
+
+[[reward]]
+kind = \"exact_answer\"
+";
+    let err = load("rollout", sft, &[]).unwrap_err();
+    let got: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(got, vec!["rollout", "reward"], "{err}");
 }

@@ -4,6 +4,7 @@
 
 mod batches;
 mod cache;
+mod prompts;
 
 pub use cache::key as cache_key;
 mod rows;
@@ -15,7 +16,8 @@ use sdk::DataCachePolicy;
 use thiserror::Error;
 
 pub use batches::{assemble, collate, plan_epoch, Batch, BatchSize, SplitMix};
-pub use rows::{parse_row, read_rows, Prompt, Reply, Row, RowShape, SourcedRow};
+pub use prompts::{render_prompt, PromptRow, PromptSet};
+pub use rows::{parse_prompt_row, parse_row, read_rows, Prompt, Reply, Row, RowShape, SourcedRow};
 pub use tokenize::{tokenize, Example, Item, Masking};
 
 use crate::text::TextTokenizer;

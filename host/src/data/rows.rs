@@ -173,6 +173,24 @@ fn implicit_pair(obj: &serde_json::Map<String, Value>) -> Result<Row, String> {
     })
 }
 
+/// A GRPO prompt row: `prompt` (a string, with optional `system`, or chat messages) and any other columns the
+/// rewards read (such as `answer`).
+pub fn parse_prompt_row(text: &str) -> Result<Prompt, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(obj) = value else { return Err(format!("a row must be a JSON object, got {}", kind(&value))) };
+    if !obj.contains_key("prompt") {
+        let keys: Vec<&String> = obj.keys().collect();
+        return Err(format!("a prompt row needs `prompt` (keys here: {keys:?})"));
+    }
+    let p = prompt(&obj)?;
+    if let Prompt::Text { prompt, .. } = &p {
+        if prompt.is_empty() {
+            return Err("`prompt` is empty".into());
+        }
+    }
+    Ok(p)
+}
+
 pub fn parse_row(text: &str) -> Result<Row, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(obj) = value else { return Err(format!("a row must be a JSON object, got {}", kind(&value))) };

@@ -16,19 +16,38 @@ pub struct Needs {
     pub labels: bool,
     pub kl_pairs: bool,
     pub rng: bool,
+    pub old_policy: bool,
+    pub advantages: bool,
+    pub rewards: bool,
+    pub group_ids: bool,
 }
 
 impl Needs {
-    /// The requirements a trainer over fixed data can meet; GRPO's rollout inputs come from its own trainer.
+    /// The inputs a loss asks for, refusing combinations no trainer produces: rollout inputs (old-policy
+    /// log-probs, rewards, advantages, group ids) come with sampled completions, never with pairs or labels.
     pub fn of(loss: &str, r: Requirements) -> Result<Needs, TrainError> {
-        let rollout = [("old_policy", r.old_policy), ("rewards", r.rewards), ("advantages", r.advantages), ("group_ids", r.group_ids)];
-        if let Some((name, _)) = rollout.iter().find(|(_, on)| *on) {
-            return Err(TrainError::Config(format!("loss `{loss}` needs `{name}`, which only a rollout trainer (GRPO) produces")));
-        }
         if r.pairs && (r.labels || r.kl_pairs) {
             return Err(TrainError::Config(format!("loss `{loss}` asks for preference pairs and labelled rows at once")));
         }
-        Ok(Needs { reference: r.reference, pairs: r.pairs, labels: r.labels, kl_pairs: r.kl_pairs, rng: r.rng })
+        if r.rollout() && (r.pairs || r.labels || r.kl_pairs) {
+            return Err(TrainError::Config(format!("loss `{loss}` asks for rollout inputs and for fixed pairs or labelled rows at once")));
+        }
+        Ok(Needs {
+            reference: r.reference,
+            pairs: r.pairs,
+            labels: r.labels,
+            kl_pairs: r.kl_pairs,
+            rng: r.rng,
+            old_policy: r.old_policy,
+            advantages: r.advantages,
+            rewards: r.rewards,
+            group_ids: r.group_ids,
+        })
+    }
+
+    /// The loss learns from rollouts (GRPO's trainer).
+    pub fn rollout(self) -> bool {
+        self.old_policy || self.advantages || self.rewards || self.group_ids
     }
 
     pub fn shape(self) -> crate::data::RowShape {
@@ -48,7 +67,7 @@ impl Needs {
 
 /// Everything a batch contributes to a step, in the step's argument order (weight excluded): inputs,
 /// targets, mask, then reference log-probs, labels, and the mismatched pairs' policy log-probs, reference
-/// log-probs and mask, as needed. Reference and mismatched-pair log-probs carry no gradient, so they are
+/// log-probs and mask, as needed (rollout inputs follow them, appended by the GRPO trainer). Reference and mismatched-pair log-probs carry no gradient, so they are
 /// computed here, before the step.
 pub fn batch_arrays(b: &Batch, needs: Needs, model: &mut CausalLm, source: Option<&ReferenceSource>) -> Result<Vec<Array>, TrainError> {
     let missing = |what: &str| TrainError::Config(format!("the batch has no {what}"));
@@ -77,8 +96,9 @@ pub fn batch_arrays(b: &Batch, needs: Needs, model: &mut CausalLm, source: Optio
     Ok(out)
 }
 
-/// The loss's view of a step's arguments (weight removed) and its policy log-probs.
-pub fn loss_inputs<'a>(needs: Needs, args: &'a [Array], logps: &'a Array, rng_key: Option<&'a Array>) -> Result<LossInputs<'a>, Exception> {
+/// The loss's view of a step's arguments (weight removed) and its policy log-probs. `old` replaces the
+/// old-policy argument pair (log-probs, use-current flag) with the array built from it (see `step::micro`).
+pub fn loss_inputs<'a>(needs: Needs, args: &'a [Array], logps: &'a Array, rng_key: Option<&'a Array>, old: Option<&'a Array>) -> Result<LossInputs<'a>, Exception> {
     let mut rest = args.get(3..).unwrap_or_default().iter();
     let mut next = |what: &str| rest.next().ok_or_else(|| Exception::custom(format!("step arguments lack {what}")));
     let mask = &args[2];
@@ -93,6 +113,20 @@ pub fn loss_inputs<'a>(needs: Needs, args: &'a [Array], logps: &'a Array, rng_ke
         inputs.kl_policy_logps = Some(next("mismatched-pair policy log-probs")?);
         inputs.kl_reference_logps = Some(next("mismatched-pair reference log-probs")?);
         inputs.kl_mask = Some(next("mismatched-pair mask")?);
+    }
+    if needs.old_policy {
+        let stored = next("old-policy log-probs")?;
+        next("old-policy flag")?;
+        inputs.old_logps = Some(old.unwrap_or(stored));
+    }
+    if needs.advantages {
+        inputs.advantages = Some(next("advantages")?);
+    }
+    if needs.rewards {
+        inputs.rewards = Some(next("rewards")?);
+    }
+    if needs.group_ids {
+        inputs.group_ids = Some(next("group ids")?);
     }
     if needs.pairs {
         inputs.num_pairs = (logps.shape()[0] / 2) as usize;

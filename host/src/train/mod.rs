@@ -2,6 +2,7 @@
 //! preference losses (pairs, labelled rows, reference log-probs), whatever loss plugin the configuration names.
 
 pub mod checkpoint;
+pub mod grpo;
 pub mod inputs;
 pub mod memory;
 mod metrics;
@@ -9,6 +10,8 @@ pub mod mlx_lm;
 mod optimizer;
 pub mod plot;
 pub mod reference;
+pub mod rollout;
+mod session;
 mod step;
 
 use std::{
@@ -19,7 +22,7 @@ use std::{
     time::Instant,
 };
 
-use mlx_rs::{random::RandomState, transforms::compile::compile_with_state, Array};
+use mlx_rs::{transforms::compile::compile_with_state, Array};
 use serde_json::json;
 use sdk::Loss;
 use thiserror::Error;
@@ -34,9 +37,8 @@ use reference::{partner, ReferenceSource, ReferenceTable};
 use crate::{
     config::{Backend, ReferenceMode, RunConfig},
     data::{assemble, plan_epoch, Batch, BatchSize, DataError, DataOptions, Dataset, Item},
-    lora::{self, LoraError, LoraSettings},
+    lora::{self, LoraError},
     model::{self, hub, LoadOptions, ModelError},
-    nn::Quant,
     optim::LearningRate,
     plugins::{Registry, RegistryError},
     text::TextTokenizer,
@@ -219,7 +221,7 @@ fn evaluate(model: &mut crate::model::CausalLm, loss: &dyn Loss, needs: Needs, s
     for b in batches {
         let args = batch_arrays(b, needs, model, source)?;
         let logps = token_logps(model, &args[0], &args[1])?;
-        let inputs = loss_inputs(needs, &args, &logps, needs.rng.then_some(&key))?;
+        let inputs = loss_inputs(needs, &args, &logps, needs.rng.then_some(&key), None)?;
         let out = loss.forward(&inputs).map_err(|e| TrainError::Mlx(e.to_string()))?;
         let w = if needs.per_row() { b.units() } else { b.supervised } as f64;
         total += scalar(&out.loss) * w;
@@ -259,7 +261,6 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         return run_mlx_lm(config, &command);
     }
     let missing = |s: &str| TrainError::Config(format!("training needs a [{s}] section"));
-    let model_cfg = config.model.as_ref().ok_or_else(|| missing("model"))?;
     let lora_cfg = config.lora.as_ref().ok_or_else(|| missing("lora"))?;
     let data_cfg = config.data.as_ref().ok_or_else(|| missing("data"))?;
     let train_cfg = &config.train;
@@ -268,24 +269,17 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
 
     let loss: Rc<dyn Loss> = Rc::from(registry.loss(&config.loss.kind, &config.loss.config)?);
     let needs = Needs::of(&config.loss.kind, loss.requirements())?;
+    if needs.rollout() {
+        return grpo::run(config, registry, loss, needs, resume, callback);
+    }
 
-    let dir = hub::resolve(&model_cfg.path)?;
-    let dtype = model_cfg.dtype.as_deref().and_then(model::parse_dtype);
-    let quantize = model_cfg.quantize.map(|q| Quant { bits: q.bits, group_size: q.group_size });
-    let load_options = LoadOptions { dtype, quantize };
-    let loaded = model::load(&dir, &load_options)?;
-    let tokenizer = TextTokenizer::load(&dir)?;
-    let mut model = loaded.model;
+    let session::Policy { dir, load_options, tokenizer, mut model, summary } = session::load_policy(config, registry)?;
     let reference_cfg = config.reference.clone().unwrap_or_default();
     let (source, source_identity) = if needs.reference {
         reference_source(&dir, reference_cfg.model.as_deref(), &load_options)?
     } else {
         (None, Vec::new())
     };
-    let mapper = registry.lora_target_mapper(&lora_cfg.mapper.kind, &lora_cfg.mapper.config)?;
-    let settings = LoraSettings { rank: lora_cfg.rank, scale: lora_cfg.scale, dropout: lora_cfg.dropout, dora: lora_cfg.dora, last_n_layers: lora_cfg.last_n_layers };
-    let summary = lora::apply(&mut model, &*mapper, &settings, train_cfg.seed)?;
-    eprintln!("{}", summary.describe());
 
     let data_options = DataOptions {
         masking: data_cfg.masking(needs.shape()),
@@ -348,39 +342,15 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     };
 
     // Checkpointing: the longest batch of the data bounds what a step keeps.
-    let first_adapted = summary.targets.iter().filter_map(|p| lora::layer_index(p)).min().unwrap_or(0);
-    let layers = model.num_layers() - first_adapted;
     let longest = train_set.lengths().iter().copied().max().unwrap_or(0).min(data_cfg.max_seq_length);
-    let dtype_bytes = if model.dtype() == mlx_rs::Dtype::Float32 { 4 } else { 2 };
     let batch_rows = match data_cfg.max_batch_tokens {
         Some(budget) => data_cfg.batch_size.min((budget / longest.max(1)).max(1)),
         None => data_cfg.batch_size,
     };
-    let rows = batch_rows * if needs.pairs { 2 } else { 1 };
-    let estimate = memory::estimate(&model.config, rows, longest, layers, dtype_bytes);
-    let budget = memory::budget_bytes(train_cfg.memory_budget_gb);
-    let (checkpointing, why) = memory::decide(train_cfg.gradient_checkpointing, train_cfg.checkpoint_layers, &estimate, budget);
-    model.model.checkpoint_layers = checkpointing;
-    eprintln!("{why}");
+    session::set_checkpointing(config, &mut model, &summary, batch_rows * if needs.pairs { 2 } else { 1 }, longest);
 
     let (schedule, schedule_ctx) = config.build_schedule(registry)?;
-    let mut optimizer = TrainOptimizer::build(&config.optimizer)?;
-    let mut rng = RandomState::with_seed(train_cfg.seed)?;
-    let mut state = TrainerState::default();
-    let checkpoints = out.join("checkpoints");
-    if let Some(resume) = resume {
-        let from = match resume {
-            Resume::Latest => checkpoint::latest(&checkpoints)?,
-            Resume::From(p) => p.clone(),
-        };
-        let restored = checkpoint::restore(&from, &mut model)?;
-        optimizer.load_state(restored.optimizer).map_err(TrainError::Config)?;
-        rng = RandomState::from_key(restored.rng_key);
-        state = restored.state;
-        eprintln!("resumed from {} at step {}", from.display(), state.step);
-    }
-    config.write_resolved(&out).map_err(io(&out))?;
-    optimizer.init_state(&model)?;
+    let (optimizer, rng, mut state) = session::start_state(config, &mut model, resume)?;
 
     let grads = GradBuffer::zeros_like(&model)?;
     let mut ts: TrainState = (model, (optimizer, (LearningRate::new(config.optimizer.lr), (grads, rng))));
@@ -388,26 +358,19 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     let dropout = lora_cfg.dropout > 0.0;
     let max_norm = train_cfg.max_grad_norm.map(|n| n as f32);
     let compiled = train_cfg.compile && ts.1 .0.compilable();
-    let mut micro_eager = step::micro(loss.clone(), needs, dropout, metric_names.clone());
+    let mut micro_eager = step::micro(loss.clone(), needs, dropout, false, metric_names.clone());
     let mut apply_eager = step::apply(max_norm);
-    let mut micro_compiled = compile_with_state(step::micro(loss.clone(), needs, dropout, metric_names.clone()), None);
+    let mut micro_compiled = compile_with_state(step::micro(loss.clone(), needs, dropout, false, metric_names.clone()), None);
     let mut apply_compiled = compile_with_state(step::apply(max_norm), None);
 
-    let mut adapter_extra = serde_json::Map::new();
-    for (k, v) in [
-        ("model", json!(model_cfg.path)),
-        ("loss", json!(config.loss.kind)),
-        ("data", json!(data_cfg.train)),
-        ("optimizer", json!(config.optimizer.kind)),
-        ("learning_rate", json!(config.optimizer.lr)),
-        ("iters", json!(train_cfg.steps)),
-        ("batch_size", json!(data_cfg.batch_size)),
-        ("max_seq_length", json!(data_cfg.max_seq_length)),
-        ("mask_prompt", json!(data_options.masking != crate::data::Masking::None)),
-        ("seed", json!(train_cfg.seed)),
-    ] {
-        adapter_extra.insert(k.to_owned(), v);
-    }
+    let adapter_extra = session::adapter_extra(
+        config,
+        &[
+            ("batch_size", json!(data_cfg.batch_size)),
+            ("max_seq_length", json!(data_cfg.max_seq_length)),
+            ("mask_prompt", json!(data_options.masking != crate::data::Masking::None)),
+        ],
+    );
 
     let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step))?;
     let bar = metrics::progress_bar(train_cfg.steps, state.step);
@@ -419,13 +382,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     let mut stopped = StopReason::Completed;
     INTERRUPTED.store(false, Ordering::SeqCst);
 
-    let save = |ts: &mut TrainState, state: &TrainerState| -> Result<PathBuf, TrainError> {
-        let optimizer_state = ts.1 .0.state_arrays()?;
-        let key = ts.1 .1 .1 .1.as_array().clone();
-        let dir = checkpoint::save(&checkpoints, &mut ts.0, optimizer_state, &key, state, &adapter_extra)?;
-        checkpoint::prune(&checkpoints, train_cfg.keep_checkpoints)?;
-        Ok(dir)
-    };
+    let save = |ts: &mut TrainState, state: &TrainerState| session::save_checkpoint(config, ts, state, &adapter_extra);
 
     while state.step < train_cfg.steps {
         let step_started = Instant::now();
@@ -522,27 +479,17 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     }
     bar.finish_and_clear();
     lora::save_adapters(&mut ts.0, &out, &adapter_extra)?;
-    let mut series = vec![plot::Series { name: "train loss".into(), color: [31, 119, 180], points: log.series("loss") }];
-    let eval = log.series("eval_loss");
-    if !eval.is_empty() {
-        series.push(plot::Series { name: "eval loss".into(), color: [214, 39, 40], points: eval });
-    }
-    let png = out.join("loss.png");
-    plot::write_png(&png, &series).map_err(io(&png))?;
-    let reward_series: Vec<plot::Series> = [
-        ("reward margin", "rewards/margin", [44, 160, 44]),
-        ("preference accuracy", "rewards/accuracy", [255, 127, 14]),
-        ("chosen reward", "rewards/chosen", [31, 119, 180]),
-        ("rejected reward", "rewards/rejected", [214, 39, 40]),
-    ]
-    .into_iter()
-    .map(|(name, key, color)| plot::Series { name: name.into(), color, points: log.series(key) })
-    .filter(|s| !s.points.is_empty())
-    .collect();
-    if !reward_series.is_empty() {
-        let png = out.join("rewards.png");
-        plot::write_png(&png, &reward_series).map_err(io(&png))?;
-    }
+    session::plot_series(&log, &out.join("loss.png"), &[("train loss", "loss", [31, 119, 180]), ("eval loss", "eval_loss", [214, 39, 40])])?;
+    session::plot_series(
+        &log,
+        &out.join("rewards.png"),
+        &[
+            ("reward margin", "rewards/margin", [44, 160, 44]),
+            ("preference accuracy", "rewards/accuracy", [255, 127, 14]),
+            ("chosen reward", "rewards/chosen", [31, 119, 180]),
+            ("rejected reward", "rewards/rejected", [214, 39, 40]),
+        ],
+    )?;
     Ok(RunOutcome {
         steps: state.step,
         last_loss,

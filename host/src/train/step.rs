@@ -24,9 +24,22 @@ use crate::{lora, model::CausalLm, optim::LearningRate};
 
 /// log p(target) for each position: `[B, T]`, in float32 whatever the model's dtype.
 pub fn token_logps(model: &CausalLm, inputs: &Array, targets: &Array) -> Result<Array, Exception> {
+    Ok(logps_and_entropy(model, inputs, targets, false)?.0)
+}
+
+/// [`token_logps`], and with `entropy` also each position's predictive entropy −Σ p log p (`[B, T]`).
+pub fn logps_and_entropy(model: &CausalLm, inputs: &Array, targets: &Array, entropy: bool) -> Result<(Array, Option<Array>), Exception> {
     let logits = model.forward(inputs, None)?.as_dtype(Dtype::Float32)?;
-    let picked = take_along_axis(&logits, &targets.expand_dims(-1)?, -1)?.squeeze_axes(&[-1])?;
-    picked.subtract(logits.logsumexp_axis(-1, None)?)
+    let lse = logits.logsumexp_axis(-1, true)?;
+    let picked = take_along_axis(&logits, &targets.expand_dims(-1)?, -1)?;
+    let logps = picked.subtract(&lse)?.squeeze_axes(&[-1])?;
+    let h = if entropy {
+        let logp = logits.subtract(&lse)?;
+        Some(logp.exp()?.multiply(&logp)?.sum_axis(-1, None)?.negative()?)
+    } else {
+        None
+    };
+    Ok((logps, h))
 }
 
 /// The gradient accumulator: one array per trainable parameter, in a fixed order.
@@ -87,11 +100,16 @@ pub type TrainState = (CausalLm, (TrainOptimizer, (LearningRate, (GradBuffer, Ra
 
 /// Micro-step. Args: inputs, targets, mask, weight (this micro-batch's share of the step), then the
 /// loss's optional inputs (see [`super::inputs`]). Returns the loss followed by the loss plugin's metrics
-/// (their names land in `metric_names` when traced).
+/// (their names land in `metric_names` when traced), and with `entropy` the mean predictive entropy over the
+/// mask, named `entropy`.
+///
+/// Old-policy log-probs come as a pair (stored log-probs, flag): with the flag 1 the step uses its own
+/// log-probs without gradient, so the first pass over fresh rollouts has a ratio of exactly 1.
 pub fn micro(
     loss: Rc<dyn Loss>,
     needs: Needs,
     dropout: bool,
+    entropy: bool,
     metric_names: Rc<RefCell<Vec<String>>>,
 ) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
     move |(model, (_, (_, (grads, rng)))), args| {
@@ -108,12 +126,27 @@ pub fn micro(
         let loss = loss.clone();
         let names = metric_names.clone();
         let f = move |m: &mut CausalLm, view: &[Array]| -> Result<Vec<Array>, Exception> {
-            let logps = token_logps(m, &view[0], &view[1])?;
-            let inputs = loss_inputs(needs, view, &logps, loss_key.as_ref())?;
+            let (logps, h) = logps_and_entropy(m, &view[0], &view[1], entropy)?;
+            let old = if needs.old_policy {
+                let (stored, flag) = old_policy_args(needs, view)?;
+                let current = mlx_rs::stop_gradient(&logps)?;
+                let one_minus = Array::from_f32(1.0).subtract(flag)?;
+                Some(current.multiply(flag)?.add(stored.multiply(&one_minus)?)?)
+            } else {
+                None
+            };
+            let inputs = loss_inputs(needs, view, &logps, loss_key.as_ref(), old.as_ref())?;
             let out = loss.forward(&inputs).map_err(|e| Exception::custom(e.to_string()))?;
-            *names.borrow_mut() = out.metrics.iter().map(|(n, _)| n.clone()).collect();
+            let mut metric_names: Vec<String> = out.metrics.iter().map(|(n, _)| n.clone()).collect();
             let mut values = vec![out.loss];
             values.extend(out.metrics.into_iter().map(|(_, a)| a));
+            if let Some(h) = h {
+                let mask = &view[2];
+                let tokens = ops::maximum(mask.sum(None)?, Array::from_f32(1.0))?;
+                values.push(mlx_rs::stop_gradient(&h.multiply(mask)?.sum(None)?.divide(&tokens)?)?);
+                metric_names.push("entropy".to_owned());
+            }
+            *names.borrow_mut() = metric_names;
             Ok(values)
         };
         let mut vg = nn::value_and_grad(f);
@@ -123,6 +156,16 @@ pub fn micro(
             lora::set_dropout_key(model, None)?;
         }
         Ok(values)
+    }
+}
+
+/// The old-policy pair in a step's arguments (weight removed): after inputs, targets, mask and the
+/// optional inputs that precede it.
+fn old_policy_args(needs: Needs, view: &[Array]) -> Result<(&Array, &Array), Exception> {
+    let before = 3 + usize::from(needs.reference) + usize::from(needs.labels) + 3 * usize::from(needs.kl_pairs);
+    match (view.get(before), view.get(before + 1)) {
+        (Some(stored), Some(flag)) => Ok((stored, flag)),
+        _ => Err(Exception::custom("step arguments lack the old-policy log-probs")),
     }
 }
 

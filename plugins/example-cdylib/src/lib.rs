@@ -1,9 +1,9 @@
-//! Example third-party plugins: an LR schedule and a loss, exported from a cdylib.
+//! Example third-party plugins: an LR schedule, a loss and a reward, exported from a cdylib.
 
 use sdk::{
     from_table,
     mlx_rs::{ops, Array},
-    Loss, LossInputs, LossOutput, LrSchedule, Plugin, PluginError, Requirements, ScheduleContext,
+    Loss, LossInputs, LossOutput, LrSchedule, Plugin, PluginError, Requirements, Reward, RewardBatch, ScheduleContext,
 };
 use serde::Deserialize;
 
@@ -90,4 +90,45 @@ impl Loss for PairLogSigmoid {
 
 use sdk::mlx_rs::ops::indexing::IndexOp;
 
-sdk::export_plugins!(schedule InverseSqrt, loss PairLogSigmoid);
+/// `ends_with`: `score` when the completion, trimmed, ends with `suffix`, else 0; not applicable to an empty
+/// completion.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndsWith {
+    suffix: String,
+    #[serde(default = "EndsWith::one")]
+    score: f64,
+}
+
+impl EndsWith {
+    fn one() -> f64 {
+        1.0
+    }
+}
+
+impl Plugin for EndsWith {
+    const NAME: &'static str = "ends_with";
+    const SUMMARY: &'static str = "score (1) when the trimmed completion ends with `suffix`; empty completions not applicable";
+    fn from_config(config: &sdk::toml::Table) -> Result<Self, PluginError> {
+        let r: EndsWith = from_table(config)?;
+        if r.suffix.is_empty() {
+            return Err(PluginError::Config("`suffix` must not be empty".into()));
+        }
+        Ok(r)
+    }
+}
+
+impl Reward for EndsWith {
+    fn score(&mut self, batch: &RewardBatch<'_>) -> Result<Vec<Option<f64>>, PluginError> {
+        Ok(batch
+            .completions
+            .iter()
+            .map(|c| {
+                let c = c.trim();
+                (!c.is_empty()).then(|| if c.ends_with(self.suffix.as_str()) { self.score } else { 0.0 })
+            })
+            .collect())
+    }
+}
+
+sdk::export_plugins!(schedule InverseSqrt, loss PairLogSigmoid, reward EndsWith);

@@ -1,0 +1,409 @@
+//! The GRPO trainer: each step samples `num_generations` completions for `batch_size` prompts per
+//! micro-batch (the prompt's KV cache shared by its group), scores them with the `[[reward]]` plugins,
+//! normalizes rewards into advantages within each group, and takes the loss plugin's step on those rows.
+//! One batch of rollouts serves `num_iterations` optimizer steps; after the first, the ratio compares the
+//! policy with the one that sampled (its log-probs kept from right after sampling).
+
+use std::{
+    cell::RefCell,
+    io::Write,
+    rc::Rc,
+    sync::atomic::Ordering,
+    time::Instant,
+};
+
+use mlx_rs::{transforms::compile::compile_with_state, Array};
+use sdk::Loss;
+use serde_json::json;
+
+use super::{
+    io, lora, metrics, reference::ReferenceSource, reference_source, rollout::{self, RewardFn, RolloutBatch, Rollouts}, scalar,
+    session, step, GradBuffer, Resume, RunOutcome, StepCallback, StopReason, TrainError, TrainState, TrainerState, INTERRUPTED,
+};
+use super::inputs::Needs;
+use crate::{
+    config::{RolloutConfig, RunConfig},
+    data::{plan_epoch, BatchSize, PromptRow, PromptSet, SplitMix},
+    generate::SamplerConfig,
+    optim::LearningRate,
+    plugins::Registry,
+};
+
+/// Prompt batches in epochs, shuffled by the run's seed (resumable by epoch and position).
+struct PromptFeeder<'a> {
+    set: &'a PromptSet,
+    rows: usize,
+    seed: u64,
+    epoch: u64,
+    position: usize,
+    plan: Vec<Vec<usize>>,
+}
+
+impl<'a> PromptFeeder<'a> {
+    fn new(set: &'a PromptSet, rows: usize, seed: u64, epoch: u64, position: usize) -> Self {
+        let plan = plan_epoch(&set.lengths(), BatchSize::rows(rows), seed, epoch);
+        PromptFeeder { set, rows, seed, epoch, position, plan }
+    }
+
+    fn next_batch(&mut self) -> Vec<&'a PromptRow> {
+        if self.position >= self.plan.len() {
+            self.epoch += 1;
+            self.position = 0;
+            self.plan = plan_epoch(&self.set.lengths(), BatchSize::rows(self.rows), self.seed, self.epoch);
+        }
+        self.position += 1;
+        self.plan[self.position - 1].iter().map(|&i| &self.set.rows[i]).collect()
+    }
+}
+
+/// A reproducible sampling seed for micro-batch `micro` of step `step`.
+fn rollout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    SplitMix::new(seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (micro as u64).wrapping_mul(0xd6e8_feb8_6659_fd93)).next()
+}
+
+/// Whether micro-batches are weighed by rows (the loss averages per completion or divides by a fixed
+/// length) rather than by completion tokens (bnpo, dapo: the step's tokens normalize).
+fn per_row(config: &RunConfig) -> bool {
+    matches!(config.loss.config.get("loss_type").and_then(toml::Value::as_str), Some("grpo" | "dr_grpo"))
+}
+
+pub fn run(
+    config: &RunConfig,
+    registry: &Registry,
+    loss: Rc<dyn Loss>,
+    needs: Needs,
+    resume: Option<&Resume>,
+    callback: &mut dyn StepCallback,
+) -> Result<RunOutcome, TrainError> {
+    let missing = |s: &str| TrainError::Config(format!("training needs a [{s}] section"));
+    let data_cfg = config.data.as_ref().ok_or_else(|| missing("data"))?;
+    let lora_cfg = config.lora.as_ref().ok_or_else(|| missing("lora"))?;
+    let train_cfg = &config.train;
+    let rollout_cfg = config.rollout.clone().unwrap_or_default();
+    if config.reward.is_empty() {
+        return Err(TrainError::Config(format!("loss `{}` learns from rewards: add at least one [[reward]]", config.loss.kind)));
+    }
+    let out = config.output_dir();
+
+    let session::Policy { dir, load_options, tokenizer, mut model, summary } = session::load_policy(config, registry)?;
+    let source: Option<ReferenceSource> = if needs.reference {
+        let reference = config.reference.clone().unwrap_or_default();
+        reference_source(&dir, reference.model.as_deref(), &load_options)?.0
+    } else {
+        None
+    };
+    let prompt_budget = data_cfg.max_seq_length.saturating_sub(rollout_cfg.max_tokens).max(1);
+    let prompts = PromptSet::load(&data_cfg.train, &tokenizer, prompt_budget, data_cfg.skip_bad_rows)?;
+    let longest_prompt = prompts.lengths().into_iter().max().unwrap_or(0);
+    eprintln!(
+        "prompts: {} rows ({} skipped), longest {longest_prompt} tokens; {} completions of up to {} tokens each",
+        prompts.rows.len(),
+        prompts.bad_rows.len(),
+        rollout_cfg.num_generations,
+        rollout_cfg.max_tokens
+    );
+    let rows_per_micro = data_cfg.batch_size * rollout_cfg.num_generations;
+    session::set_checkpointing(config, &mut model, &summary, rows_per_micro, longest_prompt + rollout_cfg.max_tokens);
+
+    let cache_policy = registry.kv_cache_policy(&rollout_cfg.cache.kind, &rollout_cfg.cache.config)?;
+    let mut rewards = config
+        .reward
+        .iter()
+        .map(|r| Ok(RewardFn { name: r.plugin.kind.clone(), weight: r.weight, plugin: registry.reward(&r.plugin.kind, &r.plugin.config)? }))
+        .collect::<Result<Vec<RewardFn>, TrainError>>()?;
+    let names = reward_names(&rewards);
+    for (r, n) in rewards.iter_mut().zip(&names) {
+        r.name = n.clone();
+    }
+
+    let (schedule, schedule_ctx) = config.build_schedule(registry)?;
+    let (optimizer, rng, mut state) = session::start_state(config, &mut model, resume)?;
+    let grads = GradBuffer::zeros_like(&model)?;
+    let mut ts: TrainState = (model, (optimizer, (LearningRate::new(config.optimizer.lr), (grads, rng))));
+    let metric_names = Rc::new(RefCell::new(Vec::new()));
+    let dropout = lora_cfg.dropout > 0.0;
+    let max_norm = train_cfg.max_grad_norm.map(|n| n as f32);
+    let compiled = train_cfg.compile && ts.1 .0.compilable();
+    let mut micro_eager = step::micro(loss.clone(), needs, dropout, true, metric_names.clone());
+    let mut apply_eager = step::apply(max_norm);
+    let mut micro_compiled = compile_with_state(step::micro(loss.clone(), needs, dropout, true, metric_names.clone()), None);
+    let mut apply_compiled = compile_with_state(step::apply(max_norm), None);
+
+    let adapter_extra = session::adapter_extra(
+        config,
+        &[
+            ("batch_size", json!(data_cfg.batch_size)),
+            ("num_generations", json!(rollout_cfg.num_generations)),
+            ("max_completion_length", json!(rollout_cfg.max_tokens)),
+            ("max_seq_length", json!(data_cfg.max_seq_length)),
+        ],
+    );
+    let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step))?;
+    let completions_path = out.join("completions.jsonl");
+    let mut completions_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(resume.is_some())
+        .write(true)
+        .truncate(resume.is_none())
+        .open(&completions_path)
+        .map_err(io(&completions_path))?;
+    let bar = metrics::progress_bar(train_cfg.steps, state.step);
+    let mut feeder = PromptFeeder::new(&prompts, data_cfg.batch_size, train_cfg.seed, state.epoch, state.batch_in_epoch);
+    let sampler = SamplerConfig {
+        temperature: rollout_cfg.temperature,
+        top_p: rollout_cfg.top_p,
+        top_k: rollout_cfg.top_k,
+        min_p: rollout_cfg.min_p,
+        repetition_penalty: 1.0,
+        repetition_context: 0,
+    };
+    let mut rollouts = Rollouts {
+        tokenizer: &tokenizer,
+        cache_policy: &*cache_policy,
+        sampler,
+        group: rollout_cfg.num_generations,
+        max_tokens: rollout_cfg.max_tokens,
+        scale: rollout_cfg.scale_rewards,
+        rewards: &mut rewards,
+        pad_multiple: data_cfg.pad_multiple,
+    };
+    let by_rows = per_row(config);
+    let started = Instant::now();
+    let _ = mlx_rs::memory::reset_peak_memory();
+    let (mut real_total, mut padded_total) = (0usize, 0usize);
+    let mut last_loss = f64::NAN;
+    let mut stopped = StopReason::Completed;
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let save = |ts: &mut TrainState, state: &TrainerState| session::save_checkpoint(config, ts, state, &adapter_extra);
+
+    // The rollouts in use and how many steps have used them.
+    let mut batches: Vec<RolloutBatch> = Vec::new();
+    let mut uses = 0u64;
+    while state.step < train_cfg.steps {
+        let step_started = Instant::now();
+        let fresh = batches.is_empty() || uses == rollout_cfg.num_iterations;
+        let mut rollout_seconds = 0.0;
+        if fresh {
+            let t = Instant::now();
+            batches = produce(&mut rollouts, &mut ts.0, &mut feeder, &rollout_cfg, train_cfg.grad_accumulation_steps as usize, source.as_ref(), train_cfg.seed, state.step)?;
+            rollout_seconds = t.elapsed().as_secs_f64();
+            uses = 0;
+            for b in &batches {
+                write_completions(&mut completions_log, &completions_path, state.step + 1, b)?;
+            }
+        }
+        let first_pass = uses == 0;
+        let lr = schedule.lr(state.step, &schedule_ctx).map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
+        ts.1 .1 .0.set(lr);
+        let total_rows: usize = batches.iter().map(RolloutBatch::rows).sum();
+        let total_tokens: usize = batches.iter().map(RolloutBatch::completion_tokens).sum();
+        let mut loss_value = 0.0;
+        let mut metric_values: Vec<f64> = Vec::new();
+        let (mut real, mut padded) = (0, 0);
+        for b in &batches {
+            let weight = if by_rows { b.rows() as f32 / total_rows.max(1) as f32 } else { b.completion_tokens() as f32 / total_tokens.max(1) as f32 };
+            let args = step_args(b, needs, weight, first_pass)?;
+            let values = if compiled { micro_compiled(&mut ts, &args[..])? } else { micro_eager(&mut ts, &args[..])? };
+            loss_value += scalar(&values[0]) * f64::from(weight);
+            metric_values.resize(values.len() - 1, 0.0);
+            for (m, v) in metric_values.iter_mut().zip(&values[1..]) {
+                *m += scalar(v) * f64::from(weight);
+            }
+            real += b.report.real_tokens;
+            padded += b.report.padded_tokens;
+        }
+        if !loss_value.is_finite() {
+            ts.1 .1 .1 .0 = GradBuffer::zeros_like(&ts.0)?;
+            let checkpoint = save(&mut ts, &state)?;
+            bar.abandon();
+            return Err(TrainError::NonFinite { step: state.step + 1, value: loss_value, checkpoint });
+        }
+        let norm = if compiled { apply_compiled(&mut ts, &[][..])? } else { apply_eager(&mut ts, &[][..])? };
+        let grad_norm = scalar(&norm[0]);
+        uses += 1;
+        state.step += 1;
+        state.epoch = feeder.epoch;
+        state.batch_in_epoch = feeder.position;
+        last_loss = loss_value;
+        real_total += real;
+        padded_total += padded;
+        let seconds = step_started.elapsed().as_secs_f64();
+
+        let mut record = json!({
+            "step": state.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+            "tokens": real, "padded_tokens": padded, "completion_tokens": total_tokens, "epoch": state.epoch,
+            "step_seconds": seconds, "fresh_rollouts": fresh,
+        });
+        let summary = summarize(&batches, &names, rollout_cfg.num_generations);
+        for (k, v) in &summary {
+            record[k] = json!(v);
+        }
+        if fresh {
+            let generated: usize = batches.iter().map(|b| b.report.stats.generated_tokens).sum();
+            record["rollout_seconds"] = json!(rollout_seconds);
+            record["rollout_tokens_per_second"] = json!(generated as f64 / rollout_seconds.max(1e-9));
+        }
+        for (name, v) in metric_names.borrow().iter().zip(&metric_values) {
+            record[name] = json!(v);
+        }
+        log.write(record.clone())?;
+        bar.set_position(state.step);
+        let get = |k: &str| record.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+        let kl = if needs.reference { format!(" kl {:.4}", get("kl")) } else { String::new() };
+        bar.set_message(format!(
+            "reward {:.3} len {:.1} clip {:.3}{kl} loss {loss_value:.4} lr {lr:.2e} {seconds:.1} s/step",
+            get("reward"),
+            get("completion_length"),
+            get("clip_fraction"),
+        ));
+
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst) || callback.after_step(state.step, loss_value) == crate::generate::Control::Stop;
+        if interrupted {
+            stopped = StopReason::Interrupted;
+        }
+        if state.step % train_cfg.save_every == 0 || state.step == train_cfg.steps || stopped != StopReason::Completed {
+            save(&mut ts, &state)?;
+        }
+        if stopped != StopReason::Completed {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    lora::save_adapters(&mut ts.0, &out, &adapter_extra)?;
+    session::plot_series(&log, &out.join("loss.png"), &[("train loss", "loss", [31, 119, 180])])?;
+    let colors = [[44, 160, 44], [255, 127, 14], [148, 103, 189], [214, 39, 40], [140, 86, 75], [227, 119, 194]];
+    let keys: Vec<(String, String)> = std::iter::once(("mean reward".to_owned(), "reward".to_owned()))
+        .chain(if names.len() > 1 { names.iter().map(|n| (n.clone(), format!("rewards/{n}"))).collect() } else { Vec::new() })
+        .collect();
+    let series: Vec<(&str, &str, [u8; 3])> = keys.iter().zip(colors.iter().cycle()).map(|((n, k), c)| (n.as_str(), k.as_str(), *c)).collect();
+    session::plot_series(&log, &out.join("reward.png"), &series)?;
+    Ok(RunOutcome {
+        steps: state.step,
+        last_loss,
+        best_eval: None,
+        stopped,
+        output: out,
+        real_tokens: real_total,
+        padded_tokens: padded_total,
+        seconds: started.elapsed().as_secs_f64(),
+        peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0),
+        native: true,
+    })
+}
+
+/// Metric keys of the reward functions: their plugin names, numbered when one is used twice.
+fn reward_names(rewards: &[RewardFn]) -> Vec<String> {
+    rewards
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let twice = rewards.iter().filter(|o| o.name == r.name).count() > 1;
+            if twice { format!("{}_{i}", r.name) } else { r.name.clone() }
+        })
+        .collect()
+}
+
+/// One step's rollouts: `micro_batches` batches of prompts, each sampled, scored, and given its reference
+/// log-probs (β > 0) and, when they will be reused, the sampling policy's log-probs.
+#[allow(clippy::too_many_arguments)]
+fn produce(
+    rollouts: &mut Rollouts<'_>,
+    model: &mut crate::model::CausalLm,
+    feeder: &mut PromptFeeder<'_>,
+    cfg: &RolloutConfig,
+    micro_batches: usize,
+    source: Option<&ReferenceSource>,
+    seed: u64,
+    step: u64,
+) -> Result<Vec<RolloutBatch>, TrainError> {
+    lora::set_dropout_key(model, None)?;
+    let mut out = Vec::with_capacity(micro_batches);
+    for micro in 0..micro_batches {
+        let prompts = feeder.next_batch();
+        let mut b = rollouts.run(model, &prompts, rollout_seed(seed, step, micro))?;
+        if let Some(source) = source {
+            let r = source.logps(model, &b.inputs, &b.targets)?;
+            r.eval()?;
+            b.reference = Some(r);
+        }
+        if cfg.num_iterations > 1 {
+            let old = step::token_logps(model, &b.inputs, &b.targets)?;
+            old.eval()?;
+            b.old_logps = Some(old);
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// The micro step's arguments: inputs, targets, mask, weight, then as the loss asks: reference log-probs,
+/// (old log-probs, use-current flag), advantages, rewards, group ids.
+fn step_args(b: &RolloutBatch, needs: Needs, weight: f32, first_pass: bool) -> Result<Vec<Array>, TrainError> {
+    let mut args = vec![b.inputs.clone(), b.targets.clone(), b.mask.clone(), Array::from_f32(weight)];
+    if needs.reference {
+        args.push(b.reference.clone().ok_or_else(|| TrainError::Config("the rollouts have no reference log-probs".into()))?);
+    }
+    if needs.old_policy {
+        // On the first pass the policy is the sampling policy: the step uses its own log-probs (ratio 1).
+        let stored = match &b.old_logps {
+            Some(old) => old.clone(),
+            None if first_pass => mlx_rs::ops::zeros_like(&b.mask)?,
+            None => return Err(TrainError::Config("reused rollouts have no sampling-policy log-probs".into())),
+        };
+        args.push(stored);
+        args.push(Array::from_f32(if first_pass { 1.0 } else { 0.0 }));
+    }
+    if needs.advantages {
+        args.push(b.advantages.clone());
+    }
+    if needs.rewards {
+        args.push(b.rewards.clone());
+    }
+    if needs.group_ids {
+        args.push(b.group_ids.clone());
+    }
+    Ok(args)
+}
+
+/// Reward and completion statistics over a step's rollouts: `reward`, `reward_std` (mean within-group
+/// standard deviation), `rewards/<fn>` (mean where it applies), `frac_reward_zero_std`, completion length
+/// mean/max, and the share of completions that ended with EOS.
+pub fn summarize(batches: &[RolloutBatch], names: &[String], group: usize) -> Vec<(String, f64)> {
+    let rewards: Vec<f64> = batches.iter().flat_map(|b| b.report.rewards.iter().copied()).collect();
+    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let groups: Vec<f64> = rewards.chunks(group.max(1)).map(rollout::std).collect();
+    let lengths: Vec<f64> = batches.iter().flat_map(|b| b.report.completion_lengths.iter().map(|&n| n as f64)).collect();
+    let finished: usize = batches.iter().map(|b| b.report.finished).sum();
+    let mut out = vec![
+        ("reward".to_owned(), mean(&rewards)),
+        ("reward_std".to_owned(), mean(&groups)),
+        ("frac_reward_zero_std".to_owned(), groups.iter().filter(|&&s| s < 1e-9).count() as f64 / groups.len().max(1) as f64),
+        ("completion_length".to_owned(), mean(&lengths)),
+        ("completion_length_max".to_owned(), lengths.iter().copied().fold(0.0, f64::max)),
+        ("completions_finished".to_owned(), finished as f64 / lengths.len().max(1) as f64),
+    ];
+    for (k, name) in names.iter().enumerate() {
+        let applicable: Vec<f64> = batches.iter().flat_map(|b| b.report.per_function.get(k).map(|(_, s)| s.iter().flatten().copied().collect::<Vec<_>>()).unwrap_or_default()).collect();
+        if !applicable.is_empty() {
+            out.push((format!("rewards/{name}"), mean(&applicable)));
+        }
+    }
+    out
+}
+
+/// Appends each completion of a rollout batch to `completions.jsonl`: what the model wrote and how it scored.
+fn write_completions(file: &mut std::fs::File, path: &std::path::Path, step: u64, b: &RolloutBatch) -> Result<(), TrainError> {
+    let mut text = String::new();
+    for i in 0..b.rows() {
+        let scores: serde_json::Map<String, serde_json::Value> =
+            b.report.per_function.iter().map(|(name, s)| (name.clone(), s[i].map_or(serde_json::Value::Null, |v| json!(v)))).collect();
+        let line = json!({
+            "step": step, "prompt_line": b.report.prompt_lines[i], "completion": b.report.texts[i],
+            "reward": b.report.rewards[i], "advantage": b.report.advantages[i], "rewards": scores,
+            "tokens": b.report.completion_lengths[i],
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    file.write_all(text.as_bytes()).map_err(io(path))
+}

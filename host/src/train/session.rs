@@ -1,0 +1,129 @@
+//! What every trainer sets up and tears down the same way: the policy (model, tokenizer, adapters), the
+//! optimizer and PRNG state (fresh or from a checkpoint), checkpoints, adapter files and plots.
+
+use std::path::{Path, PathBuf};
+
+use mlx_rs::random::RandomState;
+use serde_json::json;
+
+use super::{checkpoint, io, memory, metrics::MetricsLog, plot, Resume, TrainError, TrainOptimizer, TrainState, TrainerState};
+use crate::{
+    config::RunConfig,
+    lora::{self, AdapterSummary, LoraSettings},
+    model::{self, hub, CausalLm, LoadOptions},
+    nn::Quant,
+    plugins::Registry,
+    text::TextTokenizer,
+};
+
+/// The policy a run trains: the model with fresh adapters, and where it came from.
+pub struct Policy {
+    pub dir: PathBuf,
+    pub load_options: LoadOptions,
+    pub tokenizer: TextTokenizer,
+    pub model: CausalLm,
+    pub summary: AdapterSummary,
+}
+
+fn missing(section: &str) -> TrainError {
+    TrainError::Config(format!("training needs a [{section}] section"))
+}
+
+/// Loads `[model]` and applies `[lora]`.
+pub fn load_policy(config: &RunConfig, registry: &Registry) -> Result<Policy, TrainError> {
+    let model_cfg = config.model.as_ref().ok_or_else(|| missing("model"))?;
+    let lora_cfg = config.lora.as_ref().ok_or_else(|| missing("lora"))?;
+    let dir = hub::resolve(&model_cfg.path)?;
+    let dtype = model_cfg.dtype.as_deref().and_then(model::parse_dtype);
+    let quantize = model_cfg.quantize.map(|q| Quant { bits: q.bits, group_size: q.group_size });
+    let load_options = LoadOptions { dtype, quantize };
+    let mut model = model::load(&dir, &load_options)?.model;
+    let tokenizer = TextTokenizer::load(&dir)?;
+    let mapper = registry.lora_target_mapper(&lora_cfg.mapper.kind, &lora_cfg.mapper.config)?;
+    let settings = LoraSettings { rank: lora_cfg.rank, scale: lora_cfg.scale, dropout: lora_cfg.dropout, dora: lora_cfg.dora, last_n_layers: lora_cfg.last_n_layers };
+    let summary = lora::apply(&mut model, &*mapper, &settings, config.train.seed)?;
+    eprintln!("{}", summary.describe());
+    Ok(Policy { dir, load_options, tokenizer, model, summary })
+}
+
+/// The optimizer, PRNG and progress a run starts from: fresh, or restored from a checkpoint (adapters
+/// included). Also writes the resolved configuration and gives the optimizer its full state up front.
+pub fn start_state(config: &RunConfig, model: &mut CausalLm, resume: Option<&Resume>) -> Result<(TrainOptimizer, RandomState, TrainerState), TrainError> {
+    let out = config.output_dir();
+    let mut optimizer = TrainOptimizer::build(&config.optimizer)?;
+    let mut rng = RandomState::with_seed(config.train.seed)?;
+    let mut state = TrainerState::default();
+    if let Some(resume) = resume {
+        let from = match resume {
+            Resume::Latest => checkpoint::latest(&out.join("checkpoints"))?,
+            Resume::From(p) => p.clone(),
+        };
+        let restored = checkpoint::restore(&from, model)?;
+        optimizer.load_state(restored.optimizer).map_err(TrainError::Config)?;
+        rng = RandomState::from_key(restored.rng_key);
+        state = restored.state;
+        eprintln!("resumed from {} at step {}", from.display(), state.step);
+    }
+    config.write_resolved(&out).map_err(io(&out))?;
+    optimizer.init_state(model)?;
+    Ok((optimizer, rng, state))
+}
+
+/// `adapter_config.json` fields beyond the adapter's own: what trained it (mlx-lm writes its arguments there).
+pub fn adapter_extra(config: &RunConfig, fields: &[(&str, serde_json::Value)]) -> serde_json::Map<String, serde_json::Value> {
+    let mut extra = serde_json::Map::new();
+    let model = config.model.as_ref().map(|m| m.path.clone()).unwrap_or_default();
+    let data = config.data.as_ref().map(|d| d.train.display().to_string()).unwrap_or_default();
+    for (k, v) in [
+        ("model", json!(model)),
+        ("loss", json!(config.loss.kind)),
+        ("data", json!(data)),
+        ("optimizer", json!(config.optimizer.kind)),
+        ("learning_rate", json!(config.optimizer.lr)),
+        ("iters", json!(config.train.steps)),
+        ("seed", json!(config.train.seed)),
+    ] {
+        extra.insert(k.to_owned(), v);
+    }
+    for (k, v) in fields {
+        extra.insert((*k).to_owned(), v.clone());
+    }
+    extra
+}
+
+/// Writes a checkpoint (adapters, optimizer state, PRNG key, progress) and prunes old ones.
+pub fn save_checkpoint(config: &RunConfig, ts: &mut TrainState, state: &TrainerState, extra: &serde_json::Map<String, serde_json::Value>) -> Result<PathBuf, TrainError> {
+    let checkpoints = config.output_dir().join("checkpoints");
+    let optimizer_state = ts.1 .0.state_arrays()?;
+    let key = ts.1 .1 .1 .1.as_array().clone();
+    let dir = checkpoint::save(&checkpoints, &mut ts.0, optimizer_state, &key, state, extra)?;
+    checkpoint::prune(&checkpoints, config.train.keep_checkpoints)?;
+    Ok(dir)
+}
+
+/// A line plot of the logged series that exist, `(legend, metric key, colour)`; nothing if none has points.
+pub fn plot_series(log: &MetricsLog, path: &Path, series: &[(&str, &str, [u8; 3])]) -> Result<(), TrainError> {
+    let series: Vec<plot::Series> = series
+        .iter()
+        .map(|(name, key, color)| plot::Series { name: (*name).into(), color: *color, points: log.series(key) })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    if series.is_empty() {
+        return Ok(());
+    }
+    plot::write_png(path, &series).map_err(io(path))
+}
+
+/// Decides how many layers recompute their activations (`[train] gradient_checkpointing`,
+/// `checkpoint_layers`, memory budget) for steps of `rows` × `longest` tokens, and says why.
+pub fn set_checkpointing(config: &RunConfig, model: &mut CausalLm, summary: &AdapterSummary, rows: usize, longest: usize) {
+    let train = &config.train;
+    let first_adapted = summary.targets.iter().filter_map(|p| lora::layer_index(p)).min().unwrap_or(0);
+    let layers = model.num_layers() - first_adapted;
+    let dtype_bytes = if model.dtype() == mlx_rs::Dtype::Float32 { 4 } else { 2 };
+    let estimate = memory::estimate(&model.config, rows, longest, layers, dtype_bytes);
+    let budget = memory::budget_bytes(train.memory_budget_gb);
+    let (checkpointing, why) = memory::decide(train.gradient_checkpointing, train.checkpoint_layers, &estimate, budget);
+    model.model.checkpoint_layers = checkpointing;
+    eprintln!("{why}");
+}
