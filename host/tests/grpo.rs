@@ -150,3 +150,21 @@ fn fresh_rollouts_have_ratio_one_and_reused_ones_are_clipped_against_the_sampler
     assert_eq!(completions.lines().count(), 16);
     assert!(out.join("reward.png").is_file() && out.join("adapters.safetensors").is_file());
 }
+
+#[test]
+fn the_shipped_grpo_config_raises_the_mean_reward_on_the_demo_model() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = temp("demo");
+    let steps = 60;
+    let overrides: Vec<Override> =
+        [format!("output.dir={:?}", out.display().to_string()), format!("train.steps={steps}")].iter().map(|o| o.parse().unwrap()).collect();
+    let mut registry = Registry::builtin().unwrap();
+    let cfg = RunConfig::load_in(&root.join("configs/grpo.toml"), &overrides, &mut registry, &root).unwrap();
+    let outcome = train::run(&cfg, &registry, None).unwrap();
+    assert_eq!(outcome.steps, steps);
+    let log = records(&out);
+    let mean = |rows: &[serde_json::Value]| rows.iter().map(|r| get(r, "rewards/exact_answer")).sum::<f64>() / rows.len() as f64;
+    let (first, last) = (mean(&log[..15]), mean(&log[log.len() - 15..]));
+    assert!(last > first + 0.2, "exact-answer reward: first 15 steps {first:.3}, last 15 {last:.3}");
+    assert!(out.join("reward.png").is_file() && out.join("adapters.safetensors").is_file());
+}
