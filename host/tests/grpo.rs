@@ -67,8 +67,8 @@ fn a_shared_prompt_cache_samples_what_per_sample_caches_sample() {
     }
 }
 
-/// A GRPO configuration on a tiny fixture, prompts asking for sums; `extra` goes into [rollout].
-fn fixture_run(name: &str, rollout: &str, steps: u64) -> (PathBuf, Vec<serde_json::Value>) {
+/// A GRPO configuration on a tiny fixture, prompts asking for sums; `rollout` goes into [rollout].
+fn fixture_config(name: &str, rollout: &str, steps: u64) -> PathBuf {
     let dir = temp(name);
     fixture::write(&dir.join("model"), Family::Llama, Preset::Tiny, 2).unwrap();
     let rows: String = (0..12).map(|i| format!("{{\"prompt\": \"What is {i} + 1?\", \"answer\": \"{}\"}}\n", i + 1)).collect();
@@ -110,6 +110,12 @@ dir = {out:?}
     );
     let path = dir.join("run.toml");
     std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn fixture_run(name: &str, rollout: &str, steps: u64) -> (PathBuf, Vec<serde_json::Value>) {
+    let path = fixture_config(name, rollout, steps);
+    let dir = path.parent().unwrap().to_owned();
     let registry = Registry::builtin().unwrap();
     let cfg = RunConfig::load(&path, &[] as &[Override], &mut Registry::builtin().unwrap()).unwrap();
     let outcome = train::run(&cfg, &registry, None).unwrap();
@@ -167,4 +173,49 @@ fn the_shipped_grpo_config_raises_the_mean_reward_on_the_demo_model() {
     let (first, last) = (mean(&log[..15]), mean(&log[log.len() - 15..]));
     assert!(last > first + 0.2, "exact-answer reward: first 15 steps {first:.3}, last 15 {last:.3}");
     assert!(out.join("reward.png").is_file() && out.join("adapters.safetensors").is_file());
+}
+
+fn adapters(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut t: Vec<(String, Vec<f32>)> = mlx_rs::Array::load_safetensors(run.join("adapters.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_dtype(Dtype::Float32).unwrap().to_vec_exact::<f32>().unwrap()))
+        .collect();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[test]
+fn an_interrupted_grpo_run_resumes_to_the_same_adapters_and_samples() {
+    let path = fixture_config("resume", "num_iterations = 1", 4);
+    let dir = path.parent().unwrap().to_owned();
+    let load = |out: &str| {
+        let o: Override = format!("output.dir={:?}", dir.join(out).display().to_string()).parse().unwrap();
+        RunConfig::load(&path, &[o], &mut Registry::builtin().unwrap()).unwrap()
+    };
+    let registry = Registry::builtin().unwrap();
+    train::run(&load("straight"), &registry, None).unwrap();
+
+    struct StopAt(u64);
+    impl train::StepCallback for StopAt {
+        fn after_step(&mut self, step: u64, _loss: f64) -> Control {
+            if step == self.0 { Control::Stop } else { Control::Continue }
+        }
+    }
+    let cfg = load("split");
+    let first = train::run_with(&cfg, &registry, None, &mut StopAt(2)).unwrap();
+    assert_eq!((first.steps, first.stopped), (2, train::StopReason::Interrupted));
+    // A step that ran after the checkpoint and was lost (a crash) leaves lines the resumed run replaces.
+    let log = dir.join("split/completions.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("{\"step\": 3, \"completion\": \"lost\"}\n");
+    std::fs::write(&log, text).unwrap();
+    let resumed = train::run(&cfg, &registry, Some(&train::Resume::Latest)).unwrap();
+    assert_eq!(resumed.steps, 4);
+    assert_eq!(adapters(&dir.join("straight")), adapters(&dir.join("split")));
+    // Sampling seeds follow the step, so the resumed run drew the same completions.
+    let completions = |out: &str| std::fs::read_to_string(dir.join(out).join("completions.jsonl")).unwrap();
+    assert_eq!(completions("straight"), completions("split"));
+    let rewards = |out: &str| records(&dir.join(out)).iter().map(|r| get(r, "reward")).collect::<Vec<f64>>();
+    assert_eq!(rewards("straight"), rewards("split"));
 }

@@ -140,13 +140,18 @@ pub fn run(
     );
     let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step))?;
     let completions_path = out.join("completions.jsonl");
-    let mut completions_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(resume.is_some())
-        .write(true)
-        .truncate(resume.is_none())
-        .open(&completions_path)
-        .map_err(io(&completions_path))?;
+    // On resume, drop what steps after the checkpoint wrote: those steps run again.
+    let kept: String = match resume {
+        Some(_) => std::fs::read_to_string(&completions_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("step")?.as_u64()).is_some_and(|s| s <= state.step))
+            .map(|l| format!("{l}\n"))
+            .collect(),
+        None => String::new(),
+    };
+    std::fs::write(&completions_path, kept).map_err(io(&completions_path))?;
+    let mut completions_log = std::fs::OpenOptions::new().append(true).open(&completions_path).map_err(io(&completions_path))?;
     let bar = metrics::progress_bar(train_cfg.steps, state.step);
     let mut feeder = PromptFeeder::new(&prompts, data_cfg.batch_size, train_cfg.seed, state.epoch, state.batch_in_epoch);
     let sampler = SamplerConfig {
