@@ -172,7 +172,10 @@ fn the_shipped_grpo_config_raises_the_mean_reward_on_the_demo_model() {
     let mean = |rows: &[serde_json::Value]| rows.iter().map(|r| get(r, "rewards/exact_answer")).sum::<f64>() / rows.len() as f64;
     let (first, last) = (mean(&log[..15]), mean(&log[log.len() - 15..]));
     assert!(last > first + 0.2, "exact-answer reward: first 15 steps {first:.3}, last 15 {last:.3}");
-    assert!(out.join("reward.png").is_file() && out.join("adapters.safetensors").is_file());
+    for png in ["reward.png", "completions.png", "policy.png", "loss.png"] {
+        assert!(out.join(png).is_file(), "{png}");
+    }
+    assert!(out.join("adapters.safetensors").is_file());
 }
 
 fn adapters(run: &Path) -> Vec<(String, Vec<f32>)> {

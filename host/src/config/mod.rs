@@ -333,6 +333,13 @@ impl RunConfig {
                 if d.mask.is_some() {
                     problems.push(source.problem(&["data", "mask"], format!("loss `{kind}` scores its own completions; `mask` does not apply")));
                 }
+                let max_tokens = match &rollout {
+                    Ok(r) => Some(r.as_ref().map_or(RolloutConfig::default().max_tokens, |r| r.max_tokens)),
+                    Err(_) => None,
+                };
+                if let Some(max_tokens) = max_tokens.filter(|&m| d.max_seq_length <= m) {
+                    problems.push(source.problem(&["data", "max_seq_length"], format!("{} leaves no room for prompts next to [rollout] max_tokens ({max_tokens}): it bounds prompt + completion", d.max_seq_length)));
+                }
                 if d.max_batch_tokens.is_some() {
                     problems.push(source.problem(&["data", "max_batch_tokens"], format!("loss `{kind}` batches `batch_size` prompts × num_generations completions; `max_batch_tokens` does not apply")));
                 }

@@ -250,6 +250,10 @@ weight = 0.5
     assert_eq!(rewards, vec![("exact_answer", 1.0), ("regex_format", 0.5)]);
     assert_eq!(config.reward[1].plugin.config.get("pattern").and_then(|v| v.as_str()), Some("The answer is \\d+"));
 
+    let err = load("rollout", good, &["data.max_seq_length=32"]).unwrap_err();
+    assert_eq!(err.problems[0].path, "data.max_seq_length", "{err}");
+    assert_eq!(err.problems[0].message, "32 leaves no room for prompts next to [rollout] max_tokens (32): it bounds prompt + completion");
+
     let err = load("rollout", &good.replace("kind = \"exact_answer\"", "kind = \"exact\""), &[]).unwrap_err();
     assert_eq!(err.problems[0].path, "reward.0.kind", "{err}");
     assert!(err.problems[0].message.contains("exact_answer, length_penalty, regex_format"), "{err}");

@@ -57,7 +57,8 @@ pub fn render_prompt(p: &Prompt, t: &TextTokenizer) -> Result<(String, Vec<u32>)
 
 impl PromptSet {
     /// Reads and tokenizes every row; prompts longer than `max_tokens` are errors (or skipped with `skip_bad`).
-    pub fn load(path: &Path, t: &TextTokenizer, max_tokens: usize, skip_bad: bool) -> Result<PromptSet, DataError> {
+    /// `budget` says where that limit comes from, for the message.
+    pub fn load(path: &Path, t: &TextTokenizer, max_tokens: usize, budget: &str, skip_bad: bool) -> Result<PromptSet, DataError> {
         let text = std::fs::read_to_string(path).map_err(|e| DataError::File { path: path.to_owned(), message: e.to_string() })?;
         let mut set = PromptSet { path: path.to_owned(), rows: Vec::new(), bad_rows: Vec::new() };
         for (i, line) in text.lines().enumerate() {
@@ -66,7 +67,7 @@ impl PromptSet {
             }
             let parsed = parse_prompt_row(line).and_then(|p| render_prompt(&p, t)).and_then(|(text, tokens)| {
                 if tokens.len() > max_tokens {
-                    Err(format!("the prompt has {} tokens, over max_seq_length ({max_tokens})", tokens.len()))
+                    Err(format!("the prompt has {} tokens, over {max_tokens} ({budget})", tokens.len()))
                 } else {
                     Ok((text, tokens))
                 }

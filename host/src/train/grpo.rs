@@ -93,7 +93,8 @@ pub fn run(
         None
     };
     let prompt_budget = data_cfg.max_seq_length.saturating_sub(rollout_cfg.max_tokens).max(1);
-    let prompts = PromptSet::load(&data_cfg.train, &tokenizer, prompt_budget, data_cfg.skip_bad_rows)?;
+    let budget = format!("[data] max_seq_length {} minus [rollout] max_tokens {}", data_cfg.max_seq_length, rollout_cfg.max_tokens);
+    let prompts = PromptSet::load(&data_cfg.train, &tokenizer, prompt_budget, &budget, data_cfg.skip_bad_rows)?;
     let longest_prompt = prompts.lengths().into_iter().max().unwrap_or(0);
     eprintln!(
         "prompts: {} rows ({} skipped), longest {longest_prompt} tokens; {} completions of up to {} tokens each",
@@ -187,11 +188,9 @@ pub fn run(
     while state.step < train_cfg.steps {
         let step_started = Instant::now();
         let fresh = batches.is_empty() || uses == rollout_cfg.num_iterations;
-        let mut rollout_seconds = 0.0;
+        let mut times = RolloutTimes::default();
         if fresh {
-            let t = Instant::now();
-            batches = produce(&mut rollouts, &mut ts.0, &mut feeder, &rollout_cfg, train_cfg.grad_accumulation_steps as usize, source.as_ref(), train_cfg.seed, state.step)?;
-            rollout_seconds = t.elapsed().as_secs_f64();
+            (batches, times) = produce(&mut rollouts, &mut ts.0, &mut feeder, &rollout_cfg, train_cfg.grad_accumulation_steps as usize, source.as_ref(), train_cfg.seed, state.step)?;
             uses = 0;
             for b in &batches {
                 write_completions(&mut completions_log, &completions_path, state.step + 1, b)?;
@@ -245,8 +244,9 @@ pub fn run(
         }
         if fresh {
             let generated: usize = batches.iter().map(|b| b.report.stats.generated_tokens).sum();
-            record["rollout_seconds"] = json!(rollout_seconds);
-            record["rollout_tokens_per_second"] = json!(generated as f64 / rollout_seconds.max(1e-9));
+            record["rollout_seconds"] = json!(times.sampling);
+            record["rollout_tokens_per_second"] = json!(generated as f64 / times.sampling.max(1e-9));
+            record["rollout_forward_seconds"] = json!(times.forwards);
         }
         for (name, v) in metric_names.borrow().iter().zip(&metric_values) {
             record[name] = json!(v);
@@ -256,10 +256,12 @@ pub fn run(
         let get = |k: &str| record.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
         let kl = if needs.reference { format!(" kl {:.4}", get("kl")) } else { String::new() };
         bar.set_message(format!(
-            "reward {:.3} len {:.1} clip {:.3}{kl} loss {loss_value:.4} lr {lr:.2e} {seconds:.1} s/step",
+            "reward {:.3} ±{:.3} len {:.1} clip {:.3}{kl} H {:.3} lr {lr:.2e} {seconds:.1} s/step",
             get("reward"),
+            get("reward_std"),
             get("completion_length"),
             get("clip_fraction"),
+            get("entropy"),
         ));
 
         let interrupted = INTERRUPTED.load(Ordering::SeqCst) || callback.after_step(state.step, loss_value) == crate::generate::Control::Stop;
@@ -279,9 +281,25 @@ pub fn run(
     let colors = [[44, 160, 44], [255, 127, 14], [148, 103, 189], [214, 39, 40], [140, 86, 75], [227, 119, 194]];
     let keys: Vec<(String, String)> = std::iter::once(("mean reward".to_owned(), "reward".to_owned()))
         .chain(if names.len() > 1 { names.iter().map(|n| (n.clone(), format!("rewards/{n}"))).collect() } else { Vec::new() })
+        .chain(std::iter::once(("reward std within groups".to_owned(), "reward_std".to_owned())))
         .collect();
     let series: Vec<(&str, &str, [u8; 3])> = keys.iter().zip(colors.iter().cycle()).map(|((n, k), c)| (n.as_str(), k.as_str(), *c)).collect();
     session::plot_series(&log, &out.join("reward.png"), &series)?;
+    session::plot_series(
+        &log,
+        &out.join("completions.png"),
+        &[("mean completion tokens", "completion_length", [31, 119, 180]), ("longest completion", "completion_length_max", [214, 39, 40])],
+    )?;
+    session::plot_series(
+        &log,
+        &out.join("policy.png"),
+        &[
+            ("entropy", "entropy", [31, 119, 180]),
+            ("KL to the reference", "kl", [214, 39, 40]),
+            ("clip fraction", "clip_fraction", [255, 127, 14]),
+            ("share of groups with equal rewards", "frac_reward_zero_std", [148, 103, 189]),
+        ],
+    )?;
     Ok(RunOutcome {
         steps: state.step,
         last_loss,
@@ -308,6 +326,14 @@ fn reward_names(rewards: &[RewardFn]) -> Vec<String> {
         .collect()
 }
 
+/// Seconds a step's rollouts took: sampling and scoring, then the extra forwards (reference log-probs,
+/// sampling-policy log-probs).
+#[derive(Debug, Default, Clone, Copy)]
+struct RolloutTimes {
+    sampling: f64,
+    forwards: f64,
+}
+
 /// One step's rollouts: `micro_batches` batches of prompts, each sampled, scored, and given its reference
 /// log-probs (β > 0) and, when they will be reused, the sampling policy's log-probs.
 #[allow(clippy::too_many_arguments)]
@@ -320,12 +346,16 @@ fn produce(
     source: Option<&ReferenceSource>,
     seed: u64,
     step: u64,
-) -> Result<Vec<RolloutBatch>, TrainError> {
+) -> Result<(Vec<RolloutBatch>, RolloutTimes), TrainError> {
     lora::set_dropout_key(model, None)?;
     let mut out = Vec::with_capacity(micro_batches);
+    let mut times = RolloutTimes::default();
     for micro in 0..micro_batches {
         let prompts = feeder.next_batch();
+        let t = Instant::now();
         let mut b = rollouts.run(model, &prompts, rollout_seed(seed, step, micro))?;
+        times.sampling += t.elapsed().as_secs_f64();
+        let t = Instant::now();
         if let Some(source) = source {
             let r = source.logps(model, &b.inputs, &b.targets)?;
             r.eval()?;
@@ -336,9 +366,10 @@ fn produce(
             old.eval()?;
             b.old_logps = Some(old);
         }
+        times.forwards += t.elapsed().as_secs_f64();
         out.push(b);
     }
-    Ok(out)
+    Ok((out, times))
 }
 
 /// The micro step's arguments: inputs, targets, mask, weight, then as the loss asks: reference log-probs,
