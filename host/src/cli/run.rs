@@ -56,5 +56,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         outcome.peak_memory_bytes as f64 / 1e9
     );
     println!("adapters, checkpoints, metrics.jsonl and loss.png in {}", outcome.output.display());
+    for note in &outcome.notes {
+        println!("{note}");
+    }
     Ok(())
 }

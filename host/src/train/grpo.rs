@@ -300,7 +300,20 @@ pub fn run(
             ("share of groups with equal rewards", "frac_reward_zero_std", [148, 103, 189]),
         ],
     )?;
+    let rewards = log.series("reward");
+    let mut notes = Vec::new();
+    if !rewards.is_empty() {
+        let n = (rewards.len() / 4).clamp(1, 10);
+        let mean = |s: &[(f64, f64)]| s.iter().map(|(_, v)| v).sum::<f64>() / s.len() as f64;
+        notes.push(format!(
+            "mean reward {:.3} over the first {n} steps, {:.3} over the last {n}",
+            mean(&rewards[..n]),
+            mean(&rewards[rewards.len() - n..])
+        ));
+    }
+    notes.push(format!("completions.jsonl, reward.png, completions.png and policy.png in {}", out.display()));
     Ok(RunOutcome {
+        notes,
         steps: state.step,
         last_loss,
         best_eval: None,

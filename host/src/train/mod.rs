@@ -114,6 +114,8 @@ pub struct RunOutcome {
     pub peak_memory_bytes: usize,
     /// False when mlx_lm.lora did the training (token counts and memory are then not measured here).
     pub native: bool,
+    /// What the trainer adds to the summary (GRPO: how the mean reward moved).
+    pub notes: Vec<String>,
 }
 
 /// One optimizer step's worth of micro-batches.
@@ -501,6 +503,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         seconds: started.elapsed().as_secs_f64(),
         peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0),
         native: true,
+        notes: Vec::new(),
     })
 }
 
@@ -565,6 +568,7 @@ fn run_mlx_lm(config: &RunConfig, command: &[String]) -> Result<RunOutcome, Trai
         seconds: started.elapsed().as_secs_f64(),
         peak_memory_bytes: 0,
         native: false,
+        notes: Vec::new(),
     })
 }
 
