@@ -5,27 +5,25 @@
 //! policy with the one that sampled (its log-probs kept from right after sampling).
 
 use std::{
-    cell::RefCell,
     io::Write,
     rc::Rc,
     sync::atomic::Ordering,
     time::Instant,
 };
 
-use mlx_rs::{transforms::compile::compile_with_state, Array};
+use mlx_rs::Array;
 use sdk::Loss;
 use serde_json::json;
 
 use super::{
-    io, lora, metrics, reference::ReferenceSource, reference_source, rollout::{self, RewardFn, RolloutBatch, Rollouts}, scalar,
-    session, step, GradBuffer, Resume, RunOutcome, StepCallback, StopReason, TrainError, TrainState, TrainerState, INTERRUPTED,
+    io, lora, metrics, reference::ReferenceSource, reference_source, rollout::{self, RewardFn, RolloutBatch, Rollouts},
+    session, step, stepper::Stepper, Resume, RunOutcome, StepCallback, StopReason, TrainError, TrainState, TrainerState, INTERRUPTED,
 };
 use super::inputs::Needs;
 use crate::{
     config::{RolloutConfig, RunConfig},
     data::{plan_epoch, BatchSize, PromptRow, PromptSet, SplitMix},
     generate::SamplerConfig,
-    optim::LearningRate,
     plugins::Registry,
 };
 
@@ -77,7 +75,6 @@ pub fn run(
 ) -> Result<RunOutcome, TrainError> {
     let missing = |s: &str| TrainError::Config(format!("training needs a [{s}] section"));
     let data_cfg = config.data.as_ref().ok_or_else(|| missing("data"))?;
-    let lora_cfg = config.lora.as_ref().ok_or_else(|| missing("lora"))?;
     let train_cfg = &config.train;
     let rollout_cfg = config.rollout.clone().unwrap_or_default();
     if config.reward.is_empty() {
@@ -119,16 +116,7 @@ pub fn run(
 
     let (schedule, schedule_ctx) = config.build_schedule(registry)?;
     let (optimizer, rng, mut state) = session::start_state(config, &mut model, resume)?;
-    let grads = GradBuffer::zeros_like(&model)?;
-    let mut ts: TrainState = (model, (optimizer, (LearningRate::new(config.optimizer.lr), (grads, rng))));
-    let metric_names = Rc::new(RefCell::new(Vec::new()));
-    let dropout = lora_cfg.dropout > 0.0;
-    let max_norm = train_cfg.max_grad_norm.map(|n| n as f32);
-    let compiled = train_cfg.compile && ts.1 .0.compilable();
-    let mut micro_eager = step::micro(loss.clone(), needs, dropout, true, metric_names.clone());
-    let mut apply_eager = step::apply(max_norm);
-    let mut micro_compiled = compile_with_state(step::micro(loss.clone(), needs, dropout, true, metric_names.clone()), None);
-    let mut apply_compiled = compile_with_state(step::apply(max_norm), None);
+    let mut stepper = Stepper::new(config, model, optimizer, rng, loss, needs, true)?;
 
     let adapter_extra = session::adapter_extra(
         config,
@@ -190,7 +178,7 @@ pub fn run(
         let fresh = batches.is_empty() || uses == rollout_cfg.num_iterations;
         let mut times = RolloutTimes::default();
         if fresh {
-            (batches, times) = produce(&mut rollouts, &mut ts.0, &mut feeder, &rollout_cfg, train_cfg.grad_accumulation_steps as usize, source.as_ref(), train_cfg.seed, state.step)?;
+            (batches, times) = produce(&mut rollouts, &mut stepper.ts.0, &mut feeder, &rollout_cfg, train_cfg.grad_accumulation_steps as usize, source.as_ref(), train_cfg.seed, state.step)?;
             uses = 0;
             for b in &batches {
                 write_completions(&mut completions_log, &completions_path, state.step + 1, b)?;
@@ -198,32 +186,24 @@ pub fn run(
         }
         let first_pass = uses == 0;
         let lr = schedule.lr(state.step, &schedule_ctx).map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
-        ts.1 .1 .0.set(lr);
+        stepper.set_lr(lr);
         let total_rows: usize = batches.iter().map(RolloutBatch::rows).sum();
         let total_tokens: usize = batches.iter().map(RolloutBatch::completion_tokens).sum();
-        let mut loss_value = 0.0;
-        let mut metric_values: Vec<f64> = Vec::new();
         let (mut real, mut padded) = (0, 0);
         for b in &batches {
             let weight = if by_rows { b.rows() as f32 / total_rows.max(1) as f32 } else { b.completion_tokens() as f32 / total_tokens.max(1) as f32 };
-            let args = step_args(b, needs, weight, first_pass)?;
-            let values = if compiled { micro_compiled(&mut ts, &args[..])? } else { micro_eager(&mut ts, &args[..])? };
-            loss_value += scalar(&values[0]) * f64::from(weight);
-            metric_values.resize(values.len() - 1, 0.0);
-            for (m, v) in metric_values.iter_mut().zip(&values[1..]) {
-                *m += scalar(v) * f64::from(weight);
-            }
+            stepper.micro(step_args(b, needs, first_pass)?, weight)?;
             real += b.report.real_tokens;
             padded += b.report.padded_tokens;
         }
+        let (loss_value, metric_values) = stepper.take();
         if !loss_value.is_finite() {
-            ts.1 .1 .1 .0 = GradBuffer::zeros_like(&ts.0)?;
-            let checkpoint = save(&mut ts, &state)?;
+            stepper.discard()?;
+            let checkpoint = save(&mut stepper.ts, &state)?;
             bar.abandon();
             return Err(TrainError::NonFinite { step: state.step + 1, value: loss_value, checkpoint });
         }
-        let norm = if compiled { apply_compiled(&mut ts, &[][..])? } else { apply_eager(&mut ts, &[][..])? };
-        let grad_norm = scalar(&norm[0]);
+        let grad_norm = stepper.apply()?;
         uses += 1;
         state.step += 1;
         state.epoch = feeder.epoch;
@@ -248,7 +228,7 @@ pub fn run(
             record["rollout_tokens_per_second"] = json!(generated as f64 / times.sampling.max(1e-9));
             record["rollout_forward_seconds"] = json!(times.forwards);
         }
-        for (name, v) in metric_names.borrow().iter().zip(&metric_values) {
+        for (name, v) in stepper.metric_names.borrow().iter().zip(&metric_values) {
             record[name] = json!(v);
         }
         log.write(record.clone())?;
@@ -269,14 +249,14 @@ pub fn run(
             stopped = StopReason::Interrupted;
         }
         if state.step % train_cfg.save_every == 0 || state.step == train_cfg.steps || stopped != StopReason::Completed {
-            save(&mut ts, &state)?;
+            save(&mut stepper.ts, &state)?;
         }
         if stopped != StopReason::Completed {
             break;
         }
     }
     bar.finish_and_clear();
-    lora::save_adapters(&mut ts.0, &out, &adapter_extra)?;
+    lora::save_adapters(&mut stepper.ts.0, &out, &adapter_extra)?;
     session::plot_series(&log, &out.join("loss.png"), &[("train loss", "loss", [31, 119, 180])])?;
     let colors = [[44, 160, 44], [255, 127, 14], [148, 103, 189], [214, 39, 40], [140, 86, 75], [227, 119, 194]];
     let keys: Vec<(String, String)> = std::iter::once(("mean reward".to_owned(), "reward".to_owned()))
@@ -385,10 +365,10 @@ fn produce(
     Ok((out, times))
 }
 
-/// The micro step's arguments: inputs, targets, mask, weight, then as the loss asks: reference log-probs,
+/// The micro step's arguments: inputs, targets, mask, then as the loss asks: reference log-probs,
 /// (old log-probs, use-current flag), advantages, rewards, group ids.
-fn step_args(b: &RolloutBatch, needs: Needs, weight: f32, first_pass: bool) -> Result<Vec<Array>, TrainError> {
-    let mut args = vec![b.inputs.clone(), b.targets.clone(), b.mask.clone(), Array::from_f32(weight)];
+fn step_args(b: &RolloutBatch, needs: Needs, first_pass: bool) -> Result<Vec<Array>, TrainError> {
+    let mut args = vec![b.inputs.clone(), b.targets.clone(), b.mask.clone()];
     if needs.reference {
         args.push(b.reference.clone().ok_or_else(|| TrainError::Config("the rollouts have no reference log-probs".into()))?);
     }

@@ -13,16 +13,16 @@ pub mod reference;
 pub mod rollout;
 mod session;
 mod step;
+mod stepper;
 
 use std::{
-    cell::RefCell,
     path::{Path, PathBuf},
     rc::Rc,
     sync::atomic::{AtomicBool, Ordering},
     time::Instant,
 };
 
-use mlx_rs::{transforms::compile::compile_with_state, Array};
+use mlx_rs::Array;
 use serde_json::json;
 use sdk::Loss;
 use thiserror::Error;
@@ -39,7 +39,6 @@ use crate::{
     data::{assemble, plan_epoch, Batch, BatchSize, DataError, DataOptions, Dataset, Item},
     lora::{self, LoraError},
     model::{self, hub, LoadOptions, ModelError},
-    optim::LearningRate,
     plugins::{Registry, RegistryError},
     text::TextTokenizer,
 };
@@ -263,7 +262,6 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         return run_mlx_lm(config, &command);
     }
     let missing = |s: &str| TrainError::Config(format!("training needs a [{s}] section"));
-    let lora_cfg = config.lora.as_ref().ok_or_else(|| missing("lora"))?;
     let data_cfg = config.data.as_ref().ok_or_else(|| missing("data"))?;
     let train_cfg = &config.train;
     let out = config.output_dir();
@@ -354,16 +352,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     let (schedule, schedule_ctx) = config.build_schedule(registry)?;
     let (optimizer, rng, mut state) = session::start_state(config, &mut model, resume)?;
 
-    let grads = GradBuffer::zeros_like(&model)?;
-    let mut ts: TrainState = (model, (optimizer, (LearningRate::new(config.optimizer.lr), (grads, rng))));
-    let metric_names = Rc::new(RefCell::new(Vec::new()));
-    let dropout = lora_cfg.dropout > 0.0;
-    let max_norm = train_cfg.max_grad_norm.map(|n| n as f32);
-    let compiled = train_cfg.compile && ts.1 .0.compilable();
-    let mut micro_eager = step::micro(loss.clone(), needs, dropout, false, metric_names.clone());
-    let mut apply_eager = step::apply(max_norm);
-    let mut micro_compiled = compile_with_state(step::micro(loss.clone(), needs, dropout, false, metric_names.clone()), None);
-    let mut apply_compiled = compile_with_state(step::apply(max_norm), None);
+    let mut stepper = stepper::Stepper::new(config, model, optimizer, rng, loss.clone(), needs, false)?;
 
     let adapter_extra = session::adapter_extra(
         config,
@@ -396,32 +385,24 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
             micro_batches.batches.push(b);
         }
         let lr = schedule.lr(state.step, &schedule_ctx).map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
-        ts.1 .1 .0.set(lr);
-        let mut loss_value = 0.0;
-        let mut metric_values: Vec<f64> = Vec::new();
+        stepper.set_lr(lr);
         let (mut real, mut padded) = (0, 0);
         for b in &micro_batches.batches {
             let weight = micro_batches.weight(b, needs);
-            let mut args = batch_arrays(b, needs, &mut ts.0, source.as_ref())?;
-            args.insert(3, Array::from_f32(weight));
-            let values = if compiled { micro_compiled(&mut ts, &args[..])? } else { micro_eager(&mut ts, &args[..])? };
-            loss_value += scalar(&values[0]) * f64::from(weight);
-            metric_values.resize(values.len() - 1, 0.0);
-            for (m, v) in metric_values.iter_mut().zip(&values[1..]) {
-                *m += scalar(v) * f64::from(weight);
-            }
+            let args = batch_arrays(b, needs, &mut stepper.ts.0, source.as_ref())?;
+            stepper.micro(args, weight)?;
             real += b.real_tokens;
             padded += b.padded_tokens;
         }
+        let (loss_value, metric_values) = stepper.take();
         if !loss_value.is_finite() {
             // The gradient is not applied; the checkpoint holds the last good state.
-            ts.1 .1 .1 .0 = GradBuffer::zeros_like(&ts.0)?;
-            let checkpoint = save(&mut ts, &state)?;
+            stepper.discard()?;
+            let checkpoint = save(&mut stepper.ts, &state)?;
             bar.abandon();
             return Err(TrainError::NonFinite { step: state.step + 1, value: loss_value, checkpoint });
         }
-        let norm = if compiled { apply_compiled(&mut ts, &[][..])? } else { apply_eager(&mut ts, &[][..])? };
-        let grad_norm = scalar(&norm[0]);
+        let grad_norm = stepper.apply()?;
         state.step += 1;
         state.epoch = feeder.epoch;
         state.batch_in_epoch = feeder.position;
@@ -434,18 +415,18 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
             "tokens": real, "padded_tokens": padded, "supervised_tokens": micro_batches.supervised,
             "tokens_per_second": real as f64 / seconds.max(1e-9), "epoch": state.epoch,
         });
-        for (name, v) in metric_names.borrow().iter().zip(&metric_values) {
+        for (name, v) in stepper.metric_names.borrow().iter().zip(&metric_values) {
             record[name] = json!(v);
         }
         log.write(record)?;
         bar.set_position(state.step);
-        let names = metric_names.borrow().clone();
+        let names = stepper.metric_names.borrow().clone();
         let preference = preference_summary(&names, &metric_values);
         bar.set_message(format!("loss {loss_value:.4}{preference} lr {lr:.2e} {:.0} tok/s", real as f64 / seconds.max(1e-9)));
 
         if let Some(every) = train_cfg.eval_every {
             if state.step % every == 0 || state.step == train_cfg.steps {
-                let (eval, eval_metrics) = evaluate(&mut ts.0, &*loss, needs, source.as_ref(), &valid_batches)?;
+                let (eval, eval_metrics) = evaluate(&mut stepper.ts.0, &*loss, needs, source.as_ref(), &valid_batches)?;
                 let mut record = json!({"step": state.step, "eval_loss": eval});
                 for (name, v) in &eval_metrics {
                     record[format!("eval_{name}")] = json!(v);
@@ -459,7 +440,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
                     let mut extra = adapter_extra.clone();
                     extra.insert("best_eval_loss".into(), json!(eval));
                     extra.insert("best_step".into(), json!(state.step));
-                    lora::save_adapters(&mut ts.0, &out.join("best"), &extra)?;
+                    lora::save_adapters(&mut stepper.ts.0, &out.join("best"), &extra)?;
                 } else {
                     state.evals_since_best += 1;
                     if train_cfg.early_stopping_patience.is_some_and(|p| state.evals_since_best >= p) {
@@ -473,14 +454,14 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
             stopped = StopReason::Interrupted;
         }
         if state.step % train_cfg.save_every == 0 || state.step == train_cfg.steps || stopped != StopReason::Completed {
-            save(&mut ts, &state)?;
+            save(&mut stepper.ts, &state)?;
         }
         if stopped != StopReason::Completed {
             break;
         }
     }
     bar.finish_and_clear();
-    lora::save_adapters(&mut ts.0, &out, &adapter_extra)?;
+    lora::save_adapters(&mut stepper.ts.0, &out, &adapter_extra)?;
     session::plot_series(&log, &out.join("loss.png"), &[("train loss", "loss", [31, 119, 180]), ("eval loss", "eval_loss", [214, 39, 40])])?;
     session::plot_series(
         &log,

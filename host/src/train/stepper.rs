@@ -1,0 +1,76 @@
+//! The optimizer step every trainer takes: micro-batches accumulate weighted gradients (through the compiled
+//! step when the optimizer allows it), their loss and metrics are averaged with the same weights, then one
+//! clipped update applies the sum.
+
+use std::{cell::RefCell, rc::Rc};
+
+use mlx_rs::{error::Exception, random::RandomState, transforms::compile::compile_with_state, Array};
+use sdk::Loss;
+
+use super::{inputs::Needs, scalar, step, GradBuffer, TrainError, TrainOptimizer, TrainState};
+use crate::{config::RunConfig, model::CausalLm, optim::LearningRate};
+
+type StepFn = Box<dyn for<'a> FnMut(&mut TrainState, &'a [Array]) -> Result<Vec<Array>, Exception>>;
+
+pub struct Stepper {
+    pub ts: TrainState,
+    /// The loss plugin's metric names (and `entropy` when asked for), known once the step has run.
+    pub metric_names: Rc<RefCell<Vec<String>>>,
+    micro: StepFn,
+    apply: StepFn,
+    loss: f64,
+    metrics: Vec<f64>,
+}
+
+impl Stepper {
+    /// `entropy` adds the mean predictive entropy over the mask to the metrics.
+    pub fn new(config: &RunConfig, model: CausalLm, optimizer: TrainOptimizer, rng: RandomState, loss: Rc<dyn Loss>, needs: Needs, entropy: bool) -> Result<Self, TrainError> {
+        let grads = GradBuffer::zeros_like(&model)?;
+        let compiled = config.train.compile && optimizer.compilable();
+        let ts: TrainState = (model, (optimizer, (LearningRate::new(config.optimizer.lr), (grads, rng))));
+        let metric_names = Rc::new(RefCell::new(Vec::new()));
+        let dropout = config.lora.as_ref().is_some_and(|l| l.dropout > 0.0);
+        let max_norm = config.train.max_grad_norm.map(|n| n as f32);
+        let micro = step::micro(loss, needs, dropout, entropy, metric_names.clone());
+        let (micro, apply): (StepFn, StepFn) = if compiled {
+            (Box::new(compile_with_state(micro, None)), Box::new(compile_with_state(step::apply(max_norm), None)))
+        } else {
+            (Box::new(micro), Box::new(step::apply(max_norm)))
+        };
+        Ok(Stepper { ts, metric_names, micro, apply, loss: 0.0, metrics: Vec::new() })
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.ts.1 .1 .0.set(lr);
+    }
+
+    /// One micro-batch: `args` are inputs, targets, mask and the loss's inputs (see [`super::inputs`]);
+    /// `weight` is its share of the step.
+    pub fn micro(&mut self, mut args: Vec<Array>, weight: f32) -> Result<(), TrainError> {
+        args.insert(3, Array::from_f32(weight));
+        let values = (self.micro)(&mut self.ts, &args[..])?;
+        self.loss += scalar(&values[0]) * f64::from(weight);
+        self.metrics.resize(values.len() - 1, 0.0);
+        for (m, v) in self.metrics.iter_mut().zip(&values[1..]) {
+            *m += scalar(v) * f64::from(weight);
+        }
+        Ok(())
+    }
+
+    /// The step's weighted loss and metrics so far, resetting them for the next step.
+    pub fn take(&mut self) -> (f64, Vec<f64>) {
+        (std::mem::take(&mut self.loss), std::mem::take(&mut self.metrics))
+    }
+
+    /// Drops the accumulated gradient (a non-finite loss is never applied).
+    pub fn discard(&mut self) -> Result<(), TrainError> {
+        self.ts.1 .1 .1 .0 = GradBuffer::zeros_like(&self.ts.0)?;
+        Ok(())
+    }
+
+    /// Clips and applies the accumulated gradient; returns its norm before clipping.
+    pub fn apply(&mut self) -> Result<f64, TrainError> {
+        let norm = (self.apply)(&mut self.ts, &[][..])?;
+        Ok(scalar(&norm[0]))
+    }
+}
