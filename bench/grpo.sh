@@ -4,7 +4,8 @@
 # Prints markdown tables.
 #
 #   bench/grpo.sh          (env: PROMPTS=4 GROUP=8 PROMPT_TOKENS=128 MAX_TOKENS=64 STEPS=6 PRESET=small
-#                           PARTS=rollouts,steps)
+#                           PARTS=rollouts,steps DTYPE=f32; HOST and ROLLOUT_BENCH name prebuilt binaries,
+#                           as on a machine without Rust)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROMPTS=${PROMPTS:-4}
@@ -17,18 +18,22 @@ PARTS=${PARTS:-rollouts,steps}
 WORK=${WORK:-target/bench}
 mkdir -p "$WORK"
 
-cargo build --release -p host --example rollout_bench >&2
-cargo build --release -p host >&2
-HOST=target/release/host
-MODEL="$WORK/$PRESET-llama"
-[ -d "$MODEL" ] || $HOST fixture --family llama --preset "$PRESET" --out "$MODEL" --seed 0 >&2
+DTYPE=${DTYPE:-f32}
+if [ -z "${HOST:-}" ]; then
+  cargo build --release -p host --example rollout_bench >&2
+  cargo build --release -p host >&2
+  HOST=target/release/host
+fi
+ROLLOUT_BENCH=${ROLLOUT_BENCH:-target/release/examples/rollout_bench}
+MODEL="$WORK/$PRESET-llama-$DTYPE"
+[ -d "$MODEL" ] || $HOST fixture --family llama --preset "$PRESET" --dtype "$DTYPE" --out "$MODEL" --seed 0 >&2
 
 if [[ $PARTS == *rollouts* ]]; then
-echo "Rollouts: $PROMPTS prompts × $GROUP completions, $PROMPT_TOKENS prompt tokens, $MAX_TOKENS new tokens each ($PRESET preset, float32)"
+echo "Rollouts: $PROMPTS prompts × $GROUP completions, $PROMPT_TOKENS prompt tokens, $MAX_TOKENS new tokens each ($PRESET preset, $DTYPE)"
 echo
 echo "| mode | seconds | generated tokens | tokens/s | peak memory GB |"
 echo "|---|---|---|---|---|"
-target/release/examples/rollout_bench "$MODEL" "$PROMPTS" "$GROUP" "$PROMPT_TOKENS" "$MAX_TOKENS" > "$WORK/rollouts.jsonl"
+$ROLLOUT_BENCH "$MODEL" "$PROMPTS" "$GROUP" "$PROMPT_TOKENS" "$MAX_TOKENS" > "$WORK/rollouts.jsonl"
 python3 - "$WORK/rollouts.jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
