@@ -2,6 +2,9 @@
 //! over fresh rollouts has ratio 1 and no clipping while reused rollouts do not, and on the bundled demo
 //! model the shipped configuration raises the mean reward.
 
+#[path = "../../tests/support/cdylib.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use host::{
@@ -69,6 +72,10 @@ fn a_shared_prompt_cache_samples_what_per_sample_caches_sample() {
 
 /// A GRPO configuration on a tiny fixture, prompts asking for sums; `rollout` goes into [rollout].
 fn fixture_config(name: &str, rollout: &str, steps: u64) -> PathBuf {
+    fixture_config_with(name, rollout, steps, "[[reward]]\nkind = \"length_penalty\"")
+}
+
+fn fixture_config_with(name: &str, rollout: &str, steps: u64, rewards: &str) -> PathBuf {
     let dir = temp(name);
     fixture::write(&dir.join("model"), Family::Llama, Preset::Tiny, 2).unwrap();
     let rows: String = (0..12).map(|i| format!("{{\"prompt\": \"What is {i} + 1?\", \"answer\": \"{}\"}}\n", i + 1)).collect();
@@ -89,8 +96,7 @@ pad_multiple = 8
 num_generations = 4
 max_tokens = 6
 {rollout}
-[[reward]]
-kind = "length_penalty"
+{rewards}
 [optimizer]
 kind = "adamw"
 lr = 1e-2
@@ -121,6 +127,33 @@ fn fixture_run(name: &str, rollout: &str, steps: u64) -> (PathBuf, Vec<serde_jso
     let outcome = train::run(&cfg, &registry, None).unwrap();
     assert_eq!(outcome.steps, steps);
     (dir.join("run"), records(&dir.join("run")))
+}
+
+#[test]
+fn a_reward_from_a_cdylib_scores_rollouts_next_to_a_builtin() {
+    let library = support::cdylib("example_plugins");
+    let rewards = format!(
+        "[plugins]\npaths = [{:?}]\n[[reward]]\nkind = \"ends_with\"\nsuffix = \".\"\nweight = 2.0\n[[reward]]\nkind = \"length_penalty\"\nper_token = 0.01",
+        library.display().to_string()
+    );
+    let path = fixture_config_with("cdylib", "", 2, &rewards);
+    let mut registry = Registry::builtin().unwrap();
+    let cfg = RunConfig::load(&path, &[] as &[Override], &mut registry).unwrap();
+    let out = cfg.output_dir();
+    train::run(&cfg, &registry, None).unwrap();
+    // Every completion's reward is 2 × ends_with + length_penalty, the functions' own scores logged beside it.
+    let lines = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();
+    for line in lines.lines() {
+        let c: serde_json::Value = serde_json::from_str(line).unwrap();
+        let text = c["completion"].as_str().unwrap().trim();
+        let ends = c["rewards"]["ends_with"].as_f64();
+        assert_eq!(ends, if text.is_empty() { None } else { Some(if text.ends_with('.') { 1.0 } else { 0.0 }) }, "{c}");
+        let length = c["rewards"]["length_penalty"].as_f64().unwrap();
+        assert!((length + 0.01 * c["tokens"].as_f64().unwrap()).abs() < 1e-9, "{c}");
+        assert!((get(&c, "reward") - (2.0 * ends.unwrap_or(0.0) + length)).abs() < 1e-9, "{c}");
+    }
+    let log = records(&out);
+    assert!(log[0].get("rewards/ends_with").is_some() && log[0].get("rewards/length_penalty").is_some(), "{}", log[0]);
 }
 
 #[test]
