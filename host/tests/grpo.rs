@@ -120,10 +120,15 @@ dir = {out:?}
 }
 
 fn fixture_run(name: &str, rollout: &str, steps: u64) -> (PathBuf, Vec<serde_json::Value>) {
+    fixture_run_with(name, rollout, steps, &[])
+}
+
+fn fixture_run_with(name: &str, rollout: &str, steps: u64, overrides: &[&str]) -> (PathBuf, Vec<serde_json::Value>) {
     let path = fixture_config(name, rollout, steps);
     let dir = path.parent().unwrap().to_owned();
     let registry = Registry::builtin().unwrap();
-    let cfg = RunConfig::load(&path, &[] as &[Override], &mut Registry::builtin().unwrap()).unwrap();
+    let overrides: Vec<Override> = overrides.iter().map(|o| o.parse().unwrap()).collect();
+    let cfg = RunConfig::load(&path, &overrides, &mut Registry::builtin().unwrap()).unwrap();
     let outcome = train::run(&cfg, &registry, None).unwrap();
     assert_eq!(outcome.steps, steps);
     (dir.join("run"), records(&dir.join("run")))
@@ -184,6 +189,13 @@ fn fresh_rollouts_have_ratio_one_and_reused_ones_are_clipped_against_the_sampler
         assert!(get(r, "reward") <= 0.0 && get(r, "completion_length") > 0.0, "{r}");
     }
     assert_eq!(get(&log[0], "reward"), get(&log[1], "reward"));
+
+    // With a learning rate too small to move the policy, the stored sampling-policy log-probs equal the
+    // policy's own on the second pass too: ratio 1 there as well.
+    let (_, still) = fixture_run_with("reuse-still", "num_iterations = 2", 2, &["optimizer.lr=1e-12"]);
+    assert_eq!(still[1]["fresh_rollouts"], false);
+    assert!((get(&still[1], "ratio") - 1.0).abs() < 1e-5, "{}", still[1]);
+    assert_eq!(get(&still[1], "clip_fraction"), 0.0, "{}", still[1]);
     let completions = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();
     // Two fresh rollout batches of 2 prompts × 4 completions.
     assert_eq!(completions.lines().count(), 16);
