@@ -449,14 +449,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
                 }
             }
         }
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst) || callback.after_step(state.step, loss_value) == crate::generate::Control::Stop;
-        if interrupted {
-            stopped = StopReason::Interrupted;
-        }
-        if state.step % train_cfg.save_every == 0 || state.step == train_cfg.steps || stopped != StopReason::Completed {
-            save(&mut stepper.ts, &state)?;
-        }
-        if stopped != StopReason::Completed {
+        if session::end_step(config, callback, &mut stepper.ts, &state, loss_value, &mut stopped, &adapter_extra)? {
             break;
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use mlx_rs::random::RandomState;
 use serde_json::json;
 
-use super::{checkpoint, io, memory, metrics::MetricsLog, plot, Resume, TrainError, TrainOptimizer, TrainState, TrainerState};
+use super::{checkpoint, io, memory, metrics::MetricsLog, StepCallback, StopReason, INTERRUPTED, plot, Resume, TrainError, TrainOptimizer, TrainState, TrainerState};
 use crate::{
     config::RunConfig,
     lora::{self, AdapterSummary, LoraSettings},
@@ -126,4 +126,26 @@ pub fn set_checkpointing(config: &RunConfig, model: &mut CausalLm, summary: &Ada
     let (checkpointing, why) = memory::decide(train.gradient_checkpointing, train.checkpoint_layers, &estimate, budget);
     model.model.checkpoint_layers = checkpointing;
     eprintln!("{why}");
+}
+
+/// What every trainer does after a step: stop on Ctrl-C or when the callback asks, and checkpoint every
+/// `save_every` steps, after the last one and when stopping. Returns true when the run stops here.
+pub fn end_step(
+    config: &RunConfig,
+    callback: &mut dyn StepCallback,
+    ts: &mut TrainState,
+    state: &TrainerState,
+    loss: f64,
+    stopped: &mut StopReason,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> Result<bool, TrainError> {
+    let interrupted = INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) || callback.after_step(state.step, loss) == crate::generate::Control::Stop;
+    if interrupted {
+        *stopped = StopReason::Interrupted;
+    }
+    let train = &config.train;
+    if state.step % train.save_every == 0 || state.step == train.steps || *stopped != StopReason::Completed {
+        save_checkpoint(config, ts, state, extra)?;
+    }
+    Ok(*stopped != StopReason::Completed)
 }
