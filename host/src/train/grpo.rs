@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{
     io, lora, metrics, reference::ReferenceSource, reference_source, rollout::{self, RewardFn, RolloutBatch, Rollouts},
-    session, step, stepper::Stepper, Resume, RunOutcome, StepCallback, StopReason, TrainError, TrainState, TrainerState, INTERRUPTED,
+    session, step, stepper::{self, Stepper}, Resume, RunOutcome, StepCallback, StopReason, TrainError, INTERRUPTED,
 };
 use super::inputs::Needs;
 use crate::{
@@ -168,7 +168,6 @@ pub fn run(
     let mut last_loss = f64::NAN;
     let mut stopped = StopReason::Completed;
     INTERRUPTED.store(false, Ordering::SeqCst);
-    let save = |ts: &mut TrainState, state: &TrainerState| session::save_checkpoint(config, ts, state, &adapter_extra);
 
     // The rollouts in use and how many steps have used them.
     let mut batches: Vec<RolloutBatch> = Vec::new();
@@ -196,14 +195,8 @@ pub fn run(
             real += b.report.real_tokens;
             padded += b.report.padded_tokens;
         }
-        let (loss_value, metric_values) = stepper.take();
-        if !loss_value.is_finite() {
-            stepper.discard()?;
-            let checkpoint = save(&mut stepper.ts, &state)?;
-            bar.abandon();
-            return Err(TrainError::NonFinite { step: state.step + 1, value: loss_value, checkpoint });
-        }
-        let grad_norm = stepper.apply()?;
+        let stepper::StepResult { loss: loss_value, metrics: metric_values, grad_norm } =
+            stepper.finish(config, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
         uses += 1;
         state.step += 1;
         state.epoch = feeder.epoch;

@@ -373,7 +373,6 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     let mut stopped = StopReason::Completed;
     INTERRUPTED.store(false, Ordering::SeqCst);
 
-    let save = |ts: &mut TrainState, state: &TrainerState| session::save_checkpoint(config, ts, state, &adapter_extra);
 
     while state.step < train_cfg.steps {
         let step_started = Instant::now();
@@ -394,15 +393,8 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
             real += b.real_tokens;
             padded += b.padded_tokens;
         }
-        let (loss_value, metric_values) = stepper.take();
-        if !loss_value.is_finite() {
-            // The gradient is not applied; the checkpoint holds the last good state.
-            stepper.discard()?;
-            let checkpoint = save(&mut stepper.ts, &state)?;
-            bar.abandon();
-            return Err(TrainError::NonFinite { step: state.step + 1, value: loss_value, checkpoint });
-        }
-        let grad_norm = stepper.apply()?;
+        let stepper::StepResult { loss: loss_value, metrics: metric_values, grad_norm } =
+            stepper.finish(config, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
         state.step += 1;
         state.epoch = feeder.epoch;
         state.batch_in_epoch = feeder.position;

@@ -7,7 +7,7 @@ use std::{cell::RefCell, rc::Rc};
 use mlx_rs::{error::Exception, random::RandomState, transforms::compile::compile_with_state, Array};
 use sdk::Loss;
 
-use super::{inputs::Needs, scalar, step, GradBuffer, TrainError, TrainOptimizer, TrainState};
+use super::{inputs::Needs, scalar, session, step, GradBuffer, TrainError, TrainOptimizer, TrainState, TrainerState};
 use crate::{config::RunConfig, model::CausalLm, optim::LearningRate};
 
 type StepFn = Box<dyn for<'a> FnMut(&mut TrainState, &'a [Array]) -> Result<Vec<Array>, Exception>>;
@@ -57,20 +57,25 @@ impl Stepper {
         Ok(())
     }
 
-    /// The step's weighted loss and metrics so far, resetting them for the next step.
-    pub fn take(&mut self) -> (f64, Vec<f64>) {
-        (std::mem::take(&mut self.loss), std::mem::take(&mut self.metrics))
-    }
-
-    /// Drops the accumulated gradient (a non-finite loss is never applied).
-    pub fn discard(&mut self) -> Result<(), TrainError> {
-        self.ts.1 .1 .1 .0 = GradBuffer::zeros_like(&self.ts.0)?;
-        Ok(())
-    }
-
-    /// Clips and applies the accumulated gradient; returns its norm before clipping.
-    pub fn apply(&mut self) -> Result<f64, TrainError> {
+    /// Ends the step `state` is about to complete: clips and applies the accumulated gradient and returns the
+    /// weighted loss, metrics and gradient norm (before clipping). A non-finite loss is never applied: the
+    /// gradient is dropped, a checkpoint of the last good state is written, and the error names it.
+    pub fn finish(&mut self, config: &RunConfig, state: &TrainerState, extra: &serde_json::Map<String, serde_json::Value>) -> Result<StepResult, TrainError> {
+        let (loss, metrics) = (std::mem::take(&mut self.loss), std::mem::take(&mut self.metrics));
+        if !loss.is_finite() {
+            self.ts.1 .1 .1 .0 = GradBuffer::zeros_like(&self.ts.0)?;
+            let checkpoint = session::save_checkpoint(config, &mut self.ts, state, extra)?;
+            return Err(TrainError::NonFinite { step: state.step + 1, value: loss, checkpoint });
+        }
         let norm = (self.apply)(&mut self.ts, &[][..])?;
-        Ok(scalar(&norm[0]))
+        Ok(StepResult { loss, metrics, grad_norm: scalar(&norm[0]) })
     }
+}
+
+/// What a finished step reports.
+pub struct StepResult {
+    pub loss: f64,
+    /// In the order of [`Stepper::metric_names`].
+    pub metrics: Vec<f64>,
+    pub grad_norm: f64,
 }
