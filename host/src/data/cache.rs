@@ -2,7 +2,7 @@
 //! tokens depend on — the tokenizer file, the chat template, the data file, masking, length limit — so a
 //! change to any of them misses the cache instead of reusing stale tokens.
 
-use super::{DataStats, Example, Item};
+use super::{ByteReader, DataStats, Example, Item};
 
 const MAGIC: &[u8; 4] = b"HDS2";
 
@@ -58,31 +58,10 @@ fn encode_example(out: &mut Vec<u8>, e: &Example) {
         }
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let s = self.data.get(self.at..self.at + n)?;
-        self.at += n;
-        Some(s)
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
-    }
-}
-
 /// The entries and statistics of a blob written by [`encode`]; `None` if it is not one (then the cache is
 /// ignored and rebuilt).
 pub fn decode(data: &[u8]) -> Option<(Vec<(usize, Item)>, DataStats)> {
-    let mut r = Reader { data, at: 0 };
+    let mut r = ByteReader::new(data);
     if r.take(4)? != MAGIC {
         return None;
     }
@@ -106,13 +85,13 @@ pub fn decode(data: &[u8]) -> Option<(Vec<(usize, Item)>, DataStats)> {
         let len = r.u32()? as usize;
         stats.bad_rows.push((line, String::from_utf8_lossy(r.take(len)?).into_owned()));
     }
-    (r.at == data.len()).then_some((entries, stats))
+    r.at_end().then_some((entries, stats))
 }
 
-fn decode_example(r: &mut Reader<'_>) -> Option<Example> {
+fn decode_example(r: &mut ByteReader<'_>) -> Option<Example> {
     let n = r.u32()? as usize;
-    let truncated = r.take(1)?[0] != 0;
-    let tokens: Vec<u32> = r.take(n * 4)?.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let truncated = r.byte()? != 0;
+    let tokens = r.u32s(n)?;
     let bits = r.take(n.div_ceil(8))?;
     let supervised = (0..n).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect();
     Some(Example { tokens, supervised, truncated })

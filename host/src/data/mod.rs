@@ -3,6 +3,7 @@
 //! batches bucketed by token count.
 
 mod batches;
+mod bytes;
 mod cache;
 mod prompts;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use sdk::DataCachePolicy;
 use thiserror::Error;
 
+pub use bytes::ByteReader;
 pub use batches::{assemble, collate, plan_epoch, Batch, BatchSize, SplitMix};
 pub use prompts::{render_prompt, PromptRow, PromptSet};
 pub use rows::{parse_prompt_row, parse_row, read_rows, Prompt, Reply, Row, RowShape, SourcedRow};

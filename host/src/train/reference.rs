@@ -170,34 +170,12 @@ fn encode(items: &[Option<ItemLogps>]) -> Vec<u8> {
     out
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let s = self.data.get(self.at..self.at + n)?;
-        self.at += n;
-        Some(s)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn floats(&mut self) -> Option<Vec<f32>> {
-        let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
-        Some(self.take(n * 4)?.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-    }
-}
-
 fn decode(data: &[u8]) -> Option<Vec<Option<ItemLogps>>> {
-    let mut r = Reader { data, at: 0 };
+    let mut r = crate::data::ByteReader::new(data);
     if r.take(4)? != MAGIC {
         return None;
     }
-    let count = u64::from_le_bytes(r.take(8)?.try_into().ok()?) as usize;
+    let count = r.u64()? as usize;
     let mut items = Vec::with_capacity(count.min(1 << 24));
     for _ in 0..count {
         let tag = r.byte()?;
@@ -205,11 +183,11 @@ fn decode(data: &[u8]) -> Option<Vec<Option<ItemLogps>>> {
             items.push(None);
             continue;
         }
-        let sequences = (0..r.byte()?).map(|_| r.floats()).collect::<Option<Vec<_>>>()?;
-        let kl = if tag == 2 { Some(r.floats()?) } else { None };
+        let sequences = (0..r.byte()?).map(|_| r.f32s()).collect::<Option<Vec<_>>>()?;
+        let kl = if tag == 2 { Some(r.f32s()?) } else { None };
         items.push(Some(ItemLogps { sequences, kl }));
     }
-    (r.at == data.len()).then_some(items)
+    r.at_end().then_some(items)
 }
 
 #[cfg(test)]
