@@ -2,6 +2,9 @@
 //! over fresh rollouts has ratio 1 and no clipping while reused rollouts do not, and on the bundled demo
 //! model the shipped configuration raises the mean reward.
 
+mod common;
+use common::adapters;
+
 #[path = "../../tests/support/cdylib.rs"]
 mod support;
 
@@ -221,16 +224,6 @@ fn the_shipped_grpo_config_raises_the_mean_reward_on_the_demo_model() {
         assert!(out.join(png).is_file(), "{png}");
     }
     assert!(out.join("adapters.safetensors").is_file());
-}
-
-fn adapters(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let mut t: Vec<(String, Vec<f32>)> = mlx_rs::Array::load_safetensors(run.join("adapters.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.as_dtype(Dtype::Float32).unwrap().to_vec_exact::<f32>().unwrap()))
-        .collect();
-    t.sort_by(|a, b| a.0.cmp(&b.0));
-    t
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! The SFT trainer end to end on a fixture model: the loss falls, resume is exact, gradient accumulation
 //! weighs micro-batches by supervised tokens, a non-finite loss stops with a checkpoint, an interrupt saves.
 
+mod common;
+use common::adapters;
+
 use std::path::{Path, PathBuf};
 
 use host::{
@@ -116,16 +119,6 @@ fn loss_falls_and_the_run_leaves_adapters_checkpoints_metrics_and_a_plot() {
     let checkpoints: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("step-")).collect();
     assert_eq!(checkpoints.len(), 3);
     assert!(outcome.padded_tokens >= outcome.real_tokens && outcome.real_tokens > 0);
-}
-
-fn adapters(run: &Path) -> Vec<(String, Vec<f32>)> {
-    let mut t: Vec<(String, Vec<f32>)> = Array::load_safetensors(run.join("adapters.safetensors"))
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.as_dtype(Dtype::Float32).unwrap().to_vec_exact::<f32>().unwrap()))
-        .collect();
-    t.sort_by(|a, b| a.0.cmp(&b.0));
-    t
 }
 
 #[test]

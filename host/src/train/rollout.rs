@@ -49,8 +49,8 @@ pub fn std(values: &[f64]) -> f64 {
 
 /// Σ_k w_k r_k over the functions that apply to each completion; a completion none applies to scores 0
 /// (TRL's nansum).
-pub fn combine(scores: &[Vec<Option<f64>>], weights: &[f64]) -> Vec<f64> {
-    let rows = scores.first().map_or(0, Vec::len);
+pub fn combine(scores: &[&[Option<f64>]], weights: &[f64]) -> Vec<f64> {
+    let rows = scores.first().map_or(0, |s| s.len());
     (0..rows)
         .map(|i| scores.iter().zip(weights).filter_map(|(s, w)| s[i].map(|v| v * w)).sum())
         .collect()
@@ -156,7 +156,7 @@ impl Rollouts<'_> {
             per_function.push((r.name.clone(), scores));
         }
         let weights: Vec<f64> = self.rewards.iter().map(|r| r.weight).collect();
-        let scores: Vec<Vec<Option<f64>>> = per_function.iter().map(|(_, s)| s.clone()).collect();
+        let scores: Vec<&[Option<f64>]> = per_function.iter().map(|(_, s)| s.as_slice()).collect();
         let rewards = combine(&scores, &weights);
         let advantages = advantages(&rewards, g, self.scale);
         let (inputs, targets, mask, real_tokens, padded_tokens) = sequences(prompts, g, &completions, self.pad_multiple);
@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn rewards_sum_with_weights_over_the_functions_that_apply() {
-        let scores = vec![vec![Some(1.0), None, Some(0.0)], vec![Some(0.1), Some(0.1), None]];
+        let scores: [&[Option<f64>]; 2] = [&[Some(1.0), None, Some(0.0)], &[Some(0.1), Some(0.1), None]];
         close(&combine(&scores, &[1.0, 2.0]), &[1.2, 0.2, 0.0]);
     }
 
