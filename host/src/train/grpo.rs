@@ -104,15 +104,13 @@ pub fn run(
     session::set_checkpointing(config, &mut model, &summary, rows_per_micro, longest_prompt + rollout_cfg.max_tokens);
 
     let cache_policy = registry.kv_cache_policy(&rollout_cfg.cache.kind, &rollout_cfg.cache.config)?;
+    let names = reward_names(config);
     let mut rewards = config
         .reward
         .iter()
-        .map(|r| Ok(RewardFn { name: r.plugin.kind.clone(), weight: r.weight, plugin: registry.reward(&r.plugin.kind, &r.plugin.config)? }))
+        .zip(&names)
+        .map(|(r, name)| Ok(RewardFn { name: name.clone(), weight: r.weight, plugin: registry.reward(&r.plugin.kind, &r.plugin.config)? }))
         .collect::<Result<Vec<RewardFn>, TrainError>>()?;
-    let names = reward_names(&rewards);
-    for (r, n) in rewards.iter_mut().zip(&names) {
-        r.name = n.clone();
-    }
 
     let (schedule, schedule_ctx) = config.build_schedule(registry)?;
     let (optimizer, rng, mut state) = session::start_state(config, &mut model, resume)?;
@@ -129,18 +127,7 @@ pub fn run(
     );
     let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step))?;
     let completions_path = out.join("completions.jsonl");
-    // On resume, drop what steps after the checkpoint wrote: those steps run again.
-    let kept: String = match resume {
-        Some(_) => std::fs::read_to_string(&completions_path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v.get("step")?.as_u64()).is_some_and(|s| s <= state.step))
-            .map(|l| format!("{l}\n"))
-            .collect(),
-        None => String::new(),
-    };
-    std::fs::write(&completions_path, kept).map_err(io(&completions_path))?;
-    let mut completions_log = std::fs::OpenOptions::new().append(true).open(&completions_path).map_err(io(&completions_path))?;
+    let (_, mut completions_log) = metrics::open_jsonl(&completions_path, resume.map(|_| state.step))?;
     let bar = metrics::progress_bar(train_cfg.steps, state.step);
     let mut feeder = PromptFeeder::new(&prompts, data_cfg.batch_size, train_cfg.seed, state.epoch, state.batch_in_epoch);
     let sampler = SamplerConfig {
@@ -294,14 +281,12 @@ pub fn run(
 }
 
 /// Metric keys of the reward functions: their plugin names, numbered when one is used twice.
-fn reward_names(rewards: &[RewardFn]) -> Vec<String> {
-    rewards
+fn reward_names(config: &RunConfig) -> Vec<String> {
+    let kinds: Vec<&str> = config.reward.iter().map(|r| r.plugin.kind.as_str()).collect();
+    kinds
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            let twice = rewards.iter().filter(|o| o.name == r.name).count() > 1;
-            if twice { format!("{}_{i}", r.name) } else { r.name.clone() }
-        })
+        .map(|(i, k)| if kinds.iter().filter(|o| *o == k).count() > 1 { format!("{k}_{i}") } else { (*k).to_owned() })
         .collect()
 }
 

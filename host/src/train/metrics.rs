@@ -23,25 +23,7 @@ impl MetricsLog {
     /// run that did not reach its next checkpoint).
     pub fn open(dir: &Path, resume_step: Option<u64>) -> Result<Self, TrainError> {
         let path = dir.join("metrics.jsonl");
-        let records: Vec<Value> = match resume_step {
-            Some(step) => std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|v| v.get("step").and_then(Value::as_u64).is_some_and(|s| s <= step))
-                .collect(),
-            None => Vec::new(),
-        };
-        let mut text = String::new();
-        for r in &records {
-            text.push_str(&r.to_string());
-            text.push('\n');
-        }
-        std::fs::write(&path, text).map_err(|e| TrainError::Io { path: path.clone(), message: e.to_string() })?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| TrainError::Io { path: path.clone(), message: e.to_string() })?;
+        let (records, file) = open_jsonl(&path, resume_step)?;
         Ok(MetricsLog { path, file, records })
     }
 
@@ -58,6 +40,29 @@ impl MetricsLog {
             .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
             .collect()
     }
+}
+
+/// Opens a per-step JSONL log for appending: empty for a fresh run; on resume, only the lines of steps up to
+/// `resume_step` are kept (those after it are run again). Returns the kept records and the file.
+pub fn open_jsonl(path: &Path, resume_step: Option<u64>) -> Result<(Vec<Value>, std::fs::File), TrainError> {
+    let io = |e: std::io::Error| TrainError::Io { path: path.to_owned(), message: e.to_string() };
+    let records: Vec<Value> = match resume_step {
+        Some(step) => std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("step").and_then(Value::as_u64).is_some_and(|s| s <= step))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut text = String::new();
+    for r in &records {
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(io)?;
+    let file = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
+    Ok((records, file))
 }
 
 pub fn progress_bar(total: u64, done: u64) -> ProgressBar {
