@@ -63,11 +63,12 @@ pub(super) fn placeholder_matrix(rows: i32, cols: i32, quant: Option<Quant>, dty
     })
 }
 
-/// x Wᵀ for a float or quantized matrix.
+/// x Wᵀ for a float or quantized matrix. A single float32 row on the CPU (a decode step) takes mlx-ext's
+/// matrix-vector kernels; everything else is MLX's matmul or quantized_matmul.
 pub(super) fn matmul_t(x: &Array, weight: &Array, scales: Option<&Array>, biases: Option<&Array>, quant: Option<Quant>) -> Result<Array, Exception> {
     match (quant, scales, biases) {
-        (Some(q), Some(s), Some(b)) => ops::quantized_matmul(x, weight, s, b, true, q.group_size, q.bits),
-        _ => x.matmul(weight.t()),
+        (Some(q), Some(s), Some(b)) => mlx_ext::quantized_matmul_t(x, weight, s, b, q.group_size, q.bits),
+        _ => mlx_ext::matmul_t(x, weight),
     }
 }
 
