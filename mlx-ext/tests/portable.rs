@@ -1,9 +1,11 @@
 //! The plain-loop kernels (no BLAS, no AVX2) against MLX. Their own test binary: the switch is process-wide.
 
 use mlx_ext::{matmul_t, quantized_matmul_t, use_portable_kernels};
-use mlx_rs::{ops, random, Array};
+use mlx_rs::{ops, random, Array, Device};
 
 fn normal(shape: &[i32], seed: u64) -> Array {
+    // The kernels are CPU kernels: on a GPU build the default device would send every call to MLX instead.
+    Device::set_default(&Device::cpu());
     let key = random::key(seed).unwrap();
     random::normal::<f32>(shape, None, None, &key).unwrap()
 }
