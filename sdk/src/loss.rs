@@ -27,10 +27,14 @@ pub struct Requirements {
     pub kl_pairs: bool,
     /// A PRNG key (the plugin's copy of mlx-rs cannot see the host's random state).
     pub rng: bool,
+    /// The loss averages over rows (sequences, completions), not over tokens, so a step's micro-batches are
+    /// weighed by their rows rather than by their supervised tokens. Pairs and labelled rows imply it. Since ABI
+    /// 1.1; a plugin built before reads as false (token weighting).
+    pub row_mean: bool,
 }
 
 impl Requirements {
-    const FLAGS: [fn(&mut Requirements) -> &mut bool; 9] = [
+    const FLAGS: [fn(&mut Requirements) -> &mut bool; 10] = [
         |r| &mut r.reference,
         |r| &mut r.pairs,
         |r| &mut r.labels,
@@ -40,6 +44,7 @@ impl Requirements {
         |r| &mut r.group_ids,
         |r| &mut r.kl_pairs,
         |r| &mut r.rng,
+        |r| &mut r.row_mean,
     ];
 
     /// Bit i set when the i-th field (in declaration order) is true; the C ABI's encoding.
@@ -143,6 +148,9 @@ mod tests {
         let r = Requirements { reference: true, labels: true, rng: true, ..Default::default() };
         assert_eq!(r.to_bits(), 0b1_0000_0101);
         assert_eq!(Requirements::from_bits(r.to_bits()), r);
-        assert_eq!(Requirements::from_bits(u64::MAX).to_bits(), 0x1ff);
+        assert_eq!(Requirements::from_bits(u64::MAX).to_bits(), 0x3ff);
+        // A plugin built before `row_mean` existed never sets bit 9.
+        assert!(!Requirements::from_bits(0x1ff).row_mean);
+        assert_eq!(Requirements { row_mean: true, ..Default::default() }.to_bits(), 1 << 9);
     }
 }

@@ -59,12 +59,6 @@ fn rollout_seed(seed: u64, step: u64, micro: usize) -> u64 {
     SplitMix::new(seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (micro as u64).wrapping_mul(0xd6e8_feb8_6659_fd93)).next()
 }
 
-/// Whether micro-batches are weighed by rows (the loss averages per completion or divides by a fixed
-/// length) rather than by completion tokens (bnpo, dapo: the step's tokens normalize).
-fn per_row(config: &RunConfig) -> bool {
-    matches!(config.loss.config.get("loss_type").and_then(toml::Value::as_str), Some("grpo" | "dr_grpo"))
-}
-
 pub fn run(
     config: &RunConfig,
     registry: &Registry,
@@ -148,7 +142,8 @@ pub fn run(
         rewards: &mut rewards,
         pad_multiple: data_cfg.pad_multiple,
     };
-    let by_rows = per_row(config);
+    // Rows when the loss averages per completion (grpo, or dr_grpo's fixed length), else completion tokens.
+    let by_rows = needs.per_row();
     let started = Instant::now();
     let _ = mlx_rs::memory::reset_peak_memory();
     let (mut real_total, mut padded_total) = (0usize, 0usize);

@@ -20,6 +20,7 @@ pub struct Needs {
     pub advantages: bool,
     pub rewards: bool,
     pub group_ids: bool,
+    pub row_mean: bool,
 }
 
 impl Needs {
@@ -42,6 +43,7 @@ impl Needs {
             advantages: r.advantages,
             rewards: r.rewards,
             group_ids: r.group_ids,
+            row_mean: r.row_mean,
         })
     }
 
@@ -58,10 +60,10 @@ impl Needs {
         }
     }
 
-    /// Micro-batches are weighted by pairs or rows for losses that average over them, by supervised tokens
-    /// for token means.
+    /// Micro-batches are weighted by pairs or rows for losses that average over them, by supervised (or
+    /// completion) tokens for token means.
     pub fn per_row(self) -> bool {
-        self.pairs || self.labels
+        self.pairs || self.labels || self.row_mean
     }
 }
 

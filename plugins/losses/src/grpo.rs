@@ -101,7 +101,14 @@ fn masked_mean(x: &Array, m: &Array) -> Result<Array, Exception> {
 
 impl Loss for Grpo {
     fn requirements(&self) -> Requirements {
-        Requirements { old_policy: true, advantages: true, reference: self.beta > 0.0, ..Requirements::default() }
+        Requirements {
+            old_policy: true,
+            advantages: true,
+            reference: self.beta > 0.0,
+            // grpo averages per completion, dr_grpo divides by a fixed B × length; bnpo and dapo by the tokens.
+            row_mean: matches!(self.loss_type, GrpoType::Grpo | GrpoType::DrGrpo),
+            ..Requirements::default()
+        }
     }
 
     fn forward(&self, inputs: &LossInputs<'_>) -> Result<LossOutput, PluginError> {

@@ -216,6 +216,8 @@ mod grpo {
         for (kind, length, beta, expected) in cases {
             let loss = Grpo::new(kind, 0.2, Some(0.28), beta, length).unwrap();
             assert_eq!(loss.requirements().reference, beta > 0.0, "β = 0 runs no reference");
+            // Means per completion (grpo) or over a fixed B × length (dr_grpo) weigh micro-batches by rows.
+            assert_eq!(loss.requirements().row_mean, matches!(kind, GrpoType::Grpo | GrpoType::DrGrpo), "{kind:?}");
             let out = run(&loss, &b, &b.logp, &b.old);
             close(out.loss.item_exact(), expected);
             close(metric(&out, "clip_fraction"), 1.0 / 7.0);

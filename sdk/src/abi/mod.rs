@@ -30,8 +30,9 @@ pub use vtables::*;
 pub const ABI_MAGIC: u64 = u64::from_le_bytes(*b"MLXPLUG\0");
 /// Changes only when a frozen layout or a call's meaning changes; the host requires equality.
 pub const ABI_MAJOR: u32 = 1;
-/// Grows when tables grow or kinds are added; the host refuses plugins with a newer minor.
-pub const ABI_MINOR: u32 = 0;
+/// Grows when tables grow, kinds are added or a loss may declare more; the host refuses plugins with a newer
+/// minor. 1: `Requirements::row_mean` (bit 9).
+pub const ABI_MINOR: u32 = 1;
 /// The one symbol a cdylib plugin exports (an [`EntryFn`]).
 pub const ENTRY_SYMBOL: &str = "mlx_host_plugin_entry";
 
