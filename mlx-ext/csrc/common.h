@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <stdexcept>
 #include <vector>
 
@@ -67,6 +68,16 @@ struct Row {
       v[i] = data[i * stride];
     }
     return v;
+  }
+};
+
+// The entry points build these primitives for CPU streams only.
+class CpuPrimitive : public mx::UnaryPrimitive {
+ public:
+  explicit CpuPrimitive(mx::Stream s) : UnaryPrimitive(s) {}
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(std::string("[") + name() + "] has no GPU kernel; it is only built for CPU streams");
   }
 };
 

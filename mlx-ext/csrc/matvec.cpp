@@ -9,9 +9,9 @@
 namespace mlx_ext {
 namespace {
 
-class MatvecT : public mx::UnaryPrimitive {
+class MatvecT : public CpuPrimitive {
  public:
-  explicit MatvecT(mx::Stream s) : UnaryPrimitive(s) {}
+  explicit MatvecT(mx::Stream s) : CpuPrimitive(s) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     const mx::array& x = inputs[0];
@@ -43,10 +43,6 @@ class MatvecT : public mx::UnaryPrimitive {
         }
       }
     });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("[MatvecT] has no GPU kernel; it is only built for CPU streams");
   }
 
   std::vector<mx::array> vjp(

@@ -11,6 +11,9 @@
 
 #include "common.h"
 
+// Compiled for AVX2 + FMA whatever the build's target; called only after has_avx2() said the CPU has them.
+#define AVX2 __attribute__((target("avx2,fma")))
+
 namespace mlx_ext {
 namespace {
 
@@ -24,8 +27,7 @@ struct QuantLayout {
   int bits;
 };
 
-float hsum(__m256 v) __attribute__((target("avx2,fma")));
-float hsum(__m256 v) {
+AVX2 float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -33,31 +35,20 @@ float hsum(__m256 v) {
 }
 
 // Eight consecutive q values of the row as floats, starting at element 8·i.
-__m256 q8_4bit(const uint32_t* words, int i) __attribute__((target("avx2,fma")));
-__m256 q8_4bit(const uint32_t* words, int i) {
+AVX2 __m256 q8_4bit(const uint32_t* words, int i) {
   const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   const __m256i q = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(words[i])), shifts);
   return _mm256_cvtepi32_ps(_mm256_and_si256(q, _mm256_set1_epi32(15)));
 }
 
-__m256 q8_8bit(const uint32_t* words, int i) __attribute__((target("avx2,fma")));
-__m256 q8_8bit(const uint32_t* words, int i) {
+AVX2 __m256 q8_8bit(const uint32_t* words, int i) {
   __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(words + 2 * i));
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
 }
 
-template <int Bits>
-void matvec_avx2(
-    const QuantLayout& l,
-    const uint32_t* w,
-    const float* scales,
-    const float* biases,
-    const float* x,
-    const float* xsum,
-    float* y) __attribute__((target("avx2,fma")));
 
 template <int Bits>
-void matvec_avx2(
+AVX2 void matvec_avx2(
     const QuantLayout& l,
     const uint32_t* w,
     const float* scales,
@@ -120,13 +111,8 @@ void matvec_scalar(
   }
 }
 
-
 template <int Bits>
-void dequantize_avx2(const QuantLayout& l, const uint32_t* w, const float* scales, const float* biases, int r0, int r1, float* dst)
-    __attribute__((target("avx2,fma")));
-
-template <int Bits>
-void dequantize_avx2(const QuantLayout& l, const uint32_t* w, const float* scales, const float* biases, int r0, int r1, float* dst) {
+AVX2 void dequantize_avx2(const QuantLayout& l, const uint32_t* w, const float* scales, const float* biases, int r0, int r1, float* dst) {
   const int words_per_row = l.k * Bits / 32;
   const int groups = l.k / l.group;
   const int octets = l.group / 8;
@@ -232,10 +218,10 @@ int block_rows(const QuantLayout& l) {
 }
 
 // y = x Wᵀ (transpose) or y = x W, W the n × k dense matrix of the packed weights.
-class QuantizedMatmul : public mx::UnaryPrimitive {
+class QuantizedMatmul : public CpuPrimitive {
  public:
   QuantizedMatmul(mx::Stream s, int group, int bits, bool transpose)
-      : UnaryPrimitive(s), group_(group), bits_(bits), transpose_(transpose) {}
+      : CpuPrimitive(s), group_(group), bits_(bits), transpose_(transpose) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     const mx::array& x = inputs[0];
@@ -296,10 +282,6 @@ class QuantizedMatmul : public mx::UnaryPrimitive {
       }
       mx::allocator::free(scratch);
     });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("[QuantizedMatmul] has no GPU kernel; it is only built for CPU streams");
   }
 
   std::vector<mx::array> vjp(

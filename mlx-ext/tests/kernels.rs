@@ -8,25 +8,12 @@ use mlx_rs::{
         self,
         indexing::{IndexOp, IntoStrideBy},
     },
-    random,
     transforms::{grad, grad_with_argnums},
-    Array, Device, Dtype,
+    Array, Dtype,
 };
 
-fn normal(shape: &[i32], seed: u64) -> Array {
-    // The kernels are CPU kernels: on a GPU build the default device would send every call to MLX instead.
-    Device::set_default(&Device::cpu());
-    let key = random::key(seed).unwrap();
-    random::normal::<f32>(shape, None, None, &key).unwrap()
-}
-
-/// Largest |a - b| relative to the largest |b|.
-fn rel_err(a: &Array, b: &Array) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    let diff = a.subtract(b).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>();
-    let scale = b.abs().unwrap().max(None).unwrap().item_exact::<f32>().max(1e-12);
-    diff / scale
-}
+mod common;
+use common::{normal, rel_err};
 
 /// Bit-identical values (and shape and dtype).
 fn same(a: &Array, b: &Array) -> bool {

@@ -1,20 +1,10 @@
 //! The plain-loop kernels (no BLAS, no AVX2) against MLX. Their own test binary: the switch is process-wide.
 
 use mlx_ext::{matmul_t, quantized_matmul_t, use_portable_kernels};
-use mlx_rs::{ops, random, Array, Device};
+use mlx_rs::ops;
 
-fn normal(shape: &[i32], seed: u64) -> Array {
-    // The kernels are CPU kernels: on a GPU build the default device would send every call to MLX instead.
-    Device::set_default(&Device::cpu());
-    let key = random::key(seed).unwrap();
-    random::normal::<f32>(shape, None, None, &key).unwrap()
-}
-
-fn rel_err(a: &Array, b: &Array) -> f32 {
-    assert_eq!(a.shape(), b.shape());
-    let diff = a.subtract(b).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>();
-    diff / b.abs().unwrap().max(None).unwrap().item_exact::<f32>().max(1e-12)
-}
+mod common;
+use common::{normal, rel_err};
 
 #[test]
 fn plain_loops_match_mlx() {
