@@ -69,15 +69,15 @@ fn call(op: impl FnOnce(*mut mlx_array, *mut c_char, usize) -> c_int) -> Result<
     }
 }
 
-/// `x @ wᵀ` on the default stream.
+/// `x @ wᵀ` on the stream mlx-rs ops use (the thread-local default stream, else the default device's).
 pub fn matmul_t(x: &Array, w: &Array) -> Result<Array, Exception> {
-    let stream = Stream::default();
+    let stream = Stream::thread_local_or_default();
     // SAFETY: the handles stay alive (borrowed) for the duration of the call.
     call(|res, err, cap| unsafe { mlx_ext_matmul_t(res, x.as_ptr(), w.as_ptr(), stream.as_ptr(), err, cap) })
 }
 
 /// `x @ dequantize(w, scales, biases)ᵀ` (affine, `bits` per weight, one scale and bias per `group_size`) on the
-/// default stream: what MLX's `quantized_matmul(x, w, scales, biases, transpose = true, …)` computes.
+/// same stream as [`matmul_t`]: what MLX's `quantized_matmul(x, w, scales, biases, transpose = true, …)` computes.
 pub fn quantized_matmul_t(
     x: &Array,
     w: &Array,
@@ -86,7 +86,7 @@ pub fn quantized_matmul_t(
     group_size: i32,
     bits: i32,
 ) -> Result<Array, Exception> {
-    let stream = Stream::default();
+    let stream = Stream::thread_local_or_default();
     // SAFETY: as in `matmul_t`.
     call(|res, err, cap| unsafe {
         mlx_ext_quantized_matmul_t(
