@@ -3,11 +3,13 @@
 //! - shared: one batch, each prompt prefilled once and its cache rows repeated G times (what GRPO does);
 //! - batched: one batch of P × G rows, every copy of a prompt prefilled in its own row;
 //! - sequential: P × G separate generations, one row each;
-//! - shared+lora: shared, with rank-8 LoRA adapters on every linear layer (what a GRPO run samples with).
+//! - shared+lora: shared, with rank-8 LoRA adapters on every linear layer in their sampling form (what a
+//!   GRPO run samples with);
+//! - shared+lora-training-form: the same adapters as the training step computes them.
 //!
 //!   cargo run --release -p host --example rollout_bench -- MODEL_DIR [PROMPTS] [GROUP] [PROMPT_TOKENS] [MAX_TOKENS] [MODES]
 //!
-//! MODES is a comma-separated subset (default: all four).
+//! MODES is a comma-separated subset (default: all five).
 //!
 //! Prints one JSON object per mode: seconds, generated tokens, tokens/s (generated tokens over all the
 //! time, prefill included) and peak memory.
@@ -29,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = args.first().ok_or("usage: rollout_bench MODEL_DIR [PROMPTS] [GROUP] [PROMPT_TOKENS] [MAX_TOKENS]")?;
     let arg = |i: usize, default: usize| -> Result<usize, Box<dyn std::error::Error>> { Ok(args.get(i).map(|s| s.parse()).transpose()?.unwrap_or(default)) };
     let (prompts_n, group, prompt_tokens, max_tokens) = (arg(1, 4)?, arg(2, 8)?, arg(3, 128)?, arg(4, 64)?);
-    let modes: Vec<String> = args.get(5).map_or_else(|| vec!["shared".into(), "batched".into(), "sequential".into(), "shared+lora".into()], |m| m.split(',').map(str::to_owned).collect());
+    let modes: Vec<String> = args.get(5).map_or_else(|| vec!["shared".into(), "batched".into(), "sequential".into(), "shared+lora-training-form".into(), "shared+lora".into()], |m| m.split(',').map(str::to_owned).collect());
     let mut m = model::load(std::path::Path::new(dir), &LoadOptions::default())?.model;
     let vocab = m.config.vocab_size as usize;
     let prompts: Vec<Vec<u32>> =
@@ -80,6 +82,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let mapper = registry.lora_target_mapper("all_linear", &sdk::toml::Table::new())?;
     lora::apply(&mut m, &*mapper, &LoraSettings { rank: 8, scale: 20.0, dropout: 0.0, dora: false, last_n_layers: None }, 0)?;
+    run(&m, "shared+lora-training-form", &mut shared)?;
+    lora::set_sampling(&mut m, true)?;
     run(&m, "shared+lora", &mut shared)?;
     Ok(())
 }

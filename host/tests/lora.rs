@@ -156,6 +156,37 @@ fn fused_weights_reproduce_the_adapted_model() {
 }
 
 #[test]
+fn the_sampling_form_computes_the_adapted_model() {
+    // Float32 (here the same sums: 0.0 observed), DoRA (which keeps its training form), and a bfloat16 model
+    // whose float32 adapters the sampling form casts to bfloat16 (0.006 observed: bf16 rounding of x A).
+    for (dtype, dora, tolerance) in [(Dtype::Float32, false, 1e-6), (Dtype::Float32, true, 0.0), (Dtype::Bfloat16, false, 0.02)] {
+        let dir = temp(&format!("sampling-{dtype:?}-{dora}"));
+        fixture::write(&dir, Family::Qwen2, Preset::Tiny, 3).unwrap();
+        let mut m = model::load(&dir, &LoadOptions { dtype: Some(dtype), quantize: None }).unwrap().model;
+        lora::apply(&mut m, &*mapper("all_linear", ""), &settings(8, dora, None), 2).unwrap();
+        perturb(&mut m, 11);
+        let ids = Array::from_slice(&[5i32, 77, 301, 12, 9, 450], &[1, 6]);
+        let forward = |m: &CausalLm| m.forward(&ids, None).unwrap().as_dtype(Dtype::Float32).unwrap().to_vec_exact::<f32>().unwrap();
+        let base = {
+            lora::set_enabled(&mut m, false);
+            let out = forward(&m);
+            lora::set_enabled(&mut m, true);
+            out
+        };
+        let training = forward(&m);
+        assert!(max_diff(&training, &base) > 0.05, "the adapters must matter for this test to mean anything");
+        lora::set_sampling(&mut m, true).unwrap();
+        let in_form = m.linears_mut().iter().filter(|(_, l)| l.adapter.as_ref().is_some_and(|a| a.sampling.is_some())).count();
+        assert_eq!(in_form, if dora { 0 } else { 14 }, "q k v o gate up down in 2 layers");
+        let sampling = forward(&m);
+        let d = max_diff(&sampling, &training);
+        assert!(d <= tolerance, "{dtype:?} dora={dora}: sampling form differs by {d}");
+        lora::set_sampling(&mut m, false).unwrap();
+        assert_eq!(forward(&m), training, "switched off, the training form is back exactly");
+    }
+}
+
+#[test]
 fn qlora_trains_only_adapters_over_a_quantized_base() {
     let (mut m, _) = load("qlora", Family::Qwen3, Some(Quant { bits: 4, group_size: 32 }));
     let base = logits(&m);

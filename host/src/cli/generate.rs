@@ -143,6 +143,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let settings = lora::load_adapters(&mut loaded.model, adapter)?;
         if args.fuse {
             lora::fuse(&mut loaded.model, false)?;
+        } else {
+            lora::set_sampling(&mut loaded.model, true)?;
         }
         eprintln!(
             "adapters from {} (rank {}, scale {}{}){}",

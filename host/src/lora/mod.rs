@@ -159,6 +159,17 @@ pub fn set_enabled(model: &mut CausalLm, enabled: bool) {
     }
 }
 
+/// Puts every adapter in its sampling form (see [`crate::nn::Adapter::sampling`]) for generation, or back in
+/// the training form. The sampling form holds copies made when it is switched on: switch it off before the
+/// adapters change (every optimizer step), and on again for the next rollouts.
+pub fn set_sampling(model: &mut CausalLm, on: bool) -> Result<(), mlx_rs::error::Exception> {
+    let dtype = on.then(|| model.dtype());
+    for (_, linear) in model.linears_mut() {
+        linear.set_sampling(dtype)?;
+    }
+    Ok(())
+}
+
 /// Sets this step's dropout key (each adapted layer derives its own); `None` disables dropout.
 pub fn set_dropout_key(model: &mut CausalLm, key: Option<&Array>) -> Result<(), mlx_rs::error::Exception> {
     for (i, (_, linear)) in model.linears_mut().into_iter().enumerate() {

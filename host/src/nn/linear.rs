@@ -52,6 +52,10 @@ pub struct Adapter {
     pub enabled: bool,
     /// Key for this step's dropout mask; `None` outside training (no dropout).
     pub dropout_key: Option<Array>,
+    /// While sampling: A and B in the compute dtype, so the update is `addmm(y, x A, B, scale)`, two kernels
+    /// instead of the six of the training form (casts to and from float32, two products, scale, add), which
+    /// on a GPU's one-token decode steps cost more than the base layer. Set by [`Linear::set_sampling`].
+    pub sampling: Option<(Array, Array)>,
 }
 
 /// What [`Linear::add_adapter`] creates.
@@ -97,6 +101,9 @@ impl Linear {
 
     /// The base output `y` (no bias yet) plus the adapter's contribution.
     fn adapted(&self, x: &Array, y: Array, adapter: &Adapter, a: &Array, b: &Array) -> Result<Array, Exception> {
+        if let Some((a, b)) = &adapter.sampling {
+            return ops::addmm(&y, x.matmul(a)?, b, adapter.scale, 1.0);
+        }
         let x_in = match &adapter.dropout_key {
             Some(key) if adapter.dropout > 0.0 => {
                 let keep = 1.0 - adapter.dropout;
@@ -144,7 +151,24 @@ impl Linear {
         for p in [&mut self.lora_a, &mut self.lora_b, &mut self.m] {
             p.unfreeze(false);
         }
-        self.adapter = Some(Adapter { rank: spec.rank, scale: spec.scale, dropout: spec.dropout, enabled: true, dropout_key: None });
+        self.adapter = Some(Adapter { rank: spec.rank, scale: spec.scale, dropout: spec.dropout, enabled: true, dropout_key: None, sampling: None });
+        Ok(())
+    }
+
+    /// Switches the adapter's sampling form on (A and B cast to `dtype`, evaluated) or off. DoRA layers keep
+    /// their one form: the magnitude renormalization needs the adapted weight anyway.
+    pub fn set_sampling(&mut self, dtype: Option<Dtype>) -> Result<(), Exception> {
+        let form = match (dtype, &*self.lora_a, &*self.lora_b, &*self.m) {
+            (Some(dtype), Some(a), Some(b), None) => {
+                let (a, b) = (a.as_dtype(dtype)?, b.as_dtype(dtype)?);
+                mlx_rs::transforms::eval([&a, &b])?;
+                Some((a, b))
+            }
+            _ => None,
+        };
+        if let Some(adapter) = &mut self.adapter {
+            adapter.sampling = form;
+        }
         Ok(())
     }
 

@@ -312,7 +312,12 @@ fn produce(
     for micro in 0..micro_batches {
         let prompts = feeder.next_batch();
         let t = Instant::now();
-        let mut b = rollouts.run(model, &prompts, rollout_seed(seed, step, micro))?;
+        // The sampling form of the adapters only while sampling: the log-prob forwards below must compute
+        // exactly what the training step computes.
+        lora::set_sampling(model, true)?;
+        let sampled = rollouts.run(model, &prompts, rollout_seed(seed, step, micro));
+        lora::set_sampling(model, false)?;
+        let mut b = sampled?;
         times.sampling += t.elapsed().as_secs_f64();
         let t = Instant::now();
         if let Some(source) = source {
