@@ -32,7 +32,7 @@ using Sgemv = void (*)(int, int, int, int, float, const float*, int, const float
 using Sgemm =
     void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 
-// Plain loops only (no BLAS, no AVX2): what a machine without either runs; tests switch it on to check them.
+// Plain loops only (no BLAS, no SIMD kernels): what a machine without either runs; tests switch it on to check them.
 inline std::atomic<bool>& portable() {
   static std::atomic<bool> on{false};
   return on;
@@ -46,11 +46,6 @@ inline Sgemv sgemv() {
 inline Sgemm sgemm() {
   static const Sgemm f = reinterpret_cast<Sgemm>(dlsym(RTLD_DEFAULT, "cblas_sgemm"));
   return portable() ? nullptr : f;
-}
-
-inline bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes && !portable();
 }
 
 // Where a one-row input lives: its K floats may be a strided view. Read only inside a dispatched task: when
