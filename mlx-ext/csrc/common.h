@@ -1,4 +1,4 @@
-// What both kernels files share: the BLAS that libmlx loaded, CPU feature checks, one-row inputs, the entry
+// What both kernels files share: the BLAS that libmlx loaded, inputs as dense rows, the entry
 // points' error reporting and the gradient of y = x Wᵀ.
 #pragma once
 
@@ -48,21 +48,42 @@ inline Sgemm sgemm() {
   return portable() ? nullptr : f;
 }
 
-// Where a one-row input lives: its K floats may be a strided view. Read only inside a dispatched task: when
-// eval_cpu runs, the buffer exists but the task that fills it may not have run yet.
-struct Row {
+// Every element of an input in row-major order, a copy only when it is not row-contiguous already (a strided
+// view). Read only inside a dispatched task: when eval_cpu runs, the buffer exists but the task that fills it
+// may not have run yet.
+struct Rows {
   const float* data;
-  int64_t k;
-  int64_t stride;
+  mx::Shape shape;
+  mx::Strides strides;
+  bool contiguous;
 
-  explicit Row(const mx::array& x) : data(x.data<float>()), k(x.shape(-1)), stride(x.strides().back()) {}
+  explicit Rows(const mx::array& x)
+      : data(x.data<float>()), shape(x.shape()), strides(x.strides()), contiguous(x.flags().row_contiguous) {}
 
-  std::vector<float> gather() const {
-    std::vector<float> v(k);
-    for (int64_t i = 0; i < k; ++i) {
-      v[i] = data[i * stride];
+  const float* dense(std::vector<float>& scratch) const {
+    if (contiguous) {
+      return data;
     }
-    return v;
+    size_t total = 1;
+    for (int d : shape) {
+      total *= static_cast<size_t>(d);
+    }
+    scratch.resize(total);
+    std::vector<int> index(shape.size(), 0);
+    for (size_t i = 0; i < total; ++i) {
+      int64_t offset = 0;
+      for (size_t d = 0; d < shape.size(); ++d) {
+        offset += index[d] * strides[d];
+      }
+      scratch[i] = data[offset];
+      for (size_t d = shape.size(); d-- > 0;) {
+        if (++index[d] < shape[d]) {
+          break;
+        }
+        index[d] = 0;
+      }
+    }
+    return scratch.data();
   }
 };
 

@@ -25,14 +25,15 @@ class MatvecT : public CpuPrimitive {
     const int k = w.shape(1);
     const int64_t s0 = w.strides()[0];
     const int64_t s1 = w.strides()[1];
-    encoder.dispatch([row = Row(x), wp = w.data<float>(), yp = out.data<float>(), n, k, s0, s1]() {
-      const std::vector<float> xs = row.gather();
+    encoder.dispatch([row = Rows(x), wp = w.data<float>(), yp = out.data<float>(), n, k, s0, s1]() {
+      std::vector<float> copy;
+      const float* xs = row.dense(copy);
       const Sgemv gemv = sgemv();
       if (gemv && s1 == 1 && s0 >= std::max(k, 1)) {
-        gemv(kRowMajor, kNoTrans, n, k, 1.0f, wp, static_cast<int>(s0), xs.data(), 1, 0.0f, yp, 1);
+        gemv(kRowMajor, kNoTrans, n, k, 1.0f, wp, static_cast<int>(s0), xs, 1, 0.0f, yp, 1);
       } else if (gemv && s0 == 1 && s1 >= std::max(n, 1)) {
         // Column-major W (a transposed view): y = Aᵀ x with A = Wᵀ stored row-major, k × n.
-        gemv(kRowMajor, kTrans, k, n, 1.0f, wp, static_cast<int>(s1), xs.data(), 1, 0.0f, yp, 1);
+        gemv(kRowMajor, kTrans, k, n, 1.0f, wp, static_cast<int>(s1), xs, 1, 0.0f, yp, 1);
       } else {
         for (int i = 0; i < n; ++i) {
           float acc = 0.0f;

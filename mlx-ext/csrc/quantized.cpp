@@ -81,43 +81,6 @@ void gemm(bool b_trans, int m, int n, int k, const float* a, int lda, const floa
   }
 }
 
-// Every element of x in row-major order (a copy only when x is not row-contiguous already).
-struct Rows {
-  const float* data;
-  mx::Shape shape;
-  mx::Strides strides;
-  bool contiguous;
-
-  explicit Rows(const mx::array& x)
-      : data(x.data<float>()), shape(x.shape()), strides(x.strides()), contiguous(x.flags().row_contiguous) {}
-
-  const float* dense(std::vector<float>& scratch) const {
-    if (contiguous) {
-      return data;
-    }
-    size_t total = 1;
-    for (int d : shape) {
-      total *= static_cast<size_t>(d);
-    }
-    scratch.resize(total);
-    std::vector<int> index(shape.size(), 0);
-    for (size_t i = 0; i < total; ++i) {
-      int64_t offset = 0;
-      for (size_t d = 0; d < shape.size(); ++d) {
-        offset += index[d] * strides[d];
-      }
-      scratch[i] = data[offset];
-      for (size_t d = shape.size(); d-- > 0;) {
-        if (++index[d] < shape[d]) {
-          break;
-        }
-        index[d] = 0;
-      }
-    }
-    return scratch.data();
-  }
-};
-
 // Dense rows of W dequantized at a time: ~8 MB of scratch, whatever the matrix.
 int block_rows(const QuantLayout& l) {
   return std::clamp((1 << 21) / std::max(l.k, 1), 8, std::max(l.n, 1));
@@ -146,21 +109,22 @@ class QuantizedMatmul : public CpuPrimitive {
       encoder.set_input_array(*a);
     }
     encoder.set_output_array(out);
-    const QuantLayout l{w.shape(0), static_cast<int>(w.shape(1) * 32 / bits_), group_, bits_};
+    const QuantLayout l{w.shape(0), dense_columns(w), group_, bits_};
     const int m = static_cast<int>(x.size() / x.shape(-1));
     const uint32_t* wp = w.data<uint32_t>();
     const float* sp = scales.data<float>();
     const float* bp = biases.data<float>();
     float* yp = out.data<float>();
     if (transpose_ && m == 1) {
-      encoder.dispatch([l, row = Row(x), wp, sp, bp, yp]() {
-        const std::vector<float> xs = row.gather();
+      encoder.dispatch([l, row = Rows(x), wp, sp, bp, yp]() {
+        std::vector<float> copy;
+        const float* xs = row.dense(copy);
         std::vector<float> xsum(l.k / l.group, 0.0f);
         for (int j = 0; j < l.k; ++j) {
           xsum[j / l.group] += xs[j];
         }
-        if (portable() || !matvec_simd(l, wp, sp, bp, xs.data(), xsum.data(), yp)) {
-          matvec_scalar(l, wp, sp, bp, xs.data(), xsum.data(), yp);
+        if (portable() || !matvec_simd(l, wp, sp, bp, xs, xsum.data(), yp)) {
+          matvec_scalar(l, wp, sp, bp, xs, xsum.data(), yp);
         }
       });
       return;
@@ -196,21 +160,17 @@ class QuantizedMatmul : public CpuPrimitive {
       if (arg != 0) {
         throw std::invalid_argument("[QuantizedMatmul] no gradient with respect to the quantized weights");
       }
+      // The gradient through x of x Wᵀ is c W, and of x W is c Wᵀ: the same primitive, other orientation.
+      auto flipped = std::make_shared<QuantizedMatmul>(stream(), group_, bits_, !transpose_);
       const mx::array& c = cotangents[0];
-      const int out_last = transpose_ ? l_k(primals[1]) : primals[1].shape(0);
-      mx::Shape shape = c.shape();
-      shape.back() = out_last;
-      grads.push_back(mx::array(
-          shape,
-          mx::float32,
-          std::make_shared<QuantizedMatmul>(stream(), group_, bits_, !transpose_),
-          {c, primals[1], primals[2], primals[3]}));
+      mx::Shape shape = flipped->output_shapes({c, primals[1]})[0];
+      grads.push_back(mx::array(shape, mx::float32, flipped, {c, primals[1], primals[2], primals[3]}));
     }
     return grads;
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    const int last = transpose_ ? inputs[1].shape(0) : l_k(inputs[1]);
+    const int last = transpose_ ? inputs[1].shape(0) : dense_columns(inputs[1]);
     return {out_shape(inputs[0], last)};
   }
 
@@ -225,7 +185,7 @@ class QuantizedMatmul : public CpuPrimitive {
 
  private:
   // Dense columns of the packed weight matrix.
-  int l_k(const mx::array& w) const {
+  int dense_columns(const mx::array& w) const {
     return static_cast<int>(w.shape(1) * 32 / bits_);
   }
 

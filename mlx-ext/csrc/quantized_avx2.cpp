@@ -13,9 +13,10 @@
 namespace mlx_ext {
 namespace {
 
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
+// This CPU runs the kernels below, and they exist for this bit width.
+bool usable(const QuantLayout& l) {
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return avx2 && (l.bits == 4 || l.bits == 8);
 }
 
 AVX2 float hsum(__m256 v) {
@@ -104,26 +105,18 @@ bool matvec_simd(
     const float* x,
     const float* xsum,
     float* y) {
-  if (!has_avx2() || (l.bits != 4 && l.bits != 8)) {
+  if (!usable(l)) {
     return false;
   }
-  if (l.bits == 4) {
-    matvec_avx2<4>(l, w, scales, biases, x, xsum, y);
-  } else {
-    matvec_avx2<8>(l, w, scales, biases, x, xsum, y);
-  }
+  (l.bits == 4 ? matvec_avx2<4> : matvec_avx2<8>)(l, w, scales, biases, x, xsum, y);
   return true;
 }
 
 bool dequantize_simd(const QuantLayout& l, const uint32_t* w, const float* scales, const float* biases, int r0, int r1, float* dst) {
-  if (!has_avx2() || (l.bits != 4 && l.bits != 8)) {
+  if (!usable(l)) {
     return false;
   }
-  if (l.bits == 4) {
-    dequantize_avx2<4>(l, w, scales, biases, r0, r1, dst);
-  } else {
-    dequantize_avx2<8>(l, w, scales, biases, r0, r1, dst);
-  }
+  (l.bits == 4 ? dequantize_avx2<4> : dequantize_avx2<8>)(l, w, scales, biases, r0, r1, dst);
   return true;
 }
 
