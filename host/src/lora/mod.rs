@@ -164,10 +164,14 @@ pub fn set_enabled(model: &mut CausalLm, enabled: bool) {
 /// adapters change (every optimizer step), and on again for the next rollouts.
 pub fn set_sampling(model: &mut CausalLm, on: bool) -> Result<(), mlx_rs::error::Exception> {
     let dtype = on.then(|| model.dtype());
+    let mut casts = Vec::new();
     for (_, linear) in model.linears_mut() {
-        linear.set_sampling(dtype)?;
+        if let Some((a, b)) = linear.set_sampling(dtype)? {
+            casts.extend([a.clone(), b.clone()]);
+        }
     }
-    Ok(())
+    // One evaluation for every layer's casts, not one synchronization per layer.
+    mlx_rs::transforms::eval(&casts)
 }
 
 /// Sets this step's dropout key (each adapted layer derives its own); `None` disables dropout.

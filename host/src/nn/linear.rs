@@ -155,21 +155,21 @@ impl Linear {
         Ok(())
     }
 
-    /// Switches the adapter's sampling form on (A and B cast to `dtype`, evaluated) or off. DoRA layers keep
-    /// their one form: the magnitude renormalization needs the adapted weight anyway.
-    pub fn set_sampling(&mut self, dtype: Option<Dtype>) -> Result<(), Exception> {
+    /// Switches the adapter's sampling form on (A and B cast to `dtype`, lazily: the caller evaluates) or off,
+    /// and returns the arrays it now holds. DoRA layers keep their one form: the magnitude renormalization
+    /// needs the adapted weight anyway.
+    pub fn set_sampling(&mut self, dtype: Option<Dtype>) -> Result<Option<&(Array, Array)>, Exception> {
         let form = match (dtype, &*self.lora_a, &*self.lora_b, &*self.m) {
-            (Some(dtype), Some(a), Some(b), None) => {
-                let (a, b) = (a.as_dtype(dtype)?, b.as_dtype(dtype)?);
-                mlx_rs::transforms::eval([&a, &b])?;
-                Some((a, b))
-            }
+            (Some(dtype), Some(a), Some(b), None) => Some((a.as_dtype(dtype)?, b.as_dtype(dtype)?)),
             _ => None,
         };
-        if let Some(adapter) = &mut self.adapter {
-            adapter.sampling = form;
-        }
-        Ok(())
+        Ok(match &mut self.adapter {
+            Some(adapter) => {
+                adapter.sampling = form;
+                adapter.sampling.as_ref()
+            }
+            None => None,
+        })
     }
 
     /// Merges the adapter into the weight (mlx-lm's `fuse`): a float layer stays float; a quantized one is

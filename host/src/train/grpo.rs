@@ -307,19 +307,18 @@ fn produce(
     step: u64,
 ) -> Result<(Vec<RolloutBatch>, RolloutTimes), TrainError> {
     lora::set_dropout_key(model, None)?;
-    let mut out = Vec::with_capacity(micro_batches);
     let mut times = RolloutTimes::default();
-    for micro in 0..micro_batches {
-        let prompts = feeder.next_batch();
-        let t = Instant::now();
-        // The sampling form of the adapters only while sampling: the log-prob forwards below must compute
-        // exactly what the training step computes.
-        lora::set_sampling(model, true)?;
-        let sampled = rollouts.run(model, &prompts, rollout_seed(seed, step, micro));
-        lora::set_sampling(model, false)?;
-        let mut b = sampled?;
-        times.sampling += t.elapsed().as_secs_f64();
-        let t = Instant::now();
+    let t = Instant::now();
+    // Every micro-batch is sampled with the adapters in their sampling form, switched on once; the log-prob
+    // forwards after it must compute exactly what the training step computes, so they run in the training form.
+    lora::set_sampling(model, true)?;
+    let sampled: Result<Vec<RolloutBatch>, TrainError> =
+        (0..micro_batches).map(|micro| rollouts.run(model, &feeder.next_batch(), rollout_seed(seed, step, micro))).collect();
+    lora::set_sampling(model, false)?;
+    let mut out = sampled?;
+    times.sampling = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for b in &mut out {
         if let Some(source) = source {
             let r = source.logps(model, &b.inputs, &b.targets)?;
             r.eval()?;
@@ -330,9 +329,8 @@ fn produce(
             old.eval()?;
             b.old_logps = Some(old);
         }
-        times.forwards += t.elapsed().as_secs_f64();
-        out.push(b);
     }
+    times.forwards = t.elapsed().as_secs_f64();
     Ok((out, times))
 }
 
