@@ -142,8 +142,6 @@ pub fn run(
         rewards: &mut rewards,
         pad_multiple: data_cfg.pad_multiple,
     };
-    // Rows when the loss averages per completion (grpo, or dr_grpo's fixed length), else completion tokens.
-    let by_rows = needs.per_row();
     let started = Instant::now();
     let _ = mlx_rs::memory::reset_peak_memory();
     let (mut real_total, mut padded_total) = (0usize, 0usize);
@@ -172,7 +170,8 @@ pub fn run(
         let total_tokens: usize = batches.iter().map(RolloutBatch::completion_tokens).sum();
         let (mut real, mut padded) = (0, 0);
         for b in &batches {
-            let weight = if by_rows { b.rows() as f32 / total_rows.max(1) as f32 } else { b.completion_tokens() as f32 / total_tokens.max(1) as f32 };
+            // Rows when the loss averages per completion (grpo, or dr_grpo's fixed length), else completion tokens.
+            let weight = needs.share(b.rows(), total_rows, b.completion_tokens(), total_tokens);
             stepper.micro(step_args(b, needs, first_pass)?, weight)?;
             real += b.report.real_tokens;
             padded += b.report.padded_tokens;

@@ -8,19 +8,16 @@ use sdk::{LossInputs, Requirements};
 use super::{reference::ReferenceSource, step::token_logps, TrainError};
 use crate::{data::Batch, model::CausalLm};
 
-/// The optional inputs a run's loss takes; the rest of `Requirements` is refused before training starts.
+/// A loss's `Requirements` once a trainer has accepted them (read its fields through `Deref`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Needs {
-    pub reference: bool,
-    pub pairs: bool,
-    pub labels: bool,
-    pub kl_pairs: bool,
-    pub rng: bool,
-    pub old_policy: bool,
-    pub advantages: bool,
-    pub rewards: bool,
-    pub group_ids: bool,
-    pub row_mean: bool,
+pub struct Needs(Requirements);
+
+impl std::ops::Deref for Needs {
+    type Target = Requirements;
+
+    fn deref(&self) -> &Requirements {
+        &self.0
+    }
 }
 
 impl Needs {
@@ -33,23 +30,7 @@ impl Needs {
         if r.rollout() && (r.pairs || r.labels || r.kl_pairs) {
             return Err(TrainError::Config(format!("loss `{loss}` asks for rollout inputs and for fixed pairs or labelled rows at once")));
         }
-        Ok(Needs {
-            reference: r.reference,
-            pairs: r.pairs,
-            labels: r.labels,
-            kl_pairs: r.kl_pairs,
-            rng: r.rng,
-            old_policy: r.old_policy,
-            advantages: r.advantages,
-            rewards: r.rewards,
-            group_ids: r.group_ids,
-            row_mean: r.row_mean,
-        })
-    }
-
-    /// The loss learns from rollouts (GRPO's trainer).
-    pub fn rollout(self) -> bool {
-        self.old_policy || self.advantages || self.rewards || self.group_ids
+        Ok(Needs(r))
     }
 
     pub fn shape(self) -> crate::data::RowShape {
@@ -64,6 +45,12 @@ impl Needs {
     /// completion) tokens for token means.
     pub fn per_row(self) -> bool {
         self.pairs || self.labels || self.row_mean
+    }
+
+    /// A micro-batch's share of its step: of the step's rows (pairs) or of its tokens, as [`Needs::per_row`] says.
+    pub fn share(self, rows: usize, step_rows: usize, tokens: usize, step_tokens: usize) -> f32 {
+        let (part, whole) = if self.per_row() { (rows, step_rows) } else { (tokens, step_tokens) };
+        part as f32 / whole.max(1) as f32
     }
 }
 

@@ -127,7 +127,7 @@ struct StepBatches {
 impl StepBatches {
     /// A micro-batch's share of the step: of its pairs or rows for per-row losses, else of its supervised tokens.
     fn weight(&self, b: &Batch, needs: Needs) -> f32 {
-        if needs.per_row() { b.units() as f32 / self.units.max(1) as f32 } else { b.supervised as f32 / self.supervised.max(1) as f32 }
+        needs.share(b.units(), self.units, b.supervised, self.supervised)
     }
 }
 
