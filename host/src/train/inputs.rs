@@ -85,9 +85,16 @@ pub fn batch_arrays(b: &Batch, needs: Needs, model: &mut CausalLm, source: Optio
     Ok(out)
 }
 
-/// The loss's view of a step's arguments (weight removed) and its policy log-probs. `old` replaces the
-/// old-policy argument pair (log-probs, use-current flag) with the array built from it (see `step::micro`).
-pub fn loss_inputs<'a>(needs: Needs, args: &'a [Array], logps: &'a Array, rng_key: Option<&'a Array>, old: Option<&'a Array>) -> Result<LossInputs<'a>, Exception> {
+/// The loss's view of a step's arguments (weight removed) and its policy log-probs. The old-policy argument
+/// pair (stored log-probs, use-current flag) becomes one array, held in `old`: with the flag 1 it is the step's
+/// own log-probs without gradient, so the first pass over fresh rollouts has a ratio of exactly 1.
+pub fn loss_inputs<'a>(
+    needs: Needs,
+    args: &'a [Array],
+    logps: &'a Array,
+    rng_key: Option<&'a Array>,
+    old: &'a mut Option<Array>,
+) -> Result<LossInputs<'a>, Exception> {
     let mut rest = args.get(3..).unwrap_or_default().iter();
     let mut next = |what: &str| rest.next().ok_or_else(|| Exception::custom(format!("step arguments lack {what}")));
     let mask = &args[2];
@@ -105,8 +112,10 @@ pub fn loss_inputs<'a>(needs: Needs, args: &'a [Array], logps: &'a Array, rng_ke
     }
     if needs.old_policy {
         let stored = next("old-policy log-probs")?;
-        next("old-policy flag")?;
-        inputs.old_logps = Some(old.unwrap_or(stored));
+        let flag = next("old-policy flag")?;
+        let current = mlx_rs::stop_gradient(logps)?;
+        let mixed = current.multiply(flag)?.add(stored.multiply(Array::from_f32(1.0).subtract(flag)?)?)?;
+        inputs.old_logps = Some(old.insert(mixed));
     }
     if needs.advantages {
         inputs.advantages = Some(next("advantages")?);

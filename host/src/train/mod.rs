@@ -222,7 +222,8 @@ fn evaluate(model: &mut crate::model::CausalLm, loss: &dyn Loss, needs: Needs, s
     for b in batches {
         let args = batch_arrays(b, needs, model, source)?;
         let logps = token_logps(model, &args[0], &args[1])?;
-        let inputs = loss_inputs(needs, &args, &logps, needs.rng.then_some(&key), None)?;
+        let mut old = None;
+        let inputs = loss_inputs(needs, &args, &logps, needs.rng.then_some(&key), &mut old)?;
         let out = loss.forward(&inputs).map_err(|e| TrainError::Mlx(e.to_string()))?;
         let w = if needs.per_row() { b.units() } else { b.supervised } as f64;
         total += scalar(&out.loss) * w;

@@ -127,15 +127,8 @@ pub fn micro(
         let names = metric_names.clone();
         let f = move |m: &mut CausalLm, view: &[Array]| -> Result<Vec<Array>, Exception> {
             let (logps, h) = logps_and_entropy(m, &view[0], &view[1], entropy)?;
-            let old = if needs.old_policy {
-                let (stored, flag) = old_policy_args(needs, view)?;
-                let current = mlx_rs::stop_gradient(&logps)?;
-                let one_minus = Array::from_f32(1.0).subtract(flag)?;
-                Some(current.multiply(flag)?.add(stored.multiply(&one_minus)?)?)
-            } else {
-                None
-            };
-            let inputs = loss_inputs(needs, view, &logps, loss_key.as_ref(), old.as_ref())?;
+            let mut old = None;
+            let inputs = loss_inputs(needs, view, &logps, loss_key.as_ref(), &mut old)?;
             let out = loss.forward(&inputs).map_err(|e| Exception::custom(e.to_string()))?;
             let mut metric_names: Vec<String> = out.metrics.iter().map(|(n, _)| n.clone()).collect();
             let mut values = vec![out.loss];
@@ -156,16 +149,6 @@ pub fn micro(
             lora::set_dropout_key(model, None)?;
         }
         Ok(values)
-    }
-}
-
-/// The old-policy pair in a step's arguments (weight removed): after inputs, targets, mask and the
-/// optional inputs that precede it.
-fn old_policy_args(needs: Needs, view: &[Array]) -> Result<(&Array, &Array), Exception> {
-    let before = 3 + usize::from(needs.reference) + usize::from(needs.labels) + 3 * usize::from(needs.kl_pairs);
-    match (view.get(before), view.get(before + 1)) {
-        (Some(stored), Some(flag)) => Ok((stored, flag)),
-        _ => Err(Exception::custom("step arguments lack the old-policy log-probs")),
     }
 }
 
