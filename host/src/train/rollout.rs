@@ -9,7 +9,7 @@ use super::TrainError;
 use crate::{
     cache,
     config::ScaleRewards,
-    data::PromptRow,
+    data::{collate, Batch, Example, PromptRow},
     generate::{generate_groups, Completion, Control, GenerateOptions, GenerationStats, Sampler, SamplerConfig},
     model::CausalLm,
     text::TextTokenizer,
@@ -159,7 +159,7 @@ impl Rollouts<'_> {
         let scores: Vec<&[Option<f64>]> = per_function.iter().map(|(_, s)| s.as_slice()).collect();
         let rewards = combine(&scores, &weights);
         let advantages = advantages(&rewards, g, self.scale);
-        let (inputs, targets, mask, real_tokens, padded_tokens) = sequences(prompts, g, &completions, self.pad_multiple);
+        let rows_batch = sequences(prompts, g, &completions, self.pad_multiple);
         let report = RolloutReport {
             completion_lengths: completions.iter().map(|c| c.tokens.len()).collect(),
             finished: completions.iter().filter(|c| c.finish == crate::generate::FinishReason::Eos).count(),
@@ -169,15 +169,15 @@ impl Rollouts<'_> {
             per_function,
             texts,
             stats,
-            real_tokens,
-            padded_tokens,
+            real_tokens: rows_batch.real_tokens,
+            padded_tokens: rows_batch.padded_tokens,
         };
         let f32s = |v: &[f64]| Array::from_slice(&v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), &[v.len() as i32]);
         let group_ids: Vec<i32> = (0..rows).map(|i| (i / g) as i32).collect();
         Ok(RolloutBatch {
-            inputs,
-            targets,
-            mask,
+            inputs: rows_batch.inputs,
+            targets: rows_batch.targets,
+            mask: rows_batch.mask,
             rewards: f32s(&report.rewards),
             advantages: f32s(&report.advantages),
             group_ids: Array::from_slice(&group_ids, &[rows as i32]),
@@ -188,35 +188,24 @@ impl Rollouts<'_> {
     }
 }
 
-/// Rows of prompt + completion (row i continues prompt i / group), shifted into inputs and targets and
-/// right-padded to a multiple of `pad_multiple`; the mask covers the completion's targets (its EOS included).
-/// Returns (inputs, targets, mask, real tokens, padded tokens).
-pub fn sequences(prompts: &[&PromptRow], group: usize, completions: &[Completion], pad_multiple: usize) -> (Array, Array, Array, usize, usize) {
+/// Rows of prompt + completion (row i continues prompt i / group), collated like training data: shifted into
+/// inputs and targets, right-padded to a multiple of `pad_multiple`, the mask on the completion's targets (its
+/// EOS included).
+pub fn sequences(prompts: &[&PromptRow], group: usize, completions: &[Completion], pad_multiple: usize) -> Batch {
     let group = group.max(1);
-    let lengths: Vec<usize> = completions.iter().enumerate().map(|(i, c)| prompts[i / group].tokens.len() + c.tokens.len() - 1).collect();
-    let longest = lengths.iter().copied().max().unwrap_or(1).max(1);
-    let m = pad_multiple.max(1);
-    let width = longest.div_ceil(m) * m;
-    let rows = completions.len();
-    let mut inputs = vec![0i32; rows * width];
-    let mut targets = vec![0i32; rows * width];
-    let mut mask = vec![0f32; rows * width];
-    for (i, c) in completions.iter().enumerate() {
-        let prompt = &prompts[i / group].tokens;
-        let seq: Vec<u32> = prompt.iter().chain(&c.tokens).copied().collect();
-        let row = i * width;
-        for j in 0..seq.len() - 1 {
-            inputs[row + j] = seq[j] as i32;
-            targets[row + j] = seq[j + 1] as i32;
-            // Target j is token j + 1: a completion token from j = prompt length − 1 on.
-            if j + 1 >= prompt.len() {
-                mask[row + j] = 1.0;
+    let examples: Vec<Example> = completions
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let prompt = &prompts[i / group].tokens;
+            Example {
+                tokens: prompt.iter().chain(&c.tokens).copied().collect(),
+                supervised: prompt.iter().map(|_| false).chain(c.tokens.iter().map(|_| true)).collect(),
+                truncated: false,
             }
-        }
-    }
-    let shape = [rows as i32, width as i32];
-    let real = lengths.iter().sum::<usize>();
-    (Array::from_slice(&inputs, &shape), Array::from_slice(&targets, &shape), Array::from_slice(&mask, &shape), real, rows * width)
+        })
+        .collect();
+    collate(&examples.iter().collect::<Vec<_>>(), pad_multiple, 0)
 }
 
 #[cfg(test)]
@@ -256,11 +245,11 @@ mod tests {
         let (a, b) = (p(vec![5, 6, 7]), p(vec![8, 9]));
         let c = |tokens: Vec<u32>| Completion { logprobs: vec![0.0; tokens.len()], tokens, finish: FinishReason::Length };
         let completions = [c(vec![1, 2]), c(vec![3]), c(vec![4, 4, 4]), c(vec![2])];
-        let (inputs, targets, mask, real, padded) = sequences(&[&a, &b], 2, &completions, 4);
-        assert_eq!(inputs.shape(), &[4, 4]);
-        assert_eq!(inputs.as_slice::<i32>(), &[5, 6, 7, 1, 5, 6, 7, 0, 8, 9, 4, 4, 8, 9, 0, 0]);
-        assert_eq!(targets.as_slice::<i32>(), &[6, 7, 1, 2, 6, 7, 3, 0, 9, 4, 4, 4, 9, 2, 0, 0]);
-        assert_eq!(mask.as_slice::<f32>(), &[0., 0., 1., 1., 0., 0., 1., 0., 0., 1., 1., 1., 0., 1., 0., 0.]);
-        assert_eq!((real, padded), (4 + 3 + 4 + 2, 16));
+        let batch = sequences(&[&a, &b], 2, &completions, 4);
+        assert_eq!(batch.inputs.shape(), &[4, 4]);
+        assert_eq!(batch.inputs.as_slice::<i32>(), &[5, 6, 7, 1, 5, 6, 7, 0, 8, 9, 4, 4, 8, 9, 0, 0]);
+        assert_eq!(batch.targets.as_slice::<i32>(), &[6, 7, 1, 2, 6, 7, 3, 0, 9, 4, 4, 4, 9, 2, 0, 0]);
+        assert_eq!(batch.mask.as_slice::<f32>(), &[0., 0., 1., 1., 0., 0., 1., 0., 0., 1., 1., 1., 0., 1., 0., 0.]);
+        assert_eq!((batch.real_tokens, batch.padded_tokens), (4 + 3 + 4 + 2, 16));
     }
 }
