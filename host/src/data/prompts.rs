@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
-
 use super::{rows::parse_prompt_row, DataError, Prompt};
 use crate::text::TextTokenizer;
 
@@ -28,31 +26,15 @@ pub struct PromptSet {
 
 /// The text and tokens a prompt is generated from.
 pub fn render_prompt(p: &Prompt, t: &TextTokenizer) -> Result<(String, Vec<u32>), String> {
-    match (p, t.has_chat_template()) {
-        (Prompt::Text { system, prompt }, false) => {
-            let text = match system {
-                Some(s) => format!("{s}\n{prompt}"),
-                None => prompt.clone(),
-            };
-            let tokens = t.encode(&text, true)?;
-            Ok((text, tokens))
-        }
-        (Prompt::Messages(_), false) => Err("chat messages need a model with a chat template".into()),
-        (_, true) => {
-            let messages: Vec<Value> = match p {
-                Prompt::Text { system, prompt } => {
-                    let mut m: Vec<Value> = system.iter().map(|s| json!({"role": "system", "content": s})).collect();
-                    m.push(json!({"role": "user", "content": prompt}));
-                    m
-                }
-                Prompt::Messages(m) => m.clone(),
-            };
-            let text = t.render_chat(&messages, None, true)?;
-            // The template writes its special tokens itself.
-            let tokens = t.encode(&text, false)?;
-            Ok((text, tokens))
-        }
+    if t.has_chat_template() {
+        let text = t.render_chat(&p.messages(), None, true)?;
+        // The template writes its special tokens itself.
+        let tokens = t.encode(&text, false)?;
+        return Ok((text, tokens));
     }
+    let text = p.plain_text().ok_or("chat messages need a model with a chat template")?;
+    let tokens = t.encode(&text, true)?;
+    Ok((text, tokens))
 }
 
 impl PromptSet {

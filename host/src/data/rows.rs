@@ -29,6 +29,30 @@ pub enum Prompt {
     Messages(Vec<Value>),
 }
 
+impl Prompt {
+    /// For a model without a chat template: the system text, a newline and the prompt (mlx-lm's plain
+    /// concatenation); `None` for chat messages, which need a template.
+    pub fn plain_text(&self) -> Option<String> {
+        match self {
+            Prompt::Text { system: Some(s), prompt } => Some(format!("{s}\n{prompt}")),
+            Prompt::Text { system: None, prompt } => Some(prompt.clone()),
+            Prompt::Messages(_) => None,
+        }
+    }
+
+    /// As chat messages: the system message when there is one, then the user's prompt.
+    pub fn messages(&self) -> Vec<Value> {
+        match self {
+            Prompt::Text { system, prompt } => {
+                let mut m: Vec<Value> = system.iter().map(|s| serde_json::json!({"role": "system", "content": s})).collect();
+                m.push(serde_json::json!({"role": "user", "content": prompt}));
+                m
+            }
+            Prompt::Messages(m) => m.clone(),
+        }
+    }
+}
+
 /// A completion: plain text, or the assistant messages that follow the prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {

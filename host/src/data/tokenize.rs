@@ -158,12 +158,8 @@ fn chat(t: &TextTokenizer, messages: &[Value], tools: Option<&[Value]>, masking:
 
 /// A prompt and its completion; with `supervise_prompt` false only the completion is supervised.
 fn prompted(t: &TextTokenizer, prompt: &Prompt, reply: &Reply, supervise_prompt: bool) -> Result<(Vec<u32>, Vec<bool>), String> {
-    if let (Prompt::Text { system, prompt }, Reply::Text(completion), false) = (prompt, reply, t.has_chat_template()) {
+    if let (Some(head), Reply::Text(completion), false) = (prompt.plain_text(), reply, t.has_chat_template()) {
         // No template: the plain concatenation, as mlx-lm does for models without one.
-        let head = match system {
-            Some(s) => format!("{s}\n{prompt}"),
-            None => prompt.clone(),
-        };
         let mut tokens = t.encode(&head, true)?;
         let mut supervised = vec![supervise_prompt; tokens.len()];
         let tail = t.encode(completion, false)?;
@@ -175,14 +171,7 @@ fn prompted(t: &TextTokenizer, prompt: &Prompt, reply: &Reply, supervise_prompt:
     if !t.has_chat_template() {
         return Err("chat messages need a model with a chat template".into());
     }
-    let mut messages = match prompt {
-        Prompt::Text { system, prompt } => {
-            let mut m: Vec<Value> = system.iter().map(|s| json!({"role": "system", "content": s})).collect();
-            m.push(json!({"role": "user", "content": prompt}));
-            m
-        }
-        Prompt::Messages(m) => m.clone(),
-    };
+    let mut messages = prompt.messages();
     let prompt_count = messages.len();
     match reply {
         Reply::Text(c) => messages.push(json!({"role": "assistant", "content": c})),
