@@ -297,20 +297,20 @@ impl RunConfig {
             check(r.max_tokens >= 1, "max_tokens", "must be at least 1");
             check(r.temperature > 0.0, "temperature", "must be positive: identical greedy samples have no advantages");
             check(r.num_iterations >= 1, "num_iterations", "must be at least 1");
-            let sampler = crate::generate::SamplerConfig { temperature: r.temperature, top_p: r.top_p, top_k: r.top_k, min_p: r.min_p, repetition_penalty: 1.0, repetition_context: 20 };
-            if let Err(message) = sampler.validate() {
+            if let Err(message) = r.sampler().validate() {
                 problems.push(source.problem(&["rollout"], message));
             }
             let p = &r.cache;
             check_plugin(&source, &["rollout", "cache"], p, registry.kv_cache_policy(&p.kind, &p.config).err(), &mut problems);
         }
-        if let (Some(needs), Ok(rollout), Ok(rewards)) = (needs, &rollout, &rewards) {
+        // The completions' real length limit, when [rollout] parsed (its default when absent).
+        let max_tokens = rollout.as_ref().ok().map(|r| r.as_ref().map_or(RolloutConfig::default().max_tokens, |r| r.max_tokens));
+        if let (Some(needs), Ok(rollout), Ok(rewards), Some(max_tokens)) = (needs, &rollout, &rewards, max_tokens) {
             let kind = loss.as_ref().map(|l| l.kind.clone()).unwrap_or_default();
             if needs.rollout() {
                 if rewards.is_empty() {
                     problems.push(source.problem(&["loss", "kind"], format!("loss `{kind}` learns from rewards: add at least one [[reward]]")));
                 }
-                let max_tokens = rollout.as_ref().map_or(RolloutConfig::default().max_tokens, |r| r.max_tokens);
                 if let Ok(l) = &loss {
                     if let Some(n) = l.config.get("max_completion_length").and_then(toml::Value::as_integer) {
                         if n as usize != max_tokens {
@@ -333,10 +333,6 @@ impl RunConfig {
                 if d.mask.is_some() {
                     problems.push(source.problem(&["data", "mask"], format!("loss `{kind}` scores its own completions; `mask` does not apply")));
                 }
-                let max_tokens = match &rollout {
-                    Ok(r) => Some(r.as_ref().map_or(RolloutConfig::default().max_tokens, |r| r.max_tokens)),
-                    Err(_) => None,
-                };
                 if let Some(max_tokens) = max_tokens.filter(|&m| d.max_seq_length <= m) {
                     problems.push(source.problem(&["data", "max_seq_length"], format!("{} leaves no room for prompts next to [rollout] max_tokens ({max_tokens}): it bounds prompt + completion", d.max_seq_length)));
                 }

@@ -366,6 +366,18 @@ impl Default for RolloutConfig {
 }
 
 impl RolloutConfig {
+    /// The sampler these settings describe (no repetition penalty: GRPO samples as the policy says).
+    pub fn sampler(&self) -> crate::generate::SamplerConfig {
+        crate::generate::SamplerConfig {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: 1.0,
+            repetition_context: 0,
+        }
+    }
+
     fn default_generations() -> usize {
         8
     }

@@ -23,7 +23,6 @@ use super::inputs::Needs;
 use crate::{
     config::{RolloutConfig, RunConfig},
     data::{plan_epoch, BatchSize, PromptRow, PromptSet, SplitMix},
-    generate::SamplerConfig,
     plugins::Registry,
 };
 
@@ -124,18 +123,10 @@ pub fn run(
     let (_, mut completions_log) = metrics::open_jsonl(&completions_path, resume.map(|_| state.step))?;
     let bar = metrics::progress_bar(train_cfg.steps, state.step);
     let mut feeder = PromptFeeder::new(&prompts, data_cfg.batch_size, train_cfg.seed, state.epoch, state.batch_in_epoch);
-    let sampler = SamplerConfig {
-        temperature: rollout_cfg.temperature,
-        top_p: rollout_cfg.top_p,
-        top_k: rollout_cfg.top_k,
-        min_p: rollout_cfg.min_p,
-        repetition_penalty: 1.0,
-        repetition_context: 0,
-    };
     let mut rollouts = Rollouts {
         tokenizer: &tokenizer,
         cache_policy: &*cache_policy,
-        sampler,
+        sampler: rollout_cfg.sampler(),
         group: rollout_cfg.num_generations,
         max_tokens: rollout_cfg.max_tokens,
         scale: rollout_cfg.scale_rewards,
