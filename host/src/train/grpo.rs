@@ -66,8 +66,7 @@ pub fn run(
     resume: Option<&Resume>,
     callback: &mut dyn StepCallback,
 ) -> Result<RunOutcome, TrainError> {
-    let missing = |s: &str| TrainError::Config(format!("training needs a [{s}] section"));
-    let data_cfg = config.data.as_ref().ok_or_else(|| missing("data"))?;
+    let data_cfg = config.data.as_ref().ok_or_else(|| session::missing("data"))?;
     let train_cfg = &config.train;
     let rollout_cfg = config.rollout.clone().unwrap_or_default();
     if config.reward.is_empty() {

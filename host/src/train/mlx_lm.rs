@@ -72,10 +72,9 @@ fn schedule_yaml(config: &RunConfig) -> Result<Option<String>, TrainError> {
 }
 
 pub fn plan(config: &RunConfig) -> Result<Plan, TrainError> {
-    let missing = |s: &str| TrainError::Config(format!("training needs a [{s}] section"));
-    let model = config.model.as_ref().ok_or_else(|| missing("model"))?;
-    let lora = config.lora.as_ref().ok_or_else(|| missing("lora"))?;
-    let data = config.data.as_ref().ok_or_else(|| missing("data"))?;
+    let model = config.model.as_ref().ok_or_else(|| super::session::missing("model"))?;
+    let lora = config.lora.as_ref().ok_or_else(|| super::session::missing("lora"))?;
+    let data = config.data.as_ref().ok_or_else(|| super::session::missing("data"))?;
     let t = &config.train;
     if config.loss.kind != "sft" || !config.loss.config.is_empty() {
         return Err(unsupported(&format!("loss `{}` (mlx_lm.lora trains plain SFT)", config.loss.kind)));
@@ -210,7 +209,7 @@ fn link(from: &Path, to: &Path) -> Result<(), TrainError> {
 /// Runs mlx_lm.lora with the plan, its output passed through.
 pub fn run(config: &RunConfig, command: &[String]) -> Result<(), TrainError> {
     let plan = plan(config)?;
-    let data = config.data.as_ref().ok_or_else(|| TrainError::Config("training needs a [data] section".into()))?;
+    let data = config.data.as_ref().ok_or_else(|| super::session::missing("data"))?;
     std::fs::create_dir_all(&plan.data_dir).map_err(|e| TrainError::Io { path: plan.data_dir.clone(), message: e.to_string() })?;
     link(&data.train, &plan.data_dir.join("train.jsonl"))?;
     if let Some(valid) = &data.valid {

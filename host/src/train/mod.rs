@@ -262,8 +262,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     if let Some(command) = mlx_lm_command(config, resume)? {
         return run_mlx_lm(config, &command);
     }
-    let missing = |s: &str| TrainError::Config(format!("training needs a [{s}] section"));
-    let data_cfg = config.data.as_ref().ok_or_else(|| missing("data"))?;
+    let data_cfg = config.data.as_ref().ok_or_else(|| session::missing("data"))?;
     let train_cfg = &config.train;
     let out = config.output_dir();
     std::fs::create_dir_all(&out).map_err(io(&out))?;

@@ -25,7 +25,8 @@ pub struct Policy {
     pub summary: AdapterSummary,
 }
 
-fn missing(section: &str) -> TrainError {
+/// The error for a section a trainer cannot run without.
+pub fn missing(section: &str) -> TrainError {
     TrainError::Config(format!("training needs a [{section}] section"))
 }
 
