@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{
     io, lora, metrics, reference::ReferenceSource, reference_source, rollout::{self, RewardFn, RolloutBatch, Rollouts},
-    session, step, stepper::{self, Stepper}, Resume, RunOutcome, StepCallback, StopReason, TrainError, INTERRUPTED,
+    session, step, stepper::Stepper, Resume, RunOutcome, StepCallback, StopReason, TrainError, INTERRUPTED,
 };
 use super::inputs::Needs;
 use crate::{
@@ -166,8 +166,8 @@ pub fn run(
             real += b.report.real_tokens;
             padded += b.report.padded_tokens;
         }
-        let stepper::StepResult { loss: loss_value, metrics: metric_values, grad_norm } =
-            stepper.finish(config, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
+        let result = stepper.finish(config, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
+        let loss_value = result.loss;
         uses += 1;
         state.step += 1;
         state.epoch = feeder.epoch;
@@ -177,11 +177,10 @@ pub fn run(
         padded_total += padded;
         let seconds = step_started.elapsed().as_secs_f64();
 
-        let mut record = json!({
-            "step": state.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-            "tokens": real, "padded_tokens": padded, "completion_tokens": total_tokens, "epoch": state.epoch,
-            "step_seconds": seconds, "fresh_rollouts": fresh,
-        });
+        let mut record = session::step_record(&state, &result, &stepper.metric_names.borrow(), lr, real, padded);
+        record["completion_tokens"] = json!(total_tokens);
+        record["step_seconds"] = json!(seconds);
+        record["fresh_rollouts"] = json!(fresh);
         let summary = summarize(&batches, &names, rollout_cfg.num_generations);
         for (k, v) in &summary {
             record[k] = json!(v);
@@ -191,9 +190,6 @@ pub fn run(
             record["rollout_seconds"] = json!(times.sampling);
             record["rollout_tokens_per_second"] = json!(generated as f64 / times.sampling.max(1e-9));
             record["rollout_forward_seconds"] = json!(times.forwards);
-        }
-        for (name, v) in stepper.metric_names.borrow().iter().zip(&metric_values) {
-            record[name] = json!(v);
         }
         log.write(record.clone())?;
         bar.set_position(state.step);

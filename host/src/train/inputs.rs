@@ -56,8 +56,8 @@ impl Needs {
 
 /// Everything a batch contributes to a step, in the step's argument order (weight excluded): inputs,
 /// targets, mask, then reference log-probs, labels, and the mismatched pairs' policy log-probs, reference
-/// log-probs and mask, as needed (rollout inputs follow them, appended by the GRPO trainer). Reference and mismatched-pair log-probs carry no gradient, so they are
-/// computed here, before the step.
+/// log-probs and mask, as needed (rollout inputs follow them, appended by the GRPO trainer). Reference and
+/// mismatched-pair log-probs carry no gradient, so they are computed here, before the step.
 pub fn batch_arrays(b: &Batch, needs: Needs, model: &mut CausalLm, source: Option<&ReferenceSource>) -> Result<Vec<Array>, TrainError> {
     let missing = |what: &str| TrainError::Config(format!("the batch has no {what}"));
     let mut out = vec![b.inputs.clone(), b.targets.clone(), b.mask.clone()];

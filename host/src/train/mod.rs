@@ -393,8 +393,8 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
             real += b.real_tokens;
             padded += b.padded_tokens;
         }
-        let stepper::StepResult { loss: loss_value, metrics: metric_values, grad_norm } =
-            stepper.finish(config, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
+        let result = stepper.finish(config, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
+        let loss_value = result.loss;
         state.step += 1;
         state.epoch = feeder.epoch;
         state.batch_in_epoch = feeder.position;
@@ -402,18 +402,13 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         real_total += real;
         padded_total += padded;
         let seconds = step_started.elapsed().as_secs_f64();
-        let mut record = json!({
-            "step": state.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-            "tokens": real, "padded_tokens": padded, "supervised_tokens": micro_batches.supervised,
-            "tokens_per_second": real as f64 / seconds.max(1e-9), "epoch": state.epoch,
-        });
-        for (name, v) in stepper.metric_names.borrow().iter().zip(&metric_values) {
-            record[name] = json!(v);
-        }
+        let names = stepper.metric_names.borrow().clone();
+        let mut record = session::step_record(&state, &result, &names, lr, real, padded);
+        record["supervised_tokens"] = json!(micro_batches.supervised);
+        record["tokens_per_second"] = json!(real as f64 / seconds.max(1e-9));
         log.write(record)?;
         bar.set_position(state.step);
-        let names = stepper.metric_names.borrow().clone();
-        let preference = preference_summary(&names, &metric_values);
+        let preference = preference_summary(&names, &result.metrics);
         bar.set_message(format!("loss {loss_value:.4}{preference} lr {lr:.2e} {:.0} tok/s", real as f64 / seconds.max(1e-9)));
 
         if let Some(every) = train_cfg.eval_every {

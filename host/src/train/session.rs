@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use mlx_rs::random::RandomState;
 use serde_json::json;
 
-use super::{checkpoint, io, memory, metrics::MetricsLog, StepCallback, StopReason, INTERRUPTED, plot, Resume, TrainError, TrainOptimizer, TrainState, TrainerState};
+use super::{checkpoint, io, stepper::StepResult, memory, metrics::MetricsLog, StepCallback, StopReason, INTERRUPTED, plot, Resume, TrainError, TrainOptimizer, TrainState, TrainerState};
 use crate::{
     config::RunConfig,
     lora::{self, AdapterSummary, LoraSettings},
@@ -100,6 +100,19 @@ pub fn save_checkpoint(config: &RunConfig, ts: &mut TrainState, state: &TrainerS
     let dir = checkpoint::save(&checkpoints, &mut ts.0, optimizer_state, &key, state, extra)?;
     checkpoint::prune(&checkpoints, config.train.keep_checkpoints)?;
     Ok(dir)
+}
+
+/// The metrics line every trainer writes for a step it just finished (`state` already advanced to it); the
+/// trainer adds its own keys.
+pub fn step_record(state: &TrainerState, result: &StepResult, metric_names: &[String], lr: f64, real: usize, padded: usize) -> serde_json::Value {
+    let mut record = json!({
+        "step": state.step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+        "tokens": real, "padded_tokens": padded, "epoch": state.epoch,
+    });
+    for (name, v) in metric_names.iter().zip(&result.metrics) {
+        record[name] = json!(v);
+    }
+    record
 }
 
 /// A line plot of the logged series that exist, `(legend, metric key, colour)`; nothing if none has points.
