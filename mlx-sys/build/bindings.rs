@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use crate::{mlx_c, out_dir, say};
+use crate::{mlx_c, out_dir, pip, say};
 
 /// mlx-rs's compile ids are replaced by process-unique keys in src/compile_ids.rs, which wraps these.
 const WRAPPED: &[&str] = &["mlx_detail_compile", "mlx_detail_compile_erase"];
@@ -47,17 +47,9 @@ fn load_libclang() -> Vec<String> {
     let native = target.join("clang/native");
     if !native.is_dir() {
         say("no system libclang found; fetching the PyPI `libclang` wheel for bindgen");
-        let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        let ok = Command::new(&python)
-            .args(["-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--no-compile"])
-            .args(["--disable-pip-version-check", "--quiet", "--target"])
-            .arg(&target)
-            .arg("libclang")
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            panic!("no libclang: install one (Debian: apt-get install libclang-dev) or set LIBCLANG_PATH");
-        }
+    }
+    if let Err(e) = pip::install_once("libclang", &target, |t| t.join("clang/native").is_dir()) {
+        panic!("no libclang ({e}): install one (Debian: apt-get install libclang-dev) or set LIBCLANG_PATH");
     }
     // clang-sys reads LIBCLANG_PATH when it searches; this process is the only reader.
     env::set_var("LIBCLANG_PATH", &native);

@@ -5,6 +5,7 @@
 mod bindings;
 mod blas;
 mod mlx_c;
+mod pip;
 mod prefix;
 
 use std::{env, path::PathBuf};
@@ -20,6 +21,7 @@ const ENV_KNOBS: &[&str] = &[
     "MLX_WHEEL",
     "MLX_BLAS",
     "MLX_BLAS_DIR",
+    "MLX_OPENBLAS_WHEEL",
     "MLX_C_DIR",
     "MLX_C_UNITY",
     "MLX_C_OPT_LEVEL",
