@@ -147,8 +147,10 @@ impl Loss for Grpo {
         let zero = Array::from_f32(0.0);
         let low_clip = ratio.lt(&low)?.logical_and(&advantages.lt(&zero)?)?;
         let high_clip = ratio.gt(&high)?.logical_and(&advantages.gt(&zero)?)?;
-        let clip = low_clip.logical_or(&high_clip)?.as_dtype(Dtype::Float32)?;
-        metrics.push(("clip_fraction".to_owned(), masked_mean(&clip, m)?));
+        let region = low_clip.logical_or(&high_clip)?.as_dtype(Dtype::Float32)?;
+        metrics.push(("clip_ratio/low_mean".to_owned(), masked_mean(&low_clip.as_dtype(Dtype::Float32)?, m)?));
+        metrics.push(("clip_ratio/high_mean".to_owned(), masked_mean(&high_clip.as_dtype(Dtype::Float32)?, m)?));
+        metrics.push(("clip_ratio/region_mean".to_owned(), masked_mean(&region, m)?));
         metrics.push(("ratio".to_owned(), masked_mean(&ratio, m)?));
         Ok(LossOutput { loss, metrics })
     }

@@ -90,7 +90,7 @@ impl Loss for Kto {
         let metrics = vec![
             ("rewards/chosen".to_owned(), chosen.clone()),
             ("rewards/rejected".to_owned(), rejected.clone()),
-            ("rewards/margin".to_owned(), chosen.subtract(&rejected)?),
+            ("rewards/margins".to_owned(), chosen.subtract(&rejected)?),
             ("kl".to_owned(), z0),
             ("logps/chosen".to_owned(), mean_where(&policy, labels)?),
             ("logps/rejected".to_owned(), mean_where(&policy, &undesired)?),

@@ -68,8 +68,10 @@ impl Loss for Orpo {
         let (pw, pl) = halves(&mean_logps, p);
         let beta = Array::from_f32(self.beta);
         let mut metrics = pair_metrics(&pw.multiply(&beta)?, &pl.multiply(&beta)?, &pw, &pl)?;
-        metrics.push(("nll".to_owned(), nll));
-        metrics.push(("log_odds_ratio".to_owned(), mean(&ratio)?));
+        // TRL's names: `log_odds_chosen` is the mean log-odds difference, `log_odds_ratio` the mean log σ of it.
+        metrics.push(("nll_loss".to_owned(), nll));
+        metrics.push(("log_odds_ratio".to_owned(), mean(&log_sigmoid(&ratio)?)?));
+        metrics.push(("log_odds_chosen".to_owned(), mean(&ratio)?));
         Ok(LossOutput { loss, metrics })
     }
 }

@@ -45,14 +45,15 @@ pub(crate) fn mean(x: &Array) -> Result<Array, Exception> {
     x.mean(None)
 }
 
-/// The metrics of a pair loss (TRL's names): mean chosen and rejected rewards, their margin, the share of
-/// pairs whose chosen reward is higher, and the mean chosen and rejected log-probs.
+/// The metrics of a pair loss, named and defined as TRL's DPO, CPO and ORPO trainers log them: mean chosen
+/// and rejected rewards, their mean margin, the share of pairs whose chosen reward is higher, and the mean
+/// chosen and rejected log-probs.
 pub(crate) fn pair_metrics(chosen_rewards: &Array, rejected_rewards: &Array, chosen_logps: &Array, rejected_logps: &Array) -> Result<Vec<(String, Array)>, Exception> {
     Ok(vec![
         ("rewards/chosen".to_owned(), mean(chosen_rewards)?),
         ("rewards/rejected".to_owned(), mean(rejected_rewards)?),
-        ("rewards/margin".to_owned(), mean(&chosen_rewards.subtract(rejected_rewards)?)?),
-        ("rewards/accuracy".to_owned(), mean(&chosen_rewards.gt(rejected_rewards)?.as_dtype(sdk::mlx_rs::Dtype::Float32)?)?),
+        ("rewards/margins".to_owned(), mean(&chosen_rewards.subtract(rejected_rewards)?)?),
+        ("rewards/accuracies".to_owned(), mean(&chosen_rewards.gt(rejected_rewards)?.as_dtype(sdk::mlx_rs::Dtype::Float32)?)?),
         ("logps/chosen".to_owned(), mean(chosen_logps)?),
         ("logps/rejected".to_owned(), mean(rejected_logps)?),
     ])

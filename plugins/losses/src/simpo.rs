@@ -78,7 +78,7 @@ impl Loss for Simpo {
         if self.sft_weight > 0.0 {
             let nll = chosen_nll(inputs, p)?;
             loss = loss.add(nll.multiply(Array::from_f32(self.sft_weight))?)?;
-            metrics.push(("nll".to_owned(), nll));
+            metrics.push(("nll_loss".to_owned(), nll));
         }
         Ok(LossOutput { loss, metrics })
     }

@@ -46,8 +46,8 @@ fn dpo_variants_equal_their_formulas() {
     // mean of −log σ(0.1·h)
     let out = run_pairs(&Dpo::new(DpoType::Sigmoid, 0.1, 0.0).unwrap(), &p);
     close(out.loss.item_exact(), 0.680_728_428_034_041_3);
-    close(metric(&out, "rewards/margin"), 0.025);
-    close(metric(&out, "rewards/accuracy"), 1.0);
+    close(metric(&out, "rewards/margins"), 0.025);
+    close(metric(&out, "rewards/accuracies"), 1.0);
     close(metric(&out, "rewards/chosen"), 0.01);
     close(metric(&out, "rewards/rejected"), -0.015);
     close(metric(&out, "logps/chosen"), -1.75);
@@ -85,8 +85,11 @@ fn dpo_sigmoid_gradient_is_minus_beta_sigma_of_minus_beta_h() {
 fn orpo_is_chosen_nll_plus_lambda_odds_ratio() {
     let out = run_pairs(&Orpo::new(0.1).unwrap(), &policy());
     // NLL over chosen completion tokens: (2.5 + 1.0) / 4
-    close(metric(&out, "nll"), 0.875);
+    close(metric(&out, "nll_loss"), 0.875);
     close(out.loss.item_exact(), 0.944_035_485_026_481_7);
+    // Log-odds of the per-token means p̄: ratio_i = lo(p̄_chosen) − lo(p̄_rejected), lo(p) = p − log(1 − e^p).
+    close(metric(&out, "log_odds_chosen"), 0.029_108_152_070_108_917);
+    close(metric(&out, "log_odds_ratio"), -0.690_354_850_264_817_6);
     assert!(Orpo::new(0.1).unwrap().requirements().reference == false, "ORPO never asks for a reference");
 }
 
@@ -220,7 +223,9 @@ mod grpo {
             assert_eq!(loss.requirements().row_mean, matches!(kind, GrpoType::Grpo | GrpoType::DrGrpo), "{kind:?}");
             let out = run(&loss, &b, &b.logp, &b.old);
             close(out.loss.item_exact(), expected);
-            close(metric(&out, "clip_fraction"), 1.0 / 7.0);
+            close(metric(&out, "clip_ratio/region_mean"), 1.0 / 7.0);
+            close(metric(&out, "clip_ratio/high_mean"), 1.0 / 7.0);
+            close(metric(&out, "clip_ratio/low_mean"), 0.0);
             close(metric(&out, "ratio"), 1.109_369_310_910_129);
             if beta > 0.0 {
                 close(metric(&out, "kl"), 0.006_226_406_191_022_279);
@@ -234,7 +239,7 @@ mod grpo {
         let loss = Grpo::new(GrpoType::Bnpo, 0.2, None, 0.0, None).unwrap();
         let out = run(&loss, &b, &b.logp, &b.logp);
         assert_eq!(metric(&out, "ratio"), 1.0);
-        assert_eq!(metric(&out, "clip_fraction"), 0.0);
+        assert_eq!(metric(&out, "clip_ratio/region_mean"), 0.0);
         // −Σ m·A / Σ m = −(3·0.5 − 2·1 + 2·2) / 7
         close(out.loss.item_exact(), -(1.5 - 2.0 + 4.0) / 7.0);
     }
