@@ -11,5 +11,6 @@ pub mod nn;
 pub mod optim;
 pub mod plugins;
 pub mod runtime;
+pub mod tensorboard;
 pub mod text;
 pub mod train;

@@ -62,10 +62,18 @@ fn a_shared_prompt_cache_samples_what_per_sample_caches_sample() {
         let mut own_caches = cache::for_layers(&*policy, m.num_layers()).unwrap();
         let (own, _) = generate(&m, &repeated, &mut own_caches, &mut Sampler::new(sampler.clone(), 11).unwrap(), &options, &mut |_: usize, _: u32| Control::Continue).unwrap();
         assert_eq!(shared.len(), prompts.len() * group);
+        // The two layouts run the prompts through matmuls of 3 and 12 rows, which BLAS blocks differently:
+        // with a float32 cache that moves a log-prob (|x| ≈ 6, ulp 4.8e-7) by an ulp or two (measured 9.5e-7),
+        // so 2e-5 leaves room for other BLAS builds and thread counts. An 8-bit quantized cache turns such a
+        // difference into a whole quantization step (group range / 255) wherever a key or value lies next to
+        // a rounding boundary (measured 2.1e-4), so it gets 2e-3. A shared row that masks one position wrong
+        // (an off-by-one in the repeated rows' padding, tried) changes the sampled tokens of every row and
+        // moves the first log-probs by 0.08-0.84 with the quantized cache: both checks catch it.
+        let tolerance = if kind == "quantized" { 2e-3 } else { 2e-5 };
         for (i, (a, b)) in shared.iter().zip(&own).enumerate() {
             assert_eq!(a.tokens, b.tokens, "{kind}: row {i}");
             for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
-                assert!((x - y).abs() < 1e-4, "{kind}: row {i}: {:?} vs {:?}", a.logprobs, b.logprobs);
+                assert!((x - y).abs() < tolerance, "{kind}: row {i}: {:?} vs {:?}", a.logprobs, b.logprobs);
             }
         }
         // Samples within a group differ: the copies draw independently.
@@ -161,7 +169,7 @@ fn a_reward_from_a_cdylib_scores_rollouts_next_to_a_builtin() {
         assert!((get(&c, "reward") - (2.0 * ends.unwrap_or(0.0) + length)).abs() < 1e-9, "{c}");
     }
     let log = records(&out);
-    assert!(log[0].get("rewards/ends_with").is_some() && log[0].get("rewards/length_penalty").is_some(), "{}", log[0]);
+    assert!(log[0].get("rewards/ends_with/mean").is_some() && log[0].get("rewards/length_penalty/mean").is_some(), "{}", log[0]);
 }
 
 #[test]
@@ -170,7 +178,7 @@ fn fresh_rollouts_have_ratio_one_and_reused_ones_are_clipped_against_the_sampler
     for r in &log {
         assert_eq!(r["fresh_rollouts"], true, "{r}");
         assert!((get(r, "ratio") - 1.0).abs() < 1e-6, "{r}");
-        assert_eq!(get(r, "clip_fraction"), 0.0, "{r}");
+        assert_eq!(get(r, "clip_ratio/region_mean"), 0.0, "{r}");
         assert!(get(r, "kl") >= 0.0 && get(r, "entropy") > 0.0, "{r}");
     }
     // The reference is the base model: KL is exactly 0 before the first update (adapters start at B = 0).
@@ -183,13 +191,13 @@ fn fresh_rollouts_have_ratio_one_and_reused_ones_are_clipped_against_the_sampler
         let ratio = get(r, "ratio");
         if r["fresh_rollouts"] == true {
             assert!((ratio - 1.0).abs() < 1e-6, "{r}");
-            assert_eq!(get(r, "clip_fraction"), 0.0, "{r}");
+            assert_eq!(get(r, "clip_ratio/region_mean"), 0.0, "{r}");
         } else {
             // One update at lr 1e-2 later the policy has moved away from the one that sampled.
             assert!((ratio - 1.0).abs() > 1e-4, "{r}");
         }
         // The same rollouts score the same on both passes.
-        assert!(get(r, "reward") <= 0.0 && get(r, "completion_length") > 0.0, "{r}");
+        assert!(get(r, "reward") <= 0.0 && get(r, "completions/mean_length") > 0.0, "{r}");
     }
     assert_eq!(get(&log[0], "reward"), get(&log[1], "reward"));
 
@@ -198,7 +206,7 @@ fn fresh_rollouts_have_ratio_one_and_reused_ones_are_clipped_against_the_sampler
     let (_, still) = fixture_run_with("reuse-still", "num_iterations = 2", 2, &["optimizer.lr=1e-12"]);
     assert_eq!(still[1]["fresh_rollouts"], false);
     assert!((get(&still[1], "ratio") - 1.0).abs() < 1e-5, "{}", still[1]);
-    assert_eq!(get(&still[1], "clip_fraction"), 0.0, "{}", still[1]);
+    assert_eq!(get(&still[1], "clip_ratio/region_mean"), 0.0, "{}", still[1]);
     let completions = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();
     // Two fresh rollout batches of 2 prompts × 4 completions.
     assert_eq!(completions.lines().count(), 16);
@@ -217,7 +225,7 @@ fn the_shipped_grpo_config_raises_the_mean_reward_on_the_demo_model() {
     let outcome = train::run(&cfg, &registry, None).unwrap();
     assert_eq!(outcome.steps, steps);
     let log = records(&out);
-    let mean = |rows: &[serde_json::Value]| rows.iter().map(|r| get(r, "rewards/exact_answer")).sum::<f64>() / rows.len() as f64;
+    let mean = |rows: &[serde_json::Value]| rows.iter().map(|r| get(r, "rewards/exact_answer/mean")).sum::<f64>() / rows.len() as f64;
     let (first, last) = (mean(&log[..15]), mean(&log[log.len() - 15..]));
     assert!(last > first + 0.2, "exact-answer reward: first 15 steps {first:.3}, last 15 {last:.3}");
     for png in ["reward.png", "completions.png", "policy.png", "loss.png"] {

@@ -14,7 +14,7 @@ use sdk::{LrSchedule, ScheduleContext, Warmup};
 
 pub use problem::{ConfigError, ConfigProblem, Location};
 pub use sections::{
-    Backend, Checkpointing, DataConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable,
+    Backend, Checkpointing, DataConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
     PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, RewardEntry, RolloutConfig, ScaleRewards, ScheduleSection, TrainConfig,
 };
 pub use source::Override;

@@ -470,11 +470,42 @@ pub struct PluginsConfig {
 }
 
 /// `[output]`
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// Where a run writes its outputs (default `runs/<config file name>`).
     pub dir: Option<PathBuf>,
+    /// Loggers besides metrics.jsonl and the plots (unset: `["tensorboard"]` on the native backend; `[]`
+    /// for none).
+    pub report_to: Option<Vec<ReportTo>>,
+    /// GRPO: write the sampled completions to TensorBoard as text every this many steps (0: never; 10).
+    #[serde(default = "default_log_completions_every")]
+    pub log_completions_every: u64,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig { dir: None, report_to: None, log_completions_every: default_log_completions_every() }
+    }
+}
+
+impl OutputConfig {
+    /// Whether the native trainers write TensorBoard event files.
+    pub fn tensorboard(&self) -> bool {
+        self.report_to.as_ref().is_none_or(|r| r.contains(&ReportTo::Tensorboard))
+    }
+}
+
+fn default_log_completions_every() -> u64 {
+    10
+}
+
+/// `[output] report_to` entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportTo {
+    /// Event files in `<dir>/tensorboard/`.
+    Tensorboard,
 }
 
 /// A pluggable section: `kind` names the plugin, the other keys are its own configuration.

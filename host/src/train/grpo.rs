@@ -117,7 +117,7 @@ pub fn run(
             ("max_seq_length", json!(data_cfg.max_seq_length)),
         ],
     );
-    let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step))?;
+    let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step), &config.output)?;
     let completions_path = out.join("completions.jsonl");
     let (_, mut completions_log) = metrics::open_jsonl(&completions_path, resume.map(|_| state.step))?;
     let bar = metrics::progress_bar(train_cfg.steps, state.step);
@@ -151,6 +151,10 @@ pub fn run(
             uses = 0;
             for b in &batches {
                 write_completions(&mut completions_log, &completions_path, state.step + 1, b)?;
+            }
+            let every = config.output.log_completions_every;
+            if every > 0 && (state.step + 1) % every == 0 {
+                log.text(state.step + 1, "completions", &completions_markdown(&batches))?;
             }
         }
         let first_pass = uses == 0;
@@ -199,8 +203,8 @@ pub fn run(
             "reward {:.3} ±{:.3} len {:.1} clip {:.3}{kl} H {:.3} lr {lr:.2e} {seconds:.1} s/step",
             get("reward"),
             get("reward_std"),
-            get("completion_length"),
-            get("clip_fraction"),
+            get("completions/mean_length"),
+            get("clip_ratio/region_mean"),
             get("entropy"),
         ));
 
@@ -210,26 +214,34 @@ pub fn run(
     }
     bar.finish_and_clear();
     lora::save_adapters(&mut stepper.ts.0, &out, &adapter_extra)?;
-    session::plot_series(&log, &out.join("loss.png"), &[("train loss", "loss", [31, 119, 180])])?;
+    session::plot_series(&log, &out.join("loss.png"), "GRPO loss", "loss", &[("train loss", "loss", [31, 119, 180])])?;
     let colors = [[44, 160, 44], [255, 127, 14], [148, 103, 189], [214, 39, 40], [140, 86, 75], [227, 119, 194]];
     let keys: Vec<(String, String)> = std::iter::once(("mean reward".to_owned(), "reward".to_owned()))
-        .chain(if names.len() > 1 { names.iter().map(|n| (n.clone(), format!("rewards/{n}"))).collect() } else { Vec::new() })
-        .chain(std::iter::once(("reward std within groups".to_owned(), "reward_std".to_owned())))
+        .chain(if names.len() > 1 { names.iter().map(|n| (n.clone(), format!("rewards/{n}/mean"))).collect() } else { Vec::new() })
+        .chain(std::iter::once(("reward std within groups".to_owned(), "group_reward_std".to_owned())))
         .collect();
     let series: Vec<(&str, &str, [u8; 3])> = keys.iter().zip(colors.iter().cycle()).map(|((n, k), c)| (n.as_str(), k.as_str(), *c)).collect();
-    session::plot_series(&log, &out.join("reward.png"), &series)?;
+    session::plot_series(&log, &out.join("reward.png"), "Rewards of the sampled completions", "reward", &series)?;
     session::plot_series(
         &log,
         &out.join("completions.png"),
-        &[("mean completion tokens", "completion_length", [31, 119, 180]), ("longest completion", "completion_length_max", [214, 39, 40])],
+        "Completion lengths",
+        "tokens",
+        &[
+            ("mean", "completions/mean_length", [31, 119, 180]),
+            ("longest", "completions/max_length", [214, 39, 40]),
+            ("mean of those ending with EOS", "completions/mean_terminated_length", [44, 160, 44]),
+        ],
     )?;
     session::plot_series(
         &log,
         &out.join("policy.png"),
+        "Policy statistics",
+        "value",
         &[
             ("entropy", "entropy", [31, 119, 180]),
             ("KL to the reference", "kl", [214, 39, 40]),
-            ("clip fraction", "clip_fraction", [255, 127, 14]),
+            ("clipped share of tokens", "clip_ratio/region_mean", [255, 127, 14]),
             ("share of groups with equal rewards", "frac_reward_zero_std", [148, 103, 189]),
         ],
     )?;
@@ -348,30 +360,62 @@ fn step_args(b: &RolloutBatch, needs: Needs, first_pass: bool) -> Result<Vec<Arr
     Ok(args)
 }
 
-/// Reward and completion statistics over a step's rollouts: `reward`, `reward_std` (mean within-group
-/// standard deviation), `rewards/<fn>` (mean where it applies), `frac_reward_zero_std`, completion length
-/// mean/max, and the share of completions that ended with EOS.
+/// Reward and completion statistics over a step's rollouts, named and defined as TRL's GRPOTrainer logs them:
+/// `reward` and `reward_std` (mean and Bessel std over all completions), `rewards/<fn>/mean` and `/std` (over
+/// the completions a function applies to), `frac_reward_zero_std` (groups without spread), and
+/// `completions/*` lengths (all, and those that ended with EOS) with `clipped_ratio`, the share that did not.
+/// Ours, where TRL has none: `group_reward_std`, the mean within-group std that the advantages divide by.
 pub fn summarize(batches: &[RolloutBatch], names: &[String], group: usize) -> Vec<(String, f64)> {
     let rewards: Vec<f64> = batches.iter().flat_map(|b| b.report.rewards.iter().copied()).collect();
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     let groups: Vec<f64> = rewards.chunks(group.max(1)).map(rollout::std).collect();
     let lengths: Vec<f64> = batches.iter().flat_map(|b| b.report.completion_lengths.iter().map(|&n| n as f64)).collect();
-    let finished: usize = batches.iter().map(|b| b.report.finished).sum();
+    let terminated: Vec<f64> = batches
+        .iter()
+        .flat_map(|b| b.report.completion_lengths.iter().zip(&b.report.ended_with_eos).filter(|(_, &eos)| eos).map(|(&n, _)| n as f64))
+        .collect();
+    // TRL reports 0 for the terminated lengths when no completion terminated.
+    let or_zero = |v: &[f64]| if v.is_empty() { vec![0.0] } else { v.to_vec() };
+    let (lengths_or_zero, terminated_or_zero) = (or_zero(&lengths), or_zero(&terminated));
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut out = vec![
         ("reward".to_owned(), mean(&rewards)),
-        ("reward_std".to_owned(), mean(&groups)),
+        ("reward_std".to_owned(), rollout::std(&rewards)),
         ("frac_reward_zero_std".to_owned(), groups.iter().filter(|&&s| s < 1e-9).count() as f64 / groups.len().max(1) as f64),
-        ("completion_length".to_owned(), mean(&lengths)),
-        ("completion_length_max".to_owned(), lengths.iter().copied().fold(0.0, f64::max)),
-        ("completions_finished".to_owned(), finished as f64 / lengths.len().max(1) as f64),
+        ("group_reward_std".to_owned(), mean(&groups)),
+        ("completions/mean_length".to_owned(), mean(&lengths_or_zero)),
+        ("completions/min_length".to_owned(), min(&lengths_or_zero)),
+        ("completions/max_length".to_owned(), max(&lengths_or_zero)),
+        ("completions/clipped_ratio".to_owned(), 1.0 - terminated.len() as f64 / lengths.len().max(1) as f64),
+        ("completions/mean_terminated_length".to_owned(), mean(&terminated_or_zero)),
+        ("completions/min_terminated_length".to_owned(), min(&terminated_or_zero)),
+        ("completions/max_terminated_length".to_owned(), max(&terminated_or_zero)),
     ];
     for (k, name) in names.iter().enumerate() {
         let applicable: Vec<f64> = batches.iter().flat_map(|b| b.report.per_function.get(k).map(|(_, s)| s.iter().flatten().copied().collect::<Vec<_>>()).unwrap_or_default()).collect();
         if !applicable.is_empty() {
-            out.push((format!("rewards/{name}"), mean(&applicable)));
+            out.push((format!("rewards/{name}/mean"), mean(&applicable)));
+            out.push((format!("rewards/{name}/std"), rollout::std(&applicable)));
         }
     }
     out
+}
+
+/// A step's completions as a markdown table for TensorBoard's text plugin: prompt, completion, each reward
+/// function's score, the combined reward and the advantage.
+fn completions_markdown(batches: &[RolloutBatch]) -> String {
+    let cell = |s: &str| s.replace('|', "\\|").replace('\n', "<br>");
+    let names: Vec<&str> = batches.first().map(|b| b.report.per_function.iter().map(|(n, _)| n.as_str()).collect()).unwrap_or_default();
+    let mut text = format!("| prompt | completion | {} | reward | advantage |\n|{}\n", names.join(" | "), "---|".repeat(names.len() + 4));
+    for b in batches {
+        let r = &b.report;
+        for i in 0..b.rows() {
+            let scores: Vec<String> = r.per_function.iter().map(|(_, s)| s[i].map_or("–".to_owned(), |v| format!("{v:.3}"))).collect();
+            text.push_str(&format!("| {} | {} | {} | {:.3} | {:.3} |\n", cell(&r.prompts[i]), cell(&r.texts[i]), scores.join(" | "), r.rewards[i], r.advantages[i]));
+        }
+    }
+    text
 }
 
 /// Appends each completion of a rollout batch to `completions.jsonl`: what the model wrote and how it scored.

@@ -1,5 +1,5 @@
-//! What a run reports: one JSON object per step (and per evaluation) in `metrics.jsonl`, a progress bar,
-//! and a final summary.
+//! What a run reports: one JSON object per step (and per evaluation) in `metrics.jsonl`, the same scalars in
+//! TensorBoard event files when `[output] report_to` asks for them, a progress bar, and a final summary.
 
 use std::{
     io::Write,
@@ -10,27 +10,61 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use super::TrainError;
+use crate::{
+    config::OutputConfig,
+    tensorboard::{EventLog, TensorboardError},
+};
 
 pub struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
+    tensorboard: Option<EventLog>,
+    /// Tokens of every step so far (TRL's `num_tokens`), carried over a resume through the kept records.
+    num_tokens: u64,
     /// Every record written, for the plot.
     pub records: Vec<Value>,
 }
 
+impl From<TensorboardError> for TrainError {
+    fn from(e: TensorboardError) -> Self {
+        TrainError::Io { path: e.path, message: e.message }
+    }
+}
+
 impl MetricsLog {
-    /// Opens `dir/metrics.jsonl`, keeping the records of steps up to `resume_step` (the rest belonged to a
-    /// run that did not reach its next checkpoint).
-    pub fn open(dir: &Path, resume_step: Option<u64>) -> Result<Self, TrainError> {
+    /// Opens `dir/metrics.jsonl` (and the TensorBoard log if `output` asks for it), keeping the records of
+    /// steps up to `resume_step` (the rest belonged to a run that did not reach its next checkpoint).
+    pub fn open(dir: &Path, resume_step: Option<u64>, output: &OutputConfig) -> Result<Self, TrainError> {
         let path = dir.join("metrics.jsonl");
         let (records, file) = open_jsonl(&path, resume_step)?;
-        Ok(MetricsLog { path, file, records })
+        let tensorboard = if output.tensorboard() { Some(EventLog::open(&dir.join("tensorboard"), resume_step)?) } else { None };
+        let num_tokens = records.iter().rev().find_map(|r| r.get("num_tokens").and_then(Value::as_u64)).unwrap_or(0);
+        Ok(MetricsLog { path, file, tensorboard, num_tokens, records })
     }
 
-    pub fn write(&mut self, record: Value) -> Result<(), TrainError> {
+    /// Appends a record (`step` and scalars; a step's record also has `tokens`, to which `num_tokens`, the
+    /// running total, is added here) to metrics.jsonl and, as scalars at its step, to TensorBoard.
+    pub fn write(&mut self, mut record: Value) -> Result<(), TrainError> {
+        if let Some(tokens) = record.get("tokens").and_then(Value::as_u64) {
+            self.num_tokens += tokens;
+            record["num_tokens"] = self.num_tokens.into();
+        }
         writeln!(self.file, "{record}").map_err(|e| TrainError::Io { path: self.path.clone(), message: e.to_string() })?;
+        if let (Some(tb), Some(step), Some(fields)) = (&mut self.tensorboard, record.get("step").and_then(Value::as_u64), record.as_object()) {
+            let scalar = |v: &Value| v.as_f64().or_else(|| v.as_bool().map(|b| f64::from(u8::from(b))));
+            let scalars: Vec<(&str, f64)> = fields.iter().filter(|(k, _)| *k != "step").filter_map(|(k, v)| Some((k.as_str(), scalar(v)?))).collect();
+            tb.scalars(step, &scalars)?;
+        }
         self.records.push(record);
         Ok(())
+    }
+
+    /// A text summary at `step` in TensorBoard (nothing when it is not reported to).
+    pub fn text(&mut self, step: u64, tag: &str, text: &str) -> Result<(), TrainError> {
+        match &mut self.tensorboard {
+            Some(tb) => Ok(tb.text(step, tag, text)?),
+            None => Ok(()),
+        }
     }
 
     /// (step, value) of every record that has `key`.

@@ -79,6 +79,9 @@ pub fn plan(config: &RunConfig) -> Result<Plan, TrainError> {
     if config.loss.kind != "sft" || !config.loss.config.is_empty() {
         return Err(unsupported(&format!("loss `{}` (mlx_lm.lora trains plain SFT)", config.loss.kind)));
     }
+    if config.output.report_to.as_ref().is_some_and(|r| !r.is_empty()) {
+        return Err(unsupported("[output] report_to (mlx_lm.lora reports on its own output)"));
+    }
     if model.quantize.is_some() {
         return Err(unsupported("[model] quantize (quantize with `host quantize` first)"));
     }

@@ -363,7 +363,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         ],
     );
 
-    let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step))?;
+    let mut log = metrics::MetricsLog::open(&out, resume.map(|_| state.step), &config.output)?;
     let bar = metrics::progress_bar(train_cfg.steps, state.step);
     let mut feeder = Feeder::new(&mut train_set, &tokenizer, batch_size, batching(train_table.as_ref()), train_cfg.seed, state.epoch, state.batch_in_epoch);
     let started = Instant::now();
@@ -442,13 +442,15 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
     }
     bar.finish_and_clear();
     lora::save_adapters(&mut stepper.ts.0, &out, &adapter_extra)?;
-    session::plot_series(&log, &out.join("loss.png"), &[("train loss", "loss", [31, 119, 180]), ("eval loss", "eval_loss", [214, 39, 40])])?;
+    session::plot_series(&log, &out.join("loss.png"), "Training loss", "loss", &[("train loss", "loss", [31, 119, 180]), ("eval loss", "eval_loss", [214, 39, 40])])?;
     session::plot_series(
         &log,
         &out.join("rewards.png"),
+        "Implicit rewards of the preference loss",
+        "reward",
         &[
-            ("reward margin", "rewards/margin", [44, 160, 44]),
-            ("preference accuracy", "rewards/accuracy", [255, 127, 14]),
+            ("reward margin", "rewards/margins", [44, 160, 44]),
+            ("preference accuracy", "rewards/accuracies", [255, 127, 14]),
             ("chosen reward", "rewards/chosen", [31, 119, 180]),
             ("rejected reward", "rewards/rejected", [214, 39, 40]),
         ],
@@ -472,10 +474,10 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
 fn preference_summary(names: &[String], values: &[f64]) -> String {
     let find = |n: &str| names.iter().position(|x| x == n).and_then(|i| values.get(i).copied());
     let mut s = String::new();
-    if let Some(acc) = find("rewards/accuracy") {
+    if let Some(acc) = find("rewards/accuracies") {
         s.push_str(&format!(" acc {acc:.2}"));
     }
-    if let Some(margin) = find("rewards/margin") {
+    if let Some(margin) = find("rewards/margins") {
         s.push_str(&format!(" margin {margin:.3}"));
     }
     s

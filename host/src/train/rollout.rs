@@ -100,9 +100,11 @@ pub struct RolloutReport {
     /// Per reward function, its scores (None: not applicable).
     pub per_function: Vec<(String, Vec<Option<f64>>)>,
     pub completion_lengths: Vec<usize>,
-    /// Completions that ended with EOS (the rest hit `max_tokens`).
-    pub finished: usize,
+    /// Per completion, whether it ended with EOS (else it hit `max_tokens`).
+    pub ended_with_eos: Vec<bool>,
     pub texts: Vec<String>,
+    /// Each row's prompt as the model saw it (rendered template).
+    pub prompts: Vec<String>,
     /// Source line of each row's prompt.
     pub prompt_lines: Vec<usize>,
     pub stats: GenerationStats,
@@ -162,8 +164,9 @@ impl Rollouts<'_> {
         let rows_batch = sequences(prompts, g, &completions, self.pad_multiple);
         let report = RolloutReport {
             completion_lengths: completions.iter().map(|c| c.tokens.len()).collect(),
-            finished: completions.iter().filter(|c| c.finish == crate::generate::FinishReason::Eos).count(),
+            ended_with_eos: completions.iter().map(|c| c.finish == crate::generate::FinishReason::Eos).collect(),
             prompt_lines: (0..rows).map(|i| prompts[i / g].line).collect(),
+            prompts: prompt_texts.iter().map(|t| (*t).to_owned()).collect(),
             rewards,
             advantages,
             per_function,

@@ -106,7 +106,7 @@ pub fn save_checkpoint(config: &RunConfig, ts: &mut TrainState, state: &TrainerS
 /// trainer adds its own keys.
 pub fn step_record(state: &TrainerState, result: &StepResult, metric_names: &[String], lr: f64, real: usize, padded: usize) -> serde_json::Value {
     let mut record = json!({
-        "step": state.step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+        "step": state.step, "loss": result.loss, "learning_rate": lr, "grad_norm": result.grad_norm,
         "tokens": real, "padded_tokens": padded, "epoch": state.epoch,
     });
     for (name, v) in metric_names.iter().zip(&result.metrics) {
@@ -115,8 +115,9 @@ pub fn step_record(state: &TrainerState, result: &StepResult, metric_names: &[St
     record
 }
 
-/// A line plot of the logged series that exist, `(legend, metric key, colour)`; nothing if none has points.
-pub fn plot_series(log: &MetricsLog, path: &Path, series: &[(&str, &str, [u8; 3])]) -> Result<(), TrainError> {
+/// A line chart titled `title` of the logged series that exist, `(legend, metric key, colour)`, against the
+/// step; nothing if none has points.
+pub fn plot_series(log: &MetricsLog, path: &Path, title: &str, y_label: &str, series: &[(&str, &str, [u8; 3])]) -> Result<(), TrainError> {
     let series: Vec<plot::Series> = series
         .iter()
         .map(|(name, key, color)| plot::Series { name: (*name).into(), color: *color, points: log.series(key) })
@@ -125,7 +126,7 @@ pub fn plot_series(log: &MetricsLog, path: &Path, series: &[(&str, &str, [u8; 3]
     if series.is_empty() {
         return Ok(());
     }
-    plot::write_png(path, &series).map_err(io(path))
+    plot::write_png(path, &plot::Figure { title, y_label, series }).map_err(io(path))
 }
 
 /// Decides how many layers recompute their activations (`[train] gradient_checkpointing`,
