@@ -11,6 +11,7 @@ pub mod nn;
 pub mod optim;
 pub mod plugins;
 pub mod runtime;
+pub mod tensor_file;
 pub mod tensorboard;
 pub mod text;
 pub mod train;

@@ -65,10 +65,8 @@ pub fn save_adapters(model: &mut CausalLm, dir: &Path, extra: &serde_json::Map<S
 
     let params = model.trainable_parameters().flatten();
     let weights = dir.join(AdapterFiles::WEIGHTS);
-    // MLX chooses the format by extension: the temporary name keeps it.
     let tmp = dir.join(".partial-adapters.safetensors");
-    let metadata = HashMap::from([("format".to_owned(), "mlx".to_owned())]);
-    Array::save_safetensors(params.iter().map(|(k, v)| (&**k, *v)), &metadata, &tmp).map_err(|e| file_error(&tmp, e))?;
+    crate::tensor_file::write(&tmp, params.iter().map(|(k, v)| (&**k, *v)), Some("mlx")).map_err(|e| file_error(&tmp, e.message))?;
     std::fs::rename(&tmp, &weights).map_err(|e| file_error(&weights, e))?;
     Ok(weights)
 }

@@ -76,15 +76,13 @@ pub fn save(loaded: &LoadedModel, out: &Path) -> Result<(), ModelError> {
         shards.last_mut().map(|s| s.push(name));
     }
     let count = shards.len();
-    let metadata = std::collections::HashMap::from([("format".to_owned(), "mlx".to_owned())]);
     let mut weight_map = BTreeMap::new();
     for (i, shard) in shards.iter().enumerate() {
         let file = if count == 1 { "model.safetensors".to_owned() } else { format!("model-{:05}-of-{count:05}.safetensors", i + 1) };
         let path = out.join(&file);
-        // MLX picks the format from the extension, so the temporary name keeps it.
         let tmp = out.join(format!(".partial-{file}"));
         let tensors: Vec<(&str, &Array)> = shard.iter().map(|n| (*n, params[*n])).collect();
-        Array::save_safetensors(tensors, &metadata, &tmp).map_err(|e| ModelError::file(&tmp, e))?;
+        crate::tensor_file::write(&tmp, tensors, Some("mlx")).map_err(|e| ModelError::file(&tmp, e.message))?;
         std::fs::rename(&tmp, &path).map_err(|e| ModelError::file(&path, e))?;
         for n in shard {
             weight_map.insert((*n).to_owned(), file.clone());

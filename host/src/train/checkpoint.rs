@@ -57,8 +57,7 @@ pub fn save(
     let mut arrays: Vec<(String, Array)> = optimizer_state.into_iter().map(|(k, v)| (format!("optimizer.{k}"), v)).collect();
     arrays.push((RNG_KEY.to_owned(), rng_key.clone()));
     let path = tmp.join(ARRAYS);
-    Array::save_safetensors(arrays.iter().map(|(k, v)| (k.as_str(), v)), None, &path)
-        .map_err(|e| TrainError::Io { path: path.clone(), message: e.to_string() })?;
+    crate::tensor_file::write(&path, arrays.iter().map(|(k, v)| (k.as_str(), v)), None).map_err(|e| TrainError::Io { path: e.path, message: e.message })?;
     let text = serde_json::to_string_pretty(state).map_err(|e| TrainError::Io { path: tmp.clone(), message: e.to_string() })?;
     std::fs::write(tmp.join(STATE), text).map_err(io(&tmp))?;
     let dir = root.join(&name);
