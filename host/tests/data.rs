@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use host::{
-    data::{assemble, collate, tokenize, DataOptions, Dataset, Masking, Prompt, Reply, Row, RowShape},
+    data::{assemble, collate, plan_epoch, tokenize, BatchSize, DataOptions, Dataset, Masking, Prompt, Reply, Row, RowShape},
     fixture::{self, Family, Preset},
     plugins::Registry,
     text::TextTokenizer,
@@ -145,7 +145,7 @@ fn disk_cache_hits_and_misses_on_every_input() {
     let tok_file = model.join("tokenizer.json");
     let mut disk = policy("disk", &format!("dir = {:?}", cache_dir.display().to_string()));
     let first = Dataset::load(&path, &t, options(Masking::Prompt), &mut *disk, &tok_file).unwrap();
-    assert!(!first.cache_hit && first.exact_lengths);
+    assert!(!first.cache_hit);
     assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 1);
     let mut again = Dataset::load(&path, &t, options(Masking::Prompt), &mut *disk, &tok_file).unwrap();
     assert!(again.cache_hit);
@@ -174,12 +174,43 @@ fn lazy_policies_tokenize_on_use() {
     for kind in ["lazy", "none"] {
         let mut p = policy(kind, "");
         let mut d = Dataset::load(&path, &t, options(Masking::None), &mut *p, &model.join("tokenizer.json")).unwrap();
-        assert!(!d.exact_lengths);
-        assert!(d.lengths()[0] > d.lengths()[1], "rendered length orders the rows");
-        let e = d.item(0, &t).unwrap().unwrap();
+        let e = d.item(0, &t).unwrap();
         assert_eq!(t.decode(&e.examples[0].tokens, false).unwrap(), "a b c d e f<|im_end|>");
-        assert_eq!(d.item(0, &t).unwrap().unwrap(), e);
+        assert_eq!(d.item(0, &t).unwrap(), e);
+        // Batching counts tokens, not bytes, though the tokens are not kept.
+        let second = d.item(1, &t).unwrap().len();
+        assert_eq!(d.lengths(), &[e.len(), second]);
     }
+}
+
+#[test]
+fn every_cache_policy_batches_by_the_same_token_counts() {
+    // max_batch_tokens is a token budget: with bytes as the key (what the lazy and none policies used),
+    // multi-byte text and chat templates gave batches of a fraction of the budget.
+    let (t, model) = qwen("plans");
+    let dir = temp("plans-data");
+    let rows: Vec<String> = (0..40)
+        .map(|i| {
+            let words = "zwölf größere Häuser × ".repeat(1 + i % 7);
+            json!({"messages": [{"role": "user", "content": format!("{i}: {words}")}, {"role": "assistant", "content": "ok ".repeat(1 + i % 5)}]}).to_string()
+        })
+        .collect();
+    let path = write_jsonl(&dir, "train.jsonl", &rows.iter().map(String::as_str).collect::<Vec<_>>());
+    let size = BatchSize { rows: 8, max_tokens: Some(160) };
+    let mut plans = Vec::new();
+    for (kind, table) in [("disk", format!("dir = {:?}", dir.join("cache").display().to_string())), ("lazy", String::new()), ("none", String::new())] {
+        let mut p = policy(kind, &table);
+        let mut d = Dataset::load(&path, &t, options(Masking::Assistant), &mut *p, &model.join("tokenizer.json")).unwrap();
+        let exact: Vec<usize> = (0..d.len()).map(|i| d.item(i, &t).unwrap().len()).collect();
+        assert_eq!(d.lengths(), &exact[..], "{kind}");
+        plans.push((kind, plan_epoch(d.lengths(), size, 7, 0), d.stats.describe()));
+    }
+    assert_eq!(plans[0].1, plans[1].1, "disk vs lazy");
+    assert_eq!(plans[0].1, plans[2].1, "disk vs none");
+    assert_eq!(plans[0].2, plans[1].2, "the same statistics");
+    // The plan fills the budget with tokens: every batch but the last ones holds rows × longest ≤ 160.
+    let (_, plan, _) = &plans[0];
+    assert!(plan.len() > 40 / 8, "the token budget splits batches: {plan:?}");
 }
 
 #[test]

@@ -110,7 +110,7 @@ fn precomputed_reference_log_probs_equal_live_ones_and_are_cached() {
 
     // A batch in another order than the table was built in.
     let indices = [4usize, 1, 5];
-    let items: Vec<Item> = indices.iter().map(|&i| data.item(i, &t).unwrap().unwrap()).collect();
+    let items: Vec<Item> = indices.iter().map(|&i| data.item(i, &t).unwrap()).collect();
     let partners: Vec<Item> = indices.iter().map(|&i| partner(&mut data, i, &t).unwrap()).collect();
     let mut batch = assemble(&items.iter().collect::<Vec<_>>(), Some(&partners.iter().collect::<Vec<_>>()), 8, 256);
     let (rows, kl) = table.rows(&indices, 1).unwrap();

@@ -75,8 +75,6 @@ impl DataStats {
 
 struct Entry {
     line: usize,
-    /// Counted in the statistics already (a row tokenized again under the `none` policy is not recounted).
-    counted: bool,
     /// Kept while tokenization is still to come (lazy and none policies).
     row: Option<Row>,
     item: Option<Item>,
@@ -86,34 +84,15 @@ struct Entry {
 pub struct Dataset {
     path: PathBuf,
     entries: Vec<Entry>,
-    /// Batching key per entry: exact token counts when tokenized up front, else the rendered text's bytes.
+    /// Batching key per entry: its token count (a pair's longer side), whatever the cache policy, so
+    /// `max_batch_tokens` and the memory estimate count tokens.
     lengths: Vec<usize>,
-    pub exact_lengths: bool,
     memoize: bool,
     options: DataOptions,
     pub stats: DataStats,
     pub cache_hit: bool,
     /// Identifies the tokenized contents (tokenizer, template, file, options): a key for derived caches.
     pub key: String,
-}
-
-/// An estimate of a row's length for batching before it is tokenized.
-fn rendered_len(row: &Row, t: &TextTokenizer) -> Result<usize, String> {
-    let prompt_len = |p: &Prompt| match p {
-        Prompt::Text { system, prompt } => Ok(system.as_ref().map_or(0, String::len) + prompt.len()),
-        Prompt::Messages(m) => t.render_chat(m, None, false).map(|s| s.len()),
-    };
-    let reply_len = |r: &Reply| match r {
-        Reply::Text(s) => s.len(),
-        Reply::Messages(m) => m.iter().map(|m| m.to_string().len()).sum(),
-    };
-    Ok(match row {
-        Row::Text(text) => text.len(),
-        Row::Completion { system, prompt, completion } => system.as_ref().map_or(0, String::len) + prompt.len() + completion.len(),
-        Row::Chat { messages, tools } => t.render_chat(messages, tools.as_deref(), false)?.len(),
-        Row::Preference { prompt, chosen, rejected } => prompt_len(prompt)? + reply_len(chosen).max(reply_len(rejected)),
-        Row::Labeled { prompt, completion, .. } => prompt_len(prompt)? + reply_len(completion),
-    })
 }
 
 fn check_shape(row: &Row, expected: RowShape) -> Result<(), String> {
@@ -139,7 +118,6 @@ impl Dataset {
             path: path.to_owned(),
             entries: Vec::new(),
             lengths: Vec::new(),
-            exact_lengths: policy.tokenize_eagerly(),
             memoize: policy.memoize(),
             options,
             stats: DataStats::default(),
@@ -175,17 +153,26 @@ impl Dataset {
             policy.store(&key, &cache::encode(&entries, &dataset.stats)).map_err(|e| DataError::Cache(e.to_string()))?;
             dataset.set_tokenized(entries, dataset.stats.clone());
         } else {
+            // Tokenized once here for the token counts batching needs (and the same statistics and
+            // dropped rows as the eager policies), then kept as rows: the policy decides when tokens live.
+            let mut tokenized = 0;
             for r in rows {
-                match check_shape(&r.row, options.shape).and_then(|()| rendered_len(&r.row, t)) {
-                    Ok(len) => {
-                        dataset.lengths.push(len);
-                        dataset.entries.push(Entry { line: r.line, counted: false, row: Some(r.row), item: None });
+                match check_shape(&r.row, options.shape).and_then(|()| tokenize(&r.row, t, options.masking, options.max_seq_length)) {
+                    Ok(e) => {
+                        tokenized += 1;
+                        dataset.stats.truncated += usize::from(e.truncated());
+                        if !e.usable() {
+                            dataset.stats.unsupervised += 1;
+                            continue;
+                        }
+                        dataset.lengths.push(e.len());
+                        dataset.entries.push(Entry { line: r.line, row: Some(r.row), item: None });
                     }
                     Err(message) if options.skip_bad_rows => dataset.stats.bad_rows.push((r.line, message)),
                     Err(message) => return Err(DataError::Row { path: path.to_owned(), line: r.line, message }),
                 }
             }
-            dataset.stats.rows = dataset.entries.len();
+            dataset.stats.rows = tokenized;
         }
         if dataset.entries.is_empty() {
             return Err(file("no example has a supervised token".into()));
@@ -195,7 +182,7 @@ impl Dataset {
 
     fn set_tokenized(&mut self, entries: Vec<(usize, Item)>, stats: DataStats) {
         self.lengths = entries.iter().map(|(_, e)| e.len()).collect();
-        self.entries = entries.into_iter().map(|(line, e)| Entry { line, counted: true, row: None, item: Some(e) }).collect();
+        self.entries = entries.into_iter().map(|(line, e)| Entry { line, row: None, item: Some(e) }).collect();
         self.stats = stats;
     }
 
@@ -220,29 +207,24 @@ impl Dataset {
         &self.path
     }
 
-    /// The item at `i`, tokenized now if the policy defers it. `None`: a sequence of it has no supervised
-    /// token (counted).
-    pub fn item(&mut self, i: usize, t: &TextTokenizer) -> Result<Option<Item>, DataError> {
+    /// The item at `i`, tokenized now if the policy defers it. Every entry has a supervised token: loading
+    /// left out those without.
+    pub fn item(&mut self, i: usize, t: &TextTokenizer) -> Result<Item, DataError> {
         let entry = &mut self.entries[i];
         if let Some(e) = &entry.item {
-            return Ok(Some(e.clone()));
+            return Ok(e.clone());
         }
         let row = entry.row.as_ref().ok_or_else(|| DataError::Cache("an entry has neither row nor tokens".into()))?;
         let e = tokenize(row, t, self.options.masking, self.options.max_seq_length)
             .map_err(|message| DataError::Row { path: self.path.clone(), line: entry.line, message })?;
-        let first = !entry.counted;
-        entry.counted = true;
         if !e.usable() {
-            self.stats.unsupervised += usize::from(first);
-            return Ok(None);
-        }
-        if e.truncated() && first {
-            self.stats.truncated += 1;
+            // Load kept only rows with a supervised token; the same row and tokenizer cannot lose it.
+            return Err(DataError::Row { path: self.path.clone(), line: entry.line, message: "tokenizes differently than when the data was loaded".into() });
         }
         if self.memoize {
             entry.item = Some(e.clone());
             entry.row = None;
         }
-        Ok(Some(e))
+        Ok(e)
     }
 }

@@ -146,12 +146,11 @@ fn build_batch(dataset: &mut Dataset, t: &TextTokenizer, indices: &[usize], how:
     let mut present: Vec<(usize, Item)> = Vec::new();
     let mut partners = Vec::new();
     for &i in indices {
-        if let Some(item) = dataset.item(i, t)? {
-            if how.kl_pairs {
-                partners.push(partner(dataset, i, t)?);
-            }
-            present.push((i, item));
+        let item = dataset.item(i, t)?;
+        if how.kl_pairs {
+            partners.push(partner(dataset, i, t)?);
         }
+        present.push((i, item));
     }
     if present.is_empty() {
         return Ok(None);

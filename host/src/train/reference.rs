@@ -39,17 +39,16 @@ impl ReferenceSource {
     }
 }
 
-/// The item whose completion goes with item `i`'s prompt in KTO's mismatched pairs: the nearest usable
-/// item before it, cyclically (TRL shifts completions by one at data preparation). Fixed per dataset, so the
-/// pairs — and their reference log-probs — do not depend on how batches are drawn.
+/// The item whose completion goes with item `i`'s prompt in KTO's mismatched pairs: the item before it,
+/// cyclically (TRL shifts completions by one at data preparation; rows without a supervised token were left
+/// out at load). Fixed per dataset, so the pairs — and their reference log-probs — do not depend on how
+/// batches are drawn.
 pub fn partner(dataset: &mut Dataset, i: usize, t: &TextTokenizer) -> Result<Item, TrainError> {
     let n = dataset.len();
-    for back in 1..n {
-        if let Some(item) = dataset.item((i + n - back) % n, t)? {
-            return Ok(item);
-        }
+    if n < 2 {
+        return Err(TrainError::Config(format!("{}: KTO's reference point needs at least two usable rows", dataset.path().display())));
     }
-    Err(TrainError::Config(format!("{}: KTO's reference point needs at least two usable rows", dataset.path().display())))
+    Ok(dataset.item((i + n - 1) % n, t)?)
 }
 
 /// Precomputed reference log-probs of one item: per sequence (its targets, unpadded), and of its
@@ -99,12 +98,11 @@ impl ReferenceTable {
             let mut present = Vec::new();
             let mut partners = Vec::new();
             for i in indices {
-                if let Some(item) = dataset.item(i, t)? {
-                    if kl_pairs {
-                        partners.push(partner(dataset, i, t)?);
-                    }
-                    present.push((i, item));
+                let item = dataset.item(i, t)?;
+                if kl_pairs {
+                    partners.push(partner(dataset, i, t)?);
                 }
+                present.push((i, item));
             }
             if present.is_empty() {
                 continue;
