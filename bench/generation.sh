@@ -4,8 +4,8 @@
 #
 #   bench/generation.sh [PYTHON_WITH_MLX_LM]        (default: python3)
 #
-# The Python needs mlx==0.32.2, mlx-cpu==0.32.2 and mlx-lm==0.32.2; for the same BLAS, point its
-# mlx_cpu.libs/libblas-*.so.* and liblapack-*.so.* at OpenBLAS as our mlx-sys does (see mlx-sys/README.md).
+# The Python needs mlx==0.32.2, mlx-cpu==0.32.2 and mlx-lm==0.32.2; bench/blas.sh gives its MLX our BLAS
+# (or refuses to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${1:-python3}
@@ -17,6 +17,8 @@ mkdir -p "$WORK"
 
 cargo build --release -p host >&2
 HOST=target/release/host
+source bench/blas.sh
+same_blas "$HOST" "$PYTHON"
 [ -d "$WORK/small-llama" ] || $HOST fixture --family llama --preset small --out "$WORK/small-llama" --seed 0 >&2
 [ -d "$WORK/small-llama-4bit" ] || $HOST quantize --model "$WORK/small-llama" --out "$WORK/small-llama-4bit" --bits 4 --group-size 64 >&2
 
@@ -36,7 +38,7 @@ for model in small-llama small-llama-4bit; do
         out=$($HOST generate --model "$WORK/$model" --prompt-ids "$PROMPT" --max-tokens "$MAX_TOKENS" --ignore-eos --json)
         out=$(echo "$out" | "$PYTHON" -c "import json,sys; t=json.load(sys.stdin)['timings']; print(json.dumps(t))")
       else
-        out=$("$PYTHON" bench/mlx_lm_generate.py "$WORK/$model" "$PROMPT" "$MAX_TOKENS")
+        out=$("${COMPETITOR_ENV[@]}" "$PYTHON" bench/mlx_lm_generate.py "$WORK/$model" "$PROMPT" "$MAX_TOKENS")
       fi
       p+=("$(echo "$out" | field prompt_tokens_per_second)")
       d+=("$(echo "$out" | field decode_tokens_per_second)")

@@ -24,6 +24,8 @@ if [ -z "${HOST:-}" ]; then
   cargo build --release -p host >&2
   HOST=target/release/host
 fi
+source bench/blas.sh
+same_blas "$HOST" "$PYTHON"
 MODEL="$WORK/$PRESET-llama-$DTYPE"
 [ -d "$MODEL" ] || $HOST fixture --family llama --preset "$PRESET" --dtype "$DTYPE" --out "$MODEL" --seed 0 >&2
 "$PYTHON" bench/make_sft_data.py "$WORK/sft-data" 512
@@ -75,7 +77,7 @@ PY
 
 mkdir -p "$WORK/sft-mlxlm-data"
 cp "$WORK/sft-data/train.jsonl" "$WORK/sft-mlxlm-data/train.jsonl"
-mlx_json=$("$PYTHON" bench/mlx_lm_lora_bench.py --model "$MODEL" --train --data "$WORK/sft-mlxlm-data" \
+mlx_json=$("${COMPETITOR_ENV[@]}" "$PYTHON" bench/mlx_lm_lora_bench.py --model "$MODEL" --train --data "$WORK/sft-mlxlm-data" \
   --fine-tune-type lora --optimizer adamw --num-layers -1 --batch-size "$BATCH" --iters "$STEPS" --learning-rate 1e-4 \
   --steps-per-report 1 --steps-per-eval $((STEPS + 1)) --val-batches 0 --max-seq-length 1024 \
   --adapter-path "$WORK/sft-mlxlm" --save-every "$STEPS" 2>"$WORK/mlx_lm_lora.err" | tail -1)
