@@ -88,7 +88,7 @@ fn adapters_cross_between_host_and_mlx_lm() {
 #[test]
 #[ignore = "needs MLX_LM_PYTHON, a python with mlx-lm (CI provides one)"]
 fn every_family_matches_mlx_lm() {
-    for family in [Family::Llama, Family::Qwen2, Family::Qwen3, Family::Mistral] {
+    for family in Family::ALL {
         let dir = std::env::temp_dir().join(format!("mlx-lm-ref-{}-{family:?}", std::process::id()));
         fixture::write(&dir, family, Preset::Tiny, 11).unwrap();
         compare(&dir, &format!("{family:?}"));

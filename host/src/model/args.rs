@@ -44,6 +44,14 @@ pub struct HfArgs {
     pub mlp_bias: Option<bool>,
     pub eos_token_id: Option<TokenIds>,
     pub bos_token_id: Option<u32>,
+    /// SmolLM3: per layer 1 = RoPE, 0 = none; else every `no_rope_layer_interval`-th layer has none.
+    pub no_rope_layers: Option<Vec<i32>>,
+    pub no_rope_layer_interval: Option<usize>,
+    /// Granite's multipliers.
+    pub embedding_multiplier: Option<f32>,
+    pub attention_multiplier: Option<f32>,
+    pub residual_multiplier: Option<f32>,
+    pub logits_scaling: Option<f32>,
     /// mlx-lm's quantization block: `{group_size, bits, [mode], <module path>: {group_size, bits} | false}`.
     pub quantization: Option<serde_json::Map<String, serde_json::Value>>,
     /// Transformers' mirror of the same block, used when `quantization` is absent.
@@ -58,8 +66,28 @@ fn default_rope_theta() -> f64 {
     10000.0
 }
 
-/// The architecture every supported family maps onto: a pre-norm decoder with RMSNorm, RoPE, grouped-query
-/// attention and a SwiGLU MLP, with the per-family switches below.
+/// Where a layer's norms sit around its two sublayers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPlacement {
+    /// `input_layernorm` before attention, `post_attention_layernorm` before the MLP (Llama).
+    Pre,
+    /// `post_attention_layernorm` on the attention output, `post_feedforward_layernorm` on the MLP output,
+    /// nothing on the inputs (OLMo 2).
+    Post,
+}
+
+/// RMSNorm of q and k before RoPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Over each head (Qwen3): weights of `head_dim`.
+    PerHead,
+    /// Over the whole projection, all heads at once (OLMo 2): weights of heads × `head_dim`.
+    Whole,
+}
+
+/// The architecture every supported family maps onto: a decoder with RMSNorm, RoPE, grouped-query attention
+/// and a SwiGLU MLP, with the per-family switches below.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransformerConfig {
     pub model_type: String,
@@ -79,8 +107,18 @@ pub struct TransformerConfig {
     /// Bias on the output projection.
     pub o_bias: bool,
     pub mlp_bias: bool,
-    /// RMSNorm over each head of q and k before RoPE (Qwen3).
-    pub qk_norm: bool,
+    pub qk_norm: QkNorm,
+    pub norms: NormPlacement,
+    /// Per layer, whether its attention applies RoPE (SmolLM3 leaves it out on some layers).
+    pub rope_layers: Vec<bool>,
+    /// The attention's score scale (default head_dim^-½; Granite's `attention_multiplier`).
+    pub attention_scale: f32,
+    /// Embeddings are multiplied by this (Granite's `embedding_multiplier`).
+    pub embedding_multiplier: f32,
+    /// Each sublayer's output is multiplied by this before the residual add (Granite).
+    pub residual_multiplier: f32,
+    /// Logits are divided by this (Granite's `logits_scaling`).
+    pub logits_scaling: f32,
 }
 
 impl HfArgs {
@@ -115,8 +153,19 @@ impl HfArgs {
             qkv_bias: self.attention_bias.unwrap_or(false),
             o_bias: self.attention_bias.unwrap_or(false),
             mlp_bias: self.mlp_bias.unwrap_or(false),
-            qk_norm: false,
+            qk_norm: QkNorm::None,
+            norms: NormPlacement::Pre,
+            rope_layers: vec![true; self.num_hidden_layers as usize],
+            attention_scale: 1.0 / (head_dim as f32).sqrt(),
+            embedding_multiplier: 1.0,
+            residual_multiplier: 1.0,
+            logits_scaling: 1.0,
         })
+    }
+
+    /// A key this family needs, or an error naming it.
+    pub fn required<T: Copy>(&self, value: Option<T>, key: &str) -> Result<T, String> {
+        value.ok_or_else(|| format!("config.json lacks `{key}`, which {} needs", self.model_type))
     }
 
     fn rope_scaling(&self) -> Result<RopeScaling, String> {

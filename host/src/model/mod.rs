@@ -3,18 +3,21 @@
 
 mod args;
 mod error;
+mod granite;
 pub mod hub;
 mod llama;
 mod load;
 mod mistral;
+mod olmo2;
 mod qwen2;
 mod qwen3;
 mod save;
+mod smollm3;
 mod transformer;
 
 use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
 
-pub use args::{HfArgs, QuantizationPlan, TokenIds, TransformerConfig};
+pub use args::{HfArgs, NormPlacement, QkNorm, QuantizationPlan, TokenIds, TransformerConfig};
 pub use error::{Misshaped, ModelError, WeightMismatch};
 pub use load::{default_dtype, fingerprint, load, LoadOptions, LoadedModel};
 pub use save::save;
@@ -28,8 +31,15 @@ pub type QuantizeFn<'a> = dyn Fn(&str, i32) -> Option<Quant> + 'a;
 type FamilyFn = fn(&HfArgs) -> Result<TransformerConfig, String>;
 
 /// The supported `model_type`s.
-const FAMILIES: &[(&str, FamilyFn)] =
-    &[("llama", llama::config), ("mistral", mistral::config), ("qwen2", qwen2::config), ("qwen3", qwen3::config)];
+const FAMILIES: &[(&str, FamilyFn)] = &[
+    ("granite", granite::config),
+    ("llama", llama::config),
+    ("mistral", mistral::config),
+    ("olmo2", olmo2::config),
+    ("qwen2", qwen2::config),
+    ("qwen3", qwen3::config),
+    ("smollm3", smollm3::config),
+];
 
 /// A dtype by name (`float32`, `bfloat16`, `float16`, or f32/bf16/f16).
 pub fn parse_dtype(name: &str) -> Option<Dtype> {
@@ -82,10 +92,14 @@ impl CausalLm {
 
     /// Vocabulary logits for hidden states.
     pub fn head(&self, hidden: &Array) -> Result<Array, Exception> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => self.model.embed_tokens.as_linear(hidden),
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden)?,
+            None => self.model.embed_tokens.as_linear(hidden)?,
+        };
+        if self.config.logits_scaling == 1.0 {
+            return Ok(logits);
         }
+        logits.divide(Array::from_f32(self.config.logits_scaling).as_dtype(logits.dtype())?)
     }
 
     /// Logits [B, L, vocab] for token ids [B, L] (int32), through per-layer caches when given.

@@ -11,7 +11,7 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     let mut with_head_dim = args.clone();
     with_head_dim.head_dim = Some(args.head_dim.unwrap_or(DEFAULT_HEAD_DIM));
     let mut c = with_head_dim.base()?;
-    c.qk_norm = true;
+    c.qk_norm = super::args::QkNorm::PerHead;
     c.mlp_bias = false;
     Ok(c)
 }

@@ -11,7 +11,10 @@ use mlx_rs::{
     Array, Dtype,
 };
 
-use super::{args::TransformerConfig, QuantizeFn};
+use super::{
+    args::{NormPlacement, QkNorm, TransformerConfig},
+    QuantizeFn,
+};
 use crate::{
     cache::{AttentionMask, KvCache, KvTensors},
     nn::{Embedding, Linear, Quant, RmsNorm, Rope},
@@ -31,10 +34,14 @@ pub struct Attention {
     pub q_norm: Option<RmsNorm>,
     #[param]
     pub k_norm: Option<RmsNorm>,
+    /// Whether q_norm/k_norm span the whole projection (OLMo 2) rather than each head.
+    pub qk_norm_whole: bool,
     pub heads: i32,
     pub kv_heads: i32,
     pub head_dim: i32,
-    pub rope: Rope,
+    /// None on layers without positional encoding (SmolLM3's NoPE layers).
+    pub rope: Option<Rope>,
+    pub scale: f32,
 }
 
 #[derive(Debug, Clone, ModuleParameters)]
@@ -53,10 +60,17 @@ pub struct Layer {
     pub self_attn: Attention,
     #[param]
     pub mlp: Mlp,
+    /// Absent with post-norms (OLMo 2).
     #[param]
-    pub input_layernorm: RmsNorm,
+    pub input_layernorm: Option<RmsNorm>,
+    /// Before the MLP with pre-norms; on the attention output with post-norms.
     #[param]
     pub post_attention_layernorm: RmsNorm,
+    /// On the MLP output (post-norms only).
+    #[param]
+    pub post_feedforward_layernorm: Option<RmsNorm>,
+    pub norms: NormPlacement,
+    pub residual_multiplier: f32,
 }
 
 #[derive(Debug, Clone, ModuleParameters)]
@@ -67,29 +81,37 @@ pub struct Decoder {
     pub layers: Vec<Layer>,
     #[param]
     pub norm: RmsNorm,
+    pub embedding_multiplier: f32,
     /// Recompute the activations of this many layers in the backward pass, counted from the first layer with
     /// trainable parameters (uncached forwards only: training); 0 checkpoints none, `usize::MAX` all.
     pub checkpoint_layers: usize,
 }
 
 impl Attention {
-    fn new(c: &TransformerConfig, prefix: &str, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
+    fn new(c: &TransformerConfig, index: usize, prefix: &str, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
         let (h, d) = (c.hidden_size, c.head_dim);
         let linear = |name: &str, i: i32, o: i32, bias: bool| {
             Linear::placeholder(i, o, bias, quant(&format!("{prefix}.{name}"), i), dtype)
         };
-        let norm = |on: bool| if on { RmsNorm::new(d, c.rms_norm_eps).map(Some) } else { Ok(None) };
+        let norm = |heads: i32| match c.qk_norm {
+            QkNorm::None => Ok(None),
+            QkNorm::PerHead => RmsNorm::new(d, c.rms_norm_eps).map(Some),
+            QkNorm::Whole => RmsNorm::new(heads * d, c.rms_norm_eps).map(Some),
+        };
+        let rope = c.rope_layers.get(index).copied().unwrap_or(true).then(|| Rope::new(d, c.rope_theta, &c.rope_scaling));
         Ok(Attention {
             q_proj: linear("q_proj", h, c.num_attention_heads * d, c.qkv_bias)?,
             k_proj: linear("k_proj", h, c.num_key_value_heads * d, c.qkv_bias)?,
             v_proj: linear("v_proj", h, c.num_key_value_heads * d, c.qkv_bias)?,
             o_proj: linear("o_proj", c.num_attention_heads * d, h, c.o_bias)?,
-            q_norm: norm(c.qk_norm)?,
-            k_norm: norm(c.qk_norm)?,
+            q_norm: norm(c.num_attention_heads)?,
+            k_norm: norm(c.num_key_value_heads)?,
+            qk_norm_whole: c.qk_norm == QkNorm::Whole,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: d,
-            rope: Rope::new(d, c.rope_theta, &c.rope_scaling),
+            rope,
+            scale: c.attention_scale,
         })
     }
 
@@ -115,13 +137,20 @@ impl Attention {
     /// x: [B, L, hidden]. Without a cache the L tokens attend causally to each other from position 0.
     pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
-        let q = self.heads_first(self.q_proj.forward(x)?, self.heads, self.q_norm.as_ref())?;
-        let k = self.heads_first(self.k_proj.forward(x)?, self.kv_heads, self.k_norm.as_ref())?;
+        let (q, k) = (self.q_proj.forward(x)?, self.k_proj.forward(x)?);
+        let (q, k, q_norm, k_norm) = match (self.qk_norm_whole, &self.q_norm, &self.k_norm) {
+            (true, Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?, None, None),
+            _ => (q, k, self.q_norm.as_ref(), self.k_norm.as_ref()),
+        };
+        let q = self.heads_first(q, self.heads, q_norm)?;
+        let k = self.heads_first(k, self.kv_heads, k_norm)?;
         let v = self.heads_first(self.v_proj.forward(x)?, self.kv_heads, None)?;
         let offset = cache.as_ref().map_or(0, |c| c.offset()) as i32;
-        let q = self.rope.forward(&q, offset)?;
-        let k = self.rope.forward(&k, offset)?;
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        let (q, k) = match &self.rope {
+            Some(rope) => (rope.forward(&q, offset)?, rope.forward(&k, offset)?),
+            None => (q, k),
+        };
+        let scale = self.scale;
         let out = match cache {
             Some(cache) => {
                 let view = cache.update_and_fetch(k, v)?;
@@ -243,17 +272,42 @@ impl Mlp {
 impl Layer {
     fn new(c: &TransformerConfig, index: i32, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
         let prefix = format!("model.layers.{index}");
+        let norm = || RmsNorm::new(c.hidden_size, c.rms_norm_eps);
+        let post = c.norms == NormPlacement::Post;
         Ok(Layer {
-            self_attn: Attention::new(c, &format!("{prefix}.self_attn"), quant, dtype)?,
+            self_attn: Attention::new(c, index as usize, &format!("{prefix}.self_attn"), quant, dtype)?,
             mlp: Mlp::new(c, &format!("{prefix}.mlp"), quant, dtype)?,
-            input_layernorm: RmsNorm::new(c.hidden_size, c.rms_norm_eps)?,
-            post_attention_layernorm: RmsNorm::new(c.hidden_size, c.rms_norm_eps)?,
+            input_layernorm: if post { None } else { Some(norm()?) },
+            post_attention_layernorm: norm()?,
+            post_feedforward_layernorm: if post { Some(norm()?) } else { None },
+            norms: c.norms,
+            residual_multiplier: c.residual_multiplier,
         })
     }
 
     pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
-        let h = x.add(self.self_attn.forward(&self.input_layernorm.forward(x)?, cache)?)?;
-        h.add(self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
+        // The multiplier in the activations' dtype, as mlx-lm's Python scalar: bf16 stays bf16.
+        let residual = |x: &Array, r: Array| {
+            if self.residual_multiplier == 1.0 {
+                x.add(r)
+            } else {
+                x.add(r.multiply(Array::from_f32(self.residual_multiplier).as_dtype(r.dtype())?)?)
+            }
+        };
+        let apply = |n: Option<&RmsNorm>, x: &Array| match n {
+            Some(n) => n.forward(x),
+            None => Ok(x.clone()),
+        };
+        match self.norms {
+            NormPlacement::Pre => {
+                let h = residual(x, self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache)?)?;
+                residual(&h, self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
+            }
+            NormPlacement::Post => {
+                let h = residual(x, self.post_attention_layernorm.forward(&self.self_attn.forward(x, cache)?)?)?;
+                residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &self.mlp.forward(&h)?)?)
+            }
+        }
     }
 
     /// [`Layer::forward`] without a cache, its activations recomputed in the backward pass. The layer's
@@ -279,6 +333,7 @@ impl Decoder {
             embed_tokens: Embedding::placeholder(c.vocab_size, c.hidden_size, quant("model.embed_tokens", c.hidden_size), dtype)?,
             layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, i, quant, dtype)).collect::<Result<_, _>>()?,
             norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps)?,
+            embedding_multiplier: c.embedding_multiplier,
             checkpoint_layers: 0,
         })
     }
@@ -286,6 +341,9 @@ impl Decoder {
     /// Final hidden states [B, L, hidden] for token ids [B, L].
     pub fn forward(&self, tokens: &Array, caches: Option<&mut [Box<dyn KvCache>]>) -> Result<Array, Exception> {
         let mut h = self.embed_tokens.forward(tokens)?;
+        if self.embedding_multiplier != 1.0 {
+            h = h.multiply(Array::from_f32(self.embedding_multiplier).as_dtype(h.dtype())?)?;
+        }
         match caches {
             Some(caches) => {
                 if caches.len() != self.layers.len() {

@@ -116,7 +116,7 @@ mod tests {
     use crate::nn::RopeScaling;
 
     fn config() -> TransformerConfig {
-        TransformerConfig {
+        let mut c = TransformerConfig {
             model_type: "llama".into(),
             hidden_size: 4096,
             num_hidden_layers: 32,
@@ -132,8 +132,16 @@ mod tests {
             qkv_bias: false,
             o_bias: false,
             mlp_bias: false,
-            qk_norm: false,
-        }
+            qk_norm: crate::model::QkNorm::None,
+            norms: crate::model::NormPlacement::Pre,
+            rope_layers: Vec::new(),
+            attention_scale: 1.0,
+            embedding_multiplier: 1.0,
+            residual_multiplier: 1.0,
+            logits_scaling: 1.0,
+        };
+        c.rope_layers = vec![true; c.num_hidden_layers as usize];
+        c
     }
 
     #[test]
