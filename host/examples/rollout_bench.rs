@@ -63,19 +63,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let mut shared = |m: &CausalLm| {
-        let mut caches = cache::for_layers(&*policy, m.num_layers()).map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))?;
+        let mut caches = cache::for_layers(&*policy, &m.attention_windows()).map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))?;
         Ok(vec![generate_groups(m, &prompts, group, &mut caches, &mut Sampler::new(sampler.clone(), 0)?, &options, &mut |_: usize, _: u32| Control::Continue)?])
     };
     run(&m, "shared", &mut shared)?;
     let repeated: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), group)).collect();
     run(&m, "batched", &mut |m| {
-        let mut caches = cache::for_layers(&*policy, m.num_layers()).map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))?;
+        let mut caches = cache::for_layers(&*policy, &m.attention_windows()).map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))?;
         Ok(vec![generate(m, &repeated, &mut caches, &mut Sampler::new(sampler.clone(), 0)?, &options, &mut sink)?])
     })?;
     run(&m, "sequential", &mut |m| {
         let mut out = Vec::with_capacity(repeated.len());
         for (i, p) in repeated.iter().enumerate() {
-            let mut caches = cache::for_layers(&*policy, m.num_layers()).map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))?;
+            let mut caches = cache::for_layers(&*policy, &m.attention_windows()).map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))?;
             out.push(generate(m, std::slice::from_ref(p), &mut caches, &mut Sampler::new(sampler.clone(), i as u64)?, &options, &mut sink)?);
         }
         Ok(out)

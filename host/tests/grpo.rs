@@ -53,13 +53,13 @@ fn a_shared_prompt_cache_samples_what_per_sample_caches_sample() {
             _ => sdk::toml::Table::new(),
         };
         let policy = registry.kv_cache_policy(kind, &table).unwrap();
-        let mut shared_caches = cache::for_layers(&*policy, m.num_layers()).unwrap();
+        let mut shared_caches = cache::for_layers(&*policy, &m.attention_windows()).unwrap();
         let (shared, _) =
             generate_groups(&m, &prompts, group, &mut shared_caches, &mut Sampler::new(sampler.clone(), 11).unwrap(), &options, &mut |_: usize, _: u32| Control::Continue)
                 .unwrap();
         // The same rows with every copy of a prompt prefilled in its own cache row.
         let repeated: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), group)).collect();
-        let mut own_caches = cache::for_layers(&*policy, m.num_layers()).unwrap();
+        let mut own_caches = cache::for_layers(&*policy, &m.attention_windows()).unwrap();
         let (own, _) = generate(&m, &repeated, &mut own_caches, &mut Sampler::new(sampler.clone(), 11).unwrap(), &options, &mut |_: usize, _: u32| Control::Continue).unwrap();
         assert_eq!(shared.len(), prompts.len() * group);
         // The two layouts run the prompts through matmuls of 3 and 12 rows, which BLAS blocks differently:

@@ -60,9 +60,22 @@ pub fn make(spec: KvCacheSpec) -> Box<dyn KvCache> {
     }
 }
 
-/// One cache per layer, as the policy decides.
-pub fn for_layers(policy: &dyn KvCachePolicy, num_layers: usize) -> Result<Vec<Box<dyn KvCache>>, PluginError> {
-    (0..num_layers).map(|layer| policy.layer_cache(layer, num_layers).map(make)).collect()
+/// One cache per layer (`windows[i]`: layer i's sliding attention window, if any), as the policy decides,
+/// except that a layer with a window always gets a rotating cache of at most that window: it never attends
+/// further back, so keeping more would change its outputs (and waste memory). Such a cache keeps no first
+/// positions and is never quantized (as mlx-lm's).
+pub fn for_layers(policy: &dyn KvCachePolicy, windows: &[Option<usize>]) -> Result<Vec<Box<dyn KvCache>>, PluginError> {
+    let n = windows.len();
+    (0..n)
+        .map(|layer| {
+            let spec = policy.layer_cache(layer, n)?;
+            Ok(make(match (windows[layer], spec) {
+                (None, spec) => spec,
+                (Some(w), KvCacheSpec::Rotating { max_size, keep }) if max_size <= w => KvCacheSpec::Rotating { max_size, keep },
+                (Some(w), _) => KvCacheSpec::Rotating { max_size: w, keep: 0 },
+            }))
+        })
+        .collect()
 }
 
 /// Repeats each row of a `[B, ...]` array `n` times: rows b0 b0 b0 b1 b1 b1 ...

@@ -191,7 +191,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         cache_table.insert(o.path.join("."), o.value.clone());
     }
     let policy = registry.kv_cache_policy(&args.cache, &cache_table)?;
-    let mut caches = cache::for_layers(&*policy, loaded.model.num_layers()).context("KV cache policy")?;
+    let mut caches = cache::for_layers(&*policy, &loaded.model.attention_windows()).context("KV cache policy")?;
     let mut sampler = Sampler::new(sampler_config, args.seed)?;
     let eos_ids = if args.ignore_eos { Vec::new() } else { tokenizer.eos_ids.clone() };
     let options = GenerateOptions { max_tokens: args.max_tokens, eos_ids, ..Default::default() };

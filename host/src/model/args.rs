@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::nn::{Quant, RopeScaling};
+use crate::nn::{Quant, RmsNorm, RopeScaling};
 
 /// A single id or a list of ids (`eos_token_id` is either).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -52,6 +52,17 @@ pub struct HfArgs {
     pub attention_multiplier: Option<f32>,
     pub residual_multiplier: Option<f32>,
     pub logits_scaling: Option<f32>,
+    /// Gemma: the attention scale is query_pre_attn_scalar^-½; RoPE base of the sliding-window layers;
+    /// the window and which layers have it.
+    pub query_pre_attn_scalar: Option<f64>,
+    pub rope_local_base_freq: Option<f64>,
+    pub sliding_window: Option<usize>,
+    pub sliding_window_pattern: Option<usize>,
+    pub hidden_activation: Option<String>,
+    pub hidden_act: Option<String>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub layer_types: Option<Vec<String>>,
+    pub final_logit_softcapping: Option<f64>,
     /// mlx-lm's quantization block: `{group_size, bits, [mode], <module path>: {group_size, bits} | false}`.
     pub quantization: Option<serde_json::Map<String, serde_json::Value>>,
     /// Transformers' mirror of the same block, used when `quantization` is absent.
@@ -74,6 +85,24 @@ pub enum NormPlacement {
     /// `post_attention_layernorm` on the attention output, `post_feedforward_layernorm` on the MLP output,
     /// nothing on the inputs (OLMo 2).
     Post,
+    /// Both: `input_layernorm` → attention → `post_attention_layernorm`, then `pre_feedforward_layernorm` →
+    /// MLP → `post_feedforward_layernorm`, each before its residual add (Gemma 2 and 3).
+    Sandwich,
+}
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// A layer's rotary embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeParams {
+    pub theta: f64,
+    pub scaling: RopeScaling,
 }
 
 /// RMSNorm of q and k before RoPE.
@@ -109,8 +138,13 @@ pub struct TransformerConfig {
     pub mlp_bias: bool,
     pub qk_norm: QkNorm,
     pub norms: NormPlacement,
-    /// Per layer, whether its attention applies RoPE (SmolLM3 leaves it out on some layers).
-    pub rope_layers: Vec<bool>,
+    /// Per layer, its RoPE (None: SmolLM3's layers without; Gemma's local layers have their own base).
+    pub layer_rope: Vec<Option<RopeParams>>,
+    /// Per layer, a sliding attention window (Gemma's local layers): the cache of such a layer is rotating.
+    pub layer_window: Vec<Option<usize>>,
+    /// Norm gains stored as offsets from 1 (Gemma).
+    pub norm_plus_one: bool,
+    pub activation: Activation,
     /// The attention's score scale (default head_dim^-½; Granite's `attention_multiplier`).
     pub attention_scale: f32,
     /// Embeddings are multiplied by this (Granite's `embedding_multiplier`).
@@ -119,6 +153,13 @@ pub struct TransformerConfig {
     pub residual_multiplier: f32,
     /// Logits are divided by this (Granite's `logits_scaling`).
     pub logits_scaling: f32,
+}
+
+impl TransformerConfig {
+    /// An RMSNorm of `dims` in this family's convention.
+    pub fn norm(&self, dims: i32) -> Result<RmsNorm, mlx_rs::error::Exception> {
+        if self.norm_plus_one { RmsNorm::offset(dims, self.rms_norm_eps) } else { RmsNorm::new(dims, self.rms_norm_eps) }
+    }
 }
 
 impl HfArgs {
@@ -155,12 +196,20 @@ impl HfArgs {
             mlp_bias: self.mlp_bias.unwrap_or(false),
             qk_norm: QkNorm::None,
             norms: NormPlacement::Pre,
-            rope_layers: vec![true; self.num_hidden_layers as usize],
+            layer_rope: vec![Some(RopeParams { theta: self.rope_theta, scaling: self.rope_scaling()? }); self.num_hidden_layers as usize],
+            layer_window: vec![None; self.num_hidden_layers as usize],
+            norm_plus_one: false,
+            activation: Activation::Silu,
             attention_scale: 1.0 / (head_dim as f32).sqrt(),
             embedding_multiplier: 1.0,
             residual_multiplier: 1.0,
             logits_scaling: 1.0,
         })
+    }
+
+    /// `rope_scaling` as parsed (for families that give it to some layers only).
+    pub fn parsed_rope_scaling(&self) -> Result<RopeScaling, String> {
+        self.rope_scaling()
     }
 
     /// A key this family needs, or an error naming it.

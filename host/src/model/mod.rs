@@ -3,6 +3,7 @@
 
 mod args;
 mod error;
+mod gemma3_text;
 mod granite;
 pub mod hub;
 mod llama;
@@ -17,7 +18,7 @@ mod transformer;
 
 use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
 
-pub use args::{HfArgs, NormPlacement, QkNorm, QuantizationPlan, TokenIds, TransformerConfig};
+pub use args::{Activation, HfArgs, NormPlacement, QkNorm, QuantizationPlan, RopeParams, TokenIds, TransformerConfig};
 pub use error::{Misshaped, ModelError, WeightMismatch};
 pub use load::{default_dtype, fingerprint, load, LoadOptions, LoadedModel};
 pub use save::save;
@@ -32,6 +33,7 @@ type FamilyFn = fn(&HfArgs) -> Result<TransformerConfig, String>;
 
 /// The supported `model_type`s.
 const FAMILIES: &[(&str, FamilyFn)] = &[
+    ("gemma3_text", gemma3_text::config),
     ("granite", granite::config),
     ("llama", llama::config),
     ("mistral", mistral::config),
@@ -84,6 +86,11 @@ impl CausalLm {
             Some(Linear::placeholder(config.hidden_size, config.vocab_size, false, quant("lm_head", config.hidden_size), dtype)?)
         };
         Ok(CausalLm { model: Decoder::new(&config, quant, dtype)?, lm_head, config })
+    }
+
+    /// Per layer, its sliding attention window (its KV cache must be a rotating one of that size).
+    pub fn attention_windows(&self) -> Vec<Option<usize>> {
+        self.model.layers.iter().map(|l| l.self_attn.window).collect()
     }
 
     pub fn num_layers(&self) -> usize {

@@ -9,7 +9,7 @@ const DEFAULT_NO_ROPE_INTERVAL: usize = 4;
 pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     let mut c = args.base()?;
     let layers = c.num_hidden_layers as usize;
-    c.rope_layers = match &args.no_rope_layers {
+    let uses_rope: Vec<bool> = match &args.no_rope_layers {
         Some(flags) if flags.len() != layers => {
             return Err(format!("no_rope_layers has {} entries for {layers} layers", flags.len()));
         }
@@ -22,5 +22,10 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
             (0..layers).map(|i| (i + 1) % interval != 0).collect()
         }
     };
+    for (rope, uses) in c.layer_rope.iter_mut().zip(uses_rope) {
+        if !uses {
+            *rope = None;
+        }
+    }
     Ok(c)
 }

@@ -12,7 +12,7 @@ use mlx_rs::{
 };
 
 use super::{
-    args::{NormPlacement, QkNorm, TransformerConfig},
+    args::{Activation, NormPlacement, QkNorm, TransformerConfig},
     QuantizeFn,
 };
 use crate::{
@@ -42,6 +42,8 @@ pub struct Attention {
     /// None on layers without positional encoding (SmolLM3's NoPE layers).
     pub rope: Option<Rope>,
     pub scale: f32,
+    /// A sliding window (Gemma's local layers): each query sees this many most recent positions.
+    pub window: Option<usize>,
 }
 
 #[derive(Debug, Clone, ModuleParameters)]
@@ -52,6 +54,7 @@ pub struct Mlp {
     pub up_proj: Linear,
     #[param]
     pub down_proj: Linear,
+    pub activation: Activation,
 }
 
 #[derive(Debug, Clone, ModuleParameters)]
@@ -66,7 +69,10 @@ pub struct Layer {
     /// Before the MLP with pre-norms; on the attention output with post-norms.
     #[param]
     pub post_attention_layernorm: RmsNorm,
-    /// On the MLP output (post-norms only).
+    /// Before the MLP (sandwich norms only).
+    #[param]
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    /// On the MLP output (post and sandwich norms).
     #[param]
     pub post_feedforward_layernorm: Option<RmsNorm>,
     pub norms: NormPlacement,
@@ -95,10 +101,10 @@ impl Attention {
         };
         let norm = |heads: i32| match c.qk_norm {
             QkNorm::None => Ok(None),
-            QkNorm::PerHead => RmsNorm::new(d, c.rms_norm_eps).map(Some),
-            QkNorm::Whole => RmsNorm::new(heads * d, c.rms_norm_eps).map(Some),
+            QkNorm::PerHead => c.norm(d).map(Some),
+            QkNorm::Whole => c.norm(heads * d).map(Some),
         };
-        let rope = c.rope_layers.get(index).copied().unwrap_or(true).then(|| Rope::new(d, c.rope_theta, &c.rope_scaling));
+        let rope = c.layer_rope.get(index).cloned().flatten().map(|r| Rope::new(d, r.theta, &r.scaling));
         Ok(Attention {
             q_proj: linear("q_proj", h, c.num_attention_heads * d, c.qkv_bias)?,
             k_proj: linear("k_proj", h, c.num_key_value_heads * d, c.qkv_bias)?,
@@ -112,6 +118,7 @@ impl Attention {
             head_dim: d,
             rope,
             scale: c.attention_scale,
+            window: c.layer_window.get(index).copied().flatten(),
         })
     }
 
@@ -162,7 +169,14 @@ impl Attention {
                 }
             }
             None => {
-                let mask = if l > 1 { AttentionMask::Causal } else { AttentionMask::None };
+                let mask = match self.window {
+                    Some(w) if l as usize > w => {
+                        let positions: Vec<usize> = (0..l as usize).collect();
+                        AttentionMask::build(l as usize, &positions, 0, Some(w), 0, &[])?
+                    }
+                    _ if l > 1 => AttentionMask::Causal,
+                    _ => AttentionMask::None,
+                };
                 dense_attention(&q, &k, &v, scale, &mask)?
             }
         };
@@ -258,28 +272,45 @@ impl Mlp {
     fn new(c: &TransformerConfig, prefix: &str, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let linear = |name: &str, a: i32, b: i32| Linear::placeholder(a, b, c.mlp_bias, quant(&format!("{prefix}.{name}"), a), dtype);
-        Ok(Mlp { gate_proj: linear("gate_proj", h, i)?, up_proj: linear("up_proj", h, i)?, down_proj: linear("down_proj", i, h)? })
+        Ok(Mlp { gate_proj: linear("gate_proj", h, i)?, up_proj: linear("up_proj", h, i)?, down_proj: linear("down_proj", i, h)?, activation: c.activation })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
-        // SiLU as two plain ops: mlx-rs's `nn::silu` compiles a fresh closure on every call, which retraces.
+        // Activations as plain ops: mlx-rs's `nn::silu`/`gelu_approximate` compile a fresh closure on every
+        // call, which retraces.
         let gate = self.gate_proj.forward(x)?;
-        let gated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(self.up_proj.forward(x)?)?;
-        self.down_proj.forward(&gated)
+        let activated = match self.activation {
+            Activation::Silu => gate.multiply(ops::sigmoid(&gate)?)?,
+            Activation::GeluTanh => gelu_tanh(&gate)?,
+        };
+        self.down_proj.forward(&activated.multiply(self.up_proj.forward(x)?)?)
     }
+}
+
+/// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), MLX's `gelu_approx`, with constants in x's dtype.
+fn gelu_tanh(x: &Array) -> Result<Array, Exception> {
+    let c = |v: f32| Array::from_f32(v).as_dtype(x.dtype());
+    let inner = x.add(x.multiply(x)?.multiply(x)?.multiply(c(0.044715)?)?)?.multiply(c((2.0 / std::f32::consts::PI).sqrt())?)?;
+    x.multiply(c(0.5)?)?.multiply(c(1.0)?.add(ops::tanh(&inner)?)?)
 }
 
 impl Layer {
     fn new(c: &TransformerConfig, index: i32, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
         let prefix = format!("model.layers.{index}");
-        let norm = || RmsNorm::new(c.hidden_size, c.rms_norm_eps);
-        let post = c.norms == NormPlacement::Post;
+        let norm = || c.norm(c.hidden_size);
+        let (input, pre_ff, post_ff) = match c.norms {
+            NormPlacement::Pre => (true, false, false),
+            NormPlacement::Post => (false, false, true),
+            NormPlacement::Sandwich => (true, true, true),
+        };
+        let optional = |on: bool| if on { norm().map(Some) } else { Ok(None) };
         Ok(Layer {
             self_attn: Attention::new(c, index as usize, &format!("{prefix}.self_attn"), quant, dtype)?,
             mlp: Mlp::new(c, &format!("{prefix}.mlp"), quant, dtype)?,
-            input_layernorm: if post { None } else { Some(norm()?) },
+            input_layernorm: optional(input)?,
             post_attention_layernorm: norm()?,
-            post_feedforward_layernorm: if post { Some(norm()?) } else { None },
+            pre_feedforward_layernorm: optional(pre_ff)?,
+            post_feedforward_layernorm: optional(post_ff)?,
             norms: c.norms,
             residual_multiplier: c.residual_multiplier,
         })
@@ -307,6 +338,12 @@ impl Layer {
                 let h = residual(x, self.post_attention_layernorm.forward(&self.self_attn.forward(x, cache)?)?)?;
                 residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &self.mlp.forward(&h)?)?)
             }
+            NormPlacement::Sandwich => {
+                let attended = self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache)?;
+                let h = residual(x, self.post_attention_layernorm.forward(&attended)?)?;
+                let fed = self.mlp.forward(&apply(self.pre_feedforward_layernorm.as_ref(), &h)?)?;
+                residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &fed)?)
+            }
         }
     }
 
@@ -332,7 +369,7 @@ impl Decoder {
         Ok(Decoder {
             embed_tokens: Embedding::placeholder(c.vocab_size, c.hidden_size, quant("model.embed_tokens", c.hidden_size), dtype)?,
             layers: (0..c.num_hidden_layers).map(|i| Layer::new(c, i, quant, dtype)).collect::<Result<_, _>>()?,
-            norm: RmsNorm::new(c.hidden_size, c.rms_norm_eps)?,
+            norm: c.norm(c.hidden_size)?,
             embedding_multiplier: c.embedding_multiplier,
             checkpoint_layers: 0,
         })

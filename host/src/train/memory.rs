@@ -134,13 +134,17 @@ mod tests {
             mlp_bias: false,
             qk_norm: crate::model::QkNorm::None,
             norms: crate::model::NormPlacement::Pre,
-            rope_layers: Vec::new(),
+            layer_rope: Vec::new(),
+            layer_window: Vec::new(),
+            norm_plus_one: false,
+            activation: crate::model::Activation::Silu,
             attention_scale: 1.0,
             embedding_multiplier: 1.0,
             residual_multiplier: 1.0,
             logits_scaling: 1.0,
         };
-        c.rope_layers = vec![true; c.num_hidden_layers as usize];
+        c.layer_rope = vec![None; c.num_hidden_layers as usize];
+        c.layer_window = vec![None; c.num_hidden_layers as usize];
         c
     }
 

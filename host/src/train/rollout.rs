@@ -128,7 +128,7 @@ impl Rollouts<'_> {
     /// Samples `group` completions for each prompt with the model as it is (adapters on, no dropout), scores
     /// them and builds the training rows.
     pub fn run(&mut self, model: &CausalLm, prompts: &[&PromptRow], seed: u64) -> Result<RolloutBatch, TrainError> {
-        let mut caches = cache::for_layers(self.cache_policy, model.num_layers()).map_err(|e| TrainError::Config(format!("[rollout] cache: {e}")))?;
+        let mut caches = cache::for_layers(self.cache_policy, &model.attention_windows()).map_err(|e| TrainError::Config(format!("[rollout] cache: {e}")))?;
         let mut sampler = Sampler::new(self.sampler.clone(), seed)?;
         let options = GenerateOptions { max_tokens: self.max_tokens, eos_ids: self.tokenizer.eos_ids.clone(), ..Default::default() };
         let tokens: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
