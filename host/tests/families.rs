@@ -141,3 +141,31 @@ fn grpo_samples_scores_and_steps_for_every_family() {
         }
     }
 }
+
+#[test]
+fn a_multimodal_gemma3_checkpoint_loads_its_language_model_and_saves_as_gemma3_text() {
+    let dir = temp("gemma3-multimodal");
+    fixture::write(&dir.join("text"), Family::Gemma3Text, Preset::Tiny, 3).unwrap();
+    fixture::wrap_gemma3(&dir.join("text"), &dir.join("multimodal")).unwrap();
+    let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: None };
+    let ids = Array::from_slice(&[5i32, 17, 99, 200, 33, 41, 7], &[1, 7]);
+    let logits = |m: &model::CausalLm| m.forward(&ids, None).unwrap().as_slice::<f32>().to_vec();
+    let text = model::load(&dir.join("text"), &options).unwrap();
+    let multimodal = model::load(&dir.join("multimodal"), &options).unwrap();
+    assert_eq!(multimodal.args.model_type, "gemma3_text");
+    assert_eq!(logits(&multimodal.model), logits(&text.model));
+    // Saved (here quantized on load), it is a text-only gemma3_text directory.
+    let q = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant { bits: 8, group_size: 32 }) };
+    model::save(&model::load(&dir.join("multimodal"), &q).unwrap(), &dir.join("saved")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("saved/config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "gemma3_text");
+    let saved = model::load(&dir.join("saved"), &options).unwrap();
+    let quantized_on_load = model::load(&dir.join("multimodal"), &q).unwrap();
+    assert_eq!(logits(&saved.model), logits(&quantized_on_load.model));
+    // A multimodal config without its text part is an error naming the key.
+    let mut bad: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("multimodal/config.json")).unwrap()).unwrap();
+    bad.as_object_mut().unwrap().remove("text_config");
+    std::fs::write(dir.join("multimodal/config.json"), bad.to_string()).unwrap();
+    let err = model::load(&dir.join("multimodal"), &options).err().unwrap().to_string();
+    assert!(err.contains("text_config"), "{err}");
+}

@@ -102,6 +102,15 @@ fn every_family_matches_mlx_lm() {
 
 #[test]
 #[ignore = "needs MLX_LM_PYTHON, a python with mlx-lm (CI provides one)"]
+fn a_multimodal_gemma3_checkpoint_matches_mlx_lm() {
+    let dir = std::env::temp_dir().join(format!("mlx-lm-ref-{}-gemma3", std::process::id()));
+    fixture::write(&dir.join("text"), Family::Gemma3Text, Preset::Tiny, 12).unwrap();
+    fixture::wrap_gemma3(&dir.join("text"), &dir.join("multimodal")).unwrap();
+    compare(&dir.join("multimodal"), "gemma3 (multimodal checkpoint, language model)");
+}
+
+#[test]
+#[ignore = "needs MLX_LM_PYTHON, a python with mlx-lm (CI provides one)"]
 fn the_mlx_lm_backend_trains_from_the_same_toml() {
     use host::{config::RunConfig, lora, plugins::Registry, train};
     let dir = std::env::temp_dir().join(format!("mlx-lm-backend-{}", std::process::id()));

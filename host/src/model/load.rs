@@ -143,6 +143,12 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
         serde_json::Value::Object(map) => map,
         _ => return Err(ModelError::file(&config_path, "not a JSON object")),
     };
+    let multimodal = config_json.get("model_type").and_then(|t| t.as_str()) == Some("gemma3");
+    let config_json = if multimodal {
+        super::gemma3::text_config(&config_json).map_err(|message| ModelError::Config { path: config_path.clone(), message })?
+    } else {
+        config_json
+    };
     let args: HfArgs = serde_json::from_value(serde_json::Value::Object(config_json.clone()))
         .map_err(|e| ModelError::Config { path: config_path.clone(), message: e.to_string() })?;
     let family = family(&args.model_type).ok_or_else(|| ModelError::UnknownModelType {
@@ -154,6 +160,15 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
     let plan = args.quantization().map_err(|message| ModelError::Config { path: config_path.clone(), message })?;
 
     let mut weights = read_weights(dir)?;
+    if multimodal {
+        let all = weights.len();
+        weights = weights.into_iter().filter_map(|(k, v)| k.strip_prefix(super::gemma3::PREFIX).map(|s| (s.to_owned(), v))).collect();
+        eprintln!(
+            "{}: the language model of a multimodal gemma3 checkpoint; its vision tower and projector ({} tensors) are not loaded",
+            dir.display(),
+            all - weights.len()
+        );
+    }
     weights.retain(|name, _| !name.contains("rotary_emb.inv_freq"));
     if config.tie_word_embeddings {
         weights.retain(|name, _| !name.starts_with("lm_head."));

@@ -3,6 +3,7 @@
 
 mod args;
 mod error;
+mod gemma3;
 mod gemma3_text;
 mod granite;
 pub mod hub;
