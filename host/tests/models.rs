@@ -196,7 +196,7 @@ fn broken_directories_give_clear_errors() {
 
     edit_config(&dir, |c| c["model_type"] = "gpt_neox".into());
     let err = load_err(&dir);
-    assert!(err.contains("model_type `gpt_neox` is not supported; supported: llama, mistral, qwen2, qwen3"), "{err}");
+    assert!(err.contains("model_type `gpt_neox` is not supported; supported: gemma3, gemma3_text, granite, llama, mistral, olmo2, qwen2, qwen3, smollm3 (a family is added as one file in host/src/model/"), "{err}");
 
     // A different width: every projection is mis-shaped, all are reported.
     edit_config(&dir, |c| {

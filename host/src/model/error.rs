@@ -45,7 +45,11 @@ pub enum ModelError {
     File { path: PathBuf, message: String },
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
-    #[error("{}: model_type `{model_type}` is not supported; supported: {}", path.display(), supported.join(", "))]
+    #[error(
+        "{}: model_type `{model_type}` is not supported; supported: {} (a family is added as one file in host/src/model/ named after its model_type, mapping its config onto the decoder, listed in model::FAMILIES)",
+        path.display(),
+        supported.join(", ")
+    )]
     UnknownModelType { path: PathBuf, model_type: String, supported: Vec<String> },
     #[error("{}: the checkpoint does not fit the model:{mismatch}", dir.display())]
     Weights { dir: PathBuf, mismatch: WeightMismatch },

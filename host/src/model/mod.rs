@@ -55,7 +55,10 @@ pub fn parse_dtype(name: &str) -> Option<Dtype> {
 }
 
 pub fn supported_model_types() -> Vec<String> {
-    FAMILIES.iter().map(|(name, _)| (*name).to_owned()).collect()
+    // gemma3 (multimodal) loads as its gemma3_text language model.
+    let mut names: Vec<String> = FAMILIES.iter().map(|(name, _)| (*name).to_owned()).chain(std::iter::once("gemma3".to_owned())).collect();
+    names.sort();
+    names
 }
 
 /// The resolved architecture of a parsed `config.json`, or why it cannot be built.
