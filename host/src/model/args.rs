@@ -60,13 +60,21 @@ pub struct HfArgs {
     pub sliding_window_pattern: Option<usize>,
     pub hidden_activation: Option<String>,
     pub hidden_act: Option<String>,
-    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 2's soft-capping: absent (None: the family's default), null (Some(None): off) or a cap.
+    #[serde(default, deserialize_with = "present")]
+    pub attn_logit_softcapping: Option<Option<f64>>,
     pub layer_types: Option<Vec<String>>,
-    pub final_logit_softcapping: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
+    pub final_logit_softcapping: Option<Option<f64>>,
     /// mlx-lm's quantization block: `{group_size, bits, [mode], <module path>: {group_size, bits} | false}`.
     pub quantization: Option<serde_json::Map<String, serde_json::Value>>,
     /// Transformers' mirror of the same block, used when `quantization` is absent.
     pub quantization_config: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A key that is present, null or not: `Some(value)`; with `#[serde(default)]` an absent key stays `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
 }
 
 fn default_rms_norm_eps() -> f32 {
@@ -153,6 +161,10 @@ pub struct TransformerConfig {
     pub residual_multiplier: f32,
     /// Logits are divided by this (Granite's `logits_scaling`).
     pub logits_scaling: f32,
+    /// Attention scores become cap·tanh(score/cap) before the softmax (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// Logits become cap·tanh(logit/cap) (Gemma 2).
+    pub final_softcap: Option<f32>,
 }
 
 impl TransformerConfig {
@@ -204,6 +216,8 @@ impl HfArgs {
             embedding_multiplier: 1.0,
             residual_multiplier: 1.0,
             logits_scaling: 1.0,
+            attn_softcap: None,
+            final_softcap: None,
         })
     }
 

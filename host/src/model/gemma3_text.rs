@@ -17,19 +17,16 @@ const DEFAULT_PATTERN: usize = 6;
 
 pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     for (key, value) in [("attn_logit_softcapping", args.attn_logit_softcapping), ("final_logit_softcapping", args.final_logit_softcapping)] {
-        if value.is_some() {
+        if value.flatten().is_some() {
             return Err(format!("`{key}` is set, but gemma3_text has no soft-capping (not implemented for it)"));
         }
     }
-    let activation = args.hidden_activation.as_deref().or(args.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh");
-    if activation != "gelu_pytorch_tanh" {
-        return Err(format!("hidden_activation `{activation}` is not supported (gelu_pytorch_tanh)"));
-    }
+    check_activation(args)?;
     let mut with_defaults = args.clone();
     with_defaults.head_dim = Some(args.head_dim.unwrap_or(DEFAULT_HEAD_DIM));
     let mut c = with_defaults.base()?;
     let layers = c.num_hidden_layers as usize;
-    let sliding = sliding_layers(args, layers)?;
+    let sliding = sliding_layers(args, layers, DEFAULT_PATTERN)?;
     let window = args.sliding_window.unwrap_or(DEFAULT_WINDOW);
     if window == 0 {
         return Err("sliding_window must be at least 1".into());
@@ -51,9 +48,18 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     Ok(c)
 }
 
+/// Gemma's MLP activation is tanh GELU; anything else is refused (shared with gemma2).
+pub(super) fn check_activation(args: &HfArgs) -> Result<(), String> {
+    let activation = args.hidden_activation.as_deref().or(args.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh");
+    if activation != "gelu_pytorch_tanh" {
+        return Err(format!("hidden_activation `{activation}` is not supported (gelu_pytorch_tanh)"));
+    }
+    Ok(())
+}
+
 /// Which layers attend within the sliding window: `layer_types` when the config lists them, else all but
-/// every `sliding_window_pattern`-th.
-fn sliding_layers(args: &HfArgs, layers: usize) -> Result<Vec<bool>, String> {
+/// every `sliding_window_pattern`-th (`default_pattern` when absent; shared with gemma2).
+pub(super) fn sliding_layers(args: &HfArgs, layers: usize, default_pattern: usize) -> Result<Vec<bool>, String> {
     match &args.layer_types {
         Some(types) => {
             if types.len() != layers {
@@ -69,7 +75,7 @@ fn sliding_layers(args: &HfArgs, layers: usize) -> Result<Vec<bool>, String> {
                 .collect()
         }
         None => {
-            let pattern = args.sliding_window_pattern.unwrap_or(DEFAULT_PATTERN);
+            let pattern = args.sliding_window_pattern.unwrap_or(default_pattern);
             if pattern == 0 {
                 return Err("sliding_window_pattern must be at least 1".into());
             }

@@ -3,6 +3,7 @@
 
 mod args;
 mod error;
+mod gemma2;
 mod gemma3;
 mod gemma3_text;
 mod granite;
@@ -34,6 +35,7 @@ type FamilyFn = fn(&HfArgs) -> Result<TransformerConfig, String>;
 
 /// The supported `model_type`s.
 const FAMILIES: &[(&str, FamilyFn)] = &[
+    ("gemma2", gemma2::config),
     ("gemma3_text", gemma3_text::config),
     ("granite", granite::config),
     ("llama", llama::config),
@@ -107,10 +109,15 @@ impl CausalLm {
             Some(head) => head.forward(hidden)?,
             None => self.model.embed_tokens.as_linear(hidden)?,
         };
-        if self.config.logits_scaling == 1.0 {
-            return Ok(logits);
+        let logits = if self.config.logits_scaling == 1.0 {
+            logits
+        } else {
+            logits.divide(Array::from_f32(self.config.logits_scaling).as_dtype(logits.dtype())?)?
+        };
+        match self.config.final_softcap {
+            Some(cap) => crate::nn::softcap(&logits, cap),
+            None => Ok(logits),
         }
-        logits.divide(Array::from_f32(self.config.logits_scaling).as_dtype(logits.dtype())?)
     }
 
     /// Logits [B, L, vocab] for token ids [B, L] (int32), through per-layer caches when given.

@@ -44,6 +44,8 @@ pub struct Attention {
     pub scale: f32,
     /// A sliding window (Gemma's local layers): each query sees this many most recent positions.
     pub window: Option<usize>,
+    /// Scores soft-capped before the softmax (Gemma 2); the fused SDPA kernel cannot, so scores are explicit.
+    pub softcap: Option<f32>,
 }
 
 #[derive(Debug, Clone, ModuleParameters)]
@@ -119,6 +121,7 @@ impl Attention {
             rope,
             scale: c.attention_scale,
             window: c.layer_window.get(index).copied().flatten(),
+            softcap: c.attn_softcap,
         })
     }
 
@@ -162,9 +165,12 @@ impl Attention {
             Some(cache) => {
                 let view = cache.update_and_fetch(k, v)?;
                 match view.tensors {
-                    KvTensors::Dense { keys, values } => dense_attention(&q, &keys, &values, scale, &view.mask)?,
+                    KvTensors::Dense { keys, values } => match self.softcap {
+                        Some(cap) => softcapped_attention(&q, &keys, &values, scale, &view.mask, cap, self.kv_heads)?,
+                        None => dense_attention(&q, &keys, &values, scale, &view.mask)?,
+                    },
                     KvTensors::Quantized { keys, values, quant } => {
-                        quantized_attention(&q, &keys, &values, scale, &view.mask, quant, self.kv_heads)?
+                        quantized_attention(&q, &keys, &values, scale, &view.mask, quant, self.kv_heads, self.softcap)?
                     }
                 }
             }
@@ -177,7 +183,10 @@ impl Attention {
                     _ if l > 1 => AttentionMask::Causal,
                     _ => AttentionMask::None,
                 };
-                dense_attention(&q, &k, &v, scale, &mask)?
+                match self.softcap {
+                    Some(cap) => softcapped_attention(&q, &k, &v, scale, &mask, cap, self.kv_heads)?,
+                    None => dense_attention(&q, &k, &v, scale, &mask)?,
+                }
             }
         };
         let out = if l == 1 { out } else { out.transpose_axes(&[0, 2, 1, 3])? };
@@ -223,26 +232,9 @@ fn sdpa(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask) -> Re
     }
 }
 
-/// Attention over quantized keys and values (mlx-lm's `quantized_scaled_dot_product_attention`): scores and
-/// outputs come from quantized matmuls, with query heads grouped over their shared KV head.
-fn quantized_attention(
-    q: &Array,
-    keys: &[Array; 3],
-    values: &[Array; 3],
-    scale: f32,
-    mask: &AttentionMask,
-    quant: Quant,
-    kv_heads: i32,
-) -> Result<Array, Exception> {
-    let s = q.shape();
-    let (b, heads, l, d) = (s[0], s[1], s[2], s[3]);
-    let repeats = heads / kv_heads;
-    let q = q.multiply(Array::from_f32(scale))?.reshape(&[b, kv_heads, repeats, l, d])?;
-    let grouped = |t: &[Array; 3]| -> Result<Vec<Array>, Exception> { t.iter().map(|a| a.expand_dims(2)).collect() };
-    let (k, v) = (grouped(keys)?, grouped(values)?);
-    let mut scores = ops::quantized_matmul(&q, &k[0], &k[1], &k[2], true, quant.group_size, quant.bits)?;
-    let keys_len = keys[0].shape()[2];
-    let visible = match mask {
+/// `mask` as booleans for scores `[B, kv_heads, repeats, L, S]` (None: everything visible).
+fn visible(mask: &AttentionMask, l: i32, keys_len: i32) -> Result<Option<Array>, Exception> {
+    Ok(match mask {
         AttentionMask::None => None,
         AttentionMask::Causal => {
             let qpos = ops::arange::<_, i32>(keys_len - l, keys_len, None)?.reshape(&[l, 1])?;
@@ -251,18 +243,59 @@ fn quantized_attention(
         }
         // [B, 1, L, S] → [B, 1, 1, L, S] to broadcast over KV heads and their query groups.
         AttentionMask::Array(m) => Some(m.expand_dims(2)?),
+    })
+}
+
+/// Masked scores set to the dtype's lowest finite value, not −∞ (as mlx-lm): a query that sees no key at
+/// all (a left-padding position) then gets finite uniform weights instead of NaN, which a later matmul
+/// would spread into every row that attends over it, even with weight 0.
+fn masked(scores: Array, visible: Option<Array>) -> Result<Array, Exception> {
+    let Some(visible) = visible else { return Ok(scores) };
+    let lowest = match scores.dtype() {
+        Dtype::Float16 => -65504.0,
+        Dtype::Bfloat16 => -3.38e38,
+        _ => f32::MIN,
     };
-    if let Some(visible) = visible {
-        // The dtype's lowest finite value, not −∞ (as mlx-lm): a query that sees no key at all (a left-padding
-        // position) then gets finite uniform weights instead of NaN, which the quantized value matmul would
-        // spread into every row that attends over it, even with weight 0.
-        let lowest = match scores.dtype() {
-            Dtype::Float16 => -65504.0,
-            Dtype::Bfloat16 => -3.38e38,
-            _ => f32::MIN,
-        };
-        scores = ops::select(&visible, &scores, Array::from_f32(lowest).as_dtype(scores.dtype())?)?;
+    ops::select(&visible, &scores, Array::from_f32(lowest).as_dtype(scores.dtype())?)
+}
+
+/// Attention with explicit scores, soft-capped before the mask and softmax (mlx-lm's gemma2 order):
+/// q·scale, s = q·kᵀ, cap·tanh(s/cap), mask, softmax, ·v; query heads grouped over their KV head.
+fn softcapped_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask, cap: f32, kv_heads: i32) -> Result<Array, Exception> {
+    let s = q.shape();
+    let (b, heads, l, d) = (s[0], s[1], s[2], s[3]);
+    let q = q.multiply(Array::from_f32(scale).as_dtype(q.dtype())?)?.reshape(&[b, kv_heads, heads / kv_heads, l, d])?;
+    let (k, v) = (k.expand_dims(2)?, v.expand_dims(2)?);
+    let scores = crate::nn::softcap(&q.matmul(k.swap_axes(-1, -2)?)?, cap)?;
+    let scores = masked(scores, visible(mask, l, k.shape()[3])?)?;
+    let probs = ops::softmax_axis(&scores, -1, true)?;
+    probs.matmul(&v)?.reshape(&[b, heads, l, d])
+}
+
+/// Attention over quantized keys and values (mlx-lm's `quantized_scaled_dot_product_attention`): scores and
+/// outputs come from quantized matmuls, with query heads grouped over their shared KV head.
+#[allow(clippy::too_many_arguments)]
+fn quantized_attention(
+    q: &Array,
+    keys: &[Array; 3],
+    values: &[Array; 3],
+    scale: f32,
+    mask: &AttentionMask,
+    quant: Quant,
+    kv_heads: i32,
+    softcap: Option<f32>,
+) -> Result<Array, Exception> {
+    let s = q.shape();
+    let (b, heads, l, d) = (s[0], s[1], s[2], s[3]);
+    let repeats = heads / kv_heads;
+    let q = q.multiply(Array::from_f32(scale))?.reshape(&[b, kv_heads, repeats, l, d])?;
+    let grouped = |t: &[Array; 3]| -> Result<Vec<Array>, Exception> { t.iter().map(|a| a.expand_dims(2)).collect() };
+    let (k, v) = (grouped(keys)?, grouped(values)?);
+    let mut scores = ops::quantized_matmul(&q, &k[0], &k[1], &k[2], true, quant.group_size, quant.bits)?;
+    if let Some(cap) = softcap {
+        scores = crate::nn::softcap(&scores, cap)?;
     }
+    let scores = masked(scores, visible(mask, l, keys[0].shape()[2])?)?;
     let probs = ops::softmax_axis(&scores, -1, true)?;
     let out = ops::quantized_matmul(&probs, &v[0], &v[1], &v[2], false, quant.group_size, quant.bits)?;
     out.reshape(&[b, heads, l, d])

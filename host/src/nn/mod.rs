@@ -7,6 +7,7 @@ mod linear;
 mod norm;
 mod quant;
 mod rope;
+mod softcap;
 
 pub use checkpoint::checkpointed;
 pub use embedding::Embedding;
@@ -14,3 +15,4 @@ pub use linear::{Adapter, AdapterSpec, Linear};
 pub use norm::RmsNorm;
 pub use quant::Quant;
 pub use rope::{Rope, RopeScaling};
+pub use softcap::softcap;

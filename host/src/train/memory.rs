@@ -142,6 +142,8 @@ mod tests {
             embedding_multiplier: 1.0,
             residual_multiplier: 1.0,
             logits_scaling: 1.0,
+            attn_softcap: None,
+            final_softcap: None,
         };
         c.layer_rope = vec![None; c.num_hidden_layers as usize];
         c.layer_window = vec![None; c.num_hidden_layers as usize];
