@@ -3,7 +3,7 @@
 //!
 //! | kind | keys | targets |
 //! |---|---|---|
-//! | `short_names` | `targets` (required) | every layer's modules with these names; `attention` and `mlp` name the groups |
+//! | `short_names` | `targets` (required) | every layer's modules with these names (read from the model's module paths; a fused `qkv_proj`/`gate_up_proj` answers to its parts' names); `attention` and `mlp` name the groups |
 //! | `all_linear` | — | every linear layer except the output projection (PEFT's `all-linear`) |
 //! | `regex` | `pattern` (required) | module paths the pattern matches in full |
 
@@ -13,22 +13,35 @@ use regex::Regex;
 use serde::Deserialize;
 use sdk::{from_table, register_lora_target_mapper, LoraTarget, LoraTargetMapper, ModelModules, Plugin, PluginError};
 
-/// Short module names per `model_type`, with group aliases.
-fn family_names(model_type: &str) -> Option<BTreeMap<&'static str, &'static [&'static str]>> {
-    const ATTENTION: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj"];
-    const MLP: &[&str] = &["gate_proj", "up_proj", "down_proj"];
-    match model_type {
-        "llama" | "mistral" | "qwen2" | "qwen3" => {
-            let mut names: BTreeMap<&str, &[&str]> = BTreeMap::new();
-            for n in ATTENTION.iter().chain(MLP) {
-                names.insert(n, std::slice::from_ref(n));
-            }
-            names.insert("attention", ATTENTION);
-            names.insert("mlp", MLP);
-            Some(names)
+/// Short names of the model's layer modules, read from its module paths: each layer linear's own name
+/// (`q_proj`, ...), the groups `attention` (under `self_attn`) and `mlp` (under `mlp`), and for fused
+/// projections the names of their parts (Phi-3's `qkv_proj` answers to `q_proj`, `k_proj` and `v_proj`,
+/// its `gate_up_proj` to `gate_proj` and `up_proj`: the adapter goes on the fused module, as in mlx-lm).
+fn short_names(modules: &ModelModules<'_>) -> BTreeMap<String, Vec<String>> {
+    const PARTS: &[(&str, &[&str])] = &[("qkv_proj", &["q_proj", "k_proj", "v_proj"]), ("gate_up_proj", &["gate_proj", "up_proj"])];
+    let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut add = |key: &str, name: &str| {
+        let entry = names.entry(key.to_owned()).or_default();
+        if !entry.iter().any(|n| n == name) {
+            entry.push(name.to_owned());
         }
-        _ => None,
+    };
+    for path in modules.linear_paths.iter().filter(|p| p.contains(".layers.")) {
+        let mut segments = path.rsplit('.');
+        let (Some(name), Some(parent)) = (segments.next(), segments.next()) else { continue };
+        add(name, name);
+        for (fused, parts) in PARTS {
+            if name == *fused {
+                parts.iter().for_each(|part| add(part, name));
+            }
+        }
+        match parent {
+            "self_attn" => add("attention", name),
+            "mlp" => add("mlp", name),
+            _ => {}
+        }
     }
+    names
 }
 
 fn target(path: &str) -> LoraTarget {
@@ -55,21 +68,19 @@ impl Plugin for ShortNames {
 
 impl LoraTargetMapper for ShortNames {
     fn select(&self, modules: &ModelModules<'_>) -> Result<Vec<LoraTarget>, PluginError> {
-        let table = family_names(modules.model_type).ok_or_else(|| {
-            PluginError::Invalid(format!("short_names has no table for model_type `{}`; use regex", modules.model_type))
-        })?;
-        let mut wanted = Vec::new();
+        let table = short_names(modules);
+        let mut wanted: Vec<&str> = Vec::new();
         for name in &self.targets {
             let names = table.get(name.as_str()).ok_or_else(|| {
-                let valid: Vec<&str> = table.keys().copied().collect();
+                let valid: Vec<&str> = table.keys().map(String::as_str).collect();
                 PluginError::Config(format!("`targets`: `{name}` is not a {} module; valid: {}", modules.model_type, valid.join(", ")))
             })?;
-            wanted.extend(names.iter().copied());
+            wanted.extend(names.iter().map(String::as_str));
         }
         Ok(modules
             .linear_paths
             .iter()
-            .filter(|p| p.contains(".layers.") && wanted.iter().any(|w| p.rsplit('.').next() == Some(w)))
+            .filter(|p| p.contains(".layers.") && wanted.iter().any(|w| p.rsplit('.').next() == Some(*w)))
             .map(|p| target(p))
             .collect())
     }
@@ -173,6 +184,29 @@ mod tests {
         let m = ShortNames::from_config(&table("targets = [\"qkv\"]")).unwrap();
         let err = select(&m).unwrap_err().to_string();
         assert!(err.contains("`qkv` is not a qwen2 module; valid: attention, down_proj, gate_proj, k_proj, mlp, o_proj, q_proj, up_proj, v_proj"), "{err}");
+    }
+
+    #[test]
+    fn fused_projections_answer_to_the_names_of_their_parts() {
+        let mut owned = Vec::new();
+        for i in 0..2 {
+            owned.push(format!("model.layers.{i}.self_attn.qkv_proj"));
+            owned.push(format!("model.layers.{i}.self_attn.o_proj"));
+            owned.push(format!("model.layers.{i}.mlp.gate_up_proj"));
+            owned.push(format!("model.layers.{i}.mlp.down_proj"));
+        }
+        let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let modules = ModelModules { model_type: "phi3", num_layers: 2, linear_paths: &refs };
+        let pick = |targets: &str| -> Vec<String> {
+            let m = ShortNames::from_config(&table(&format!("targets = {targets}"))).unwrap();
+            m.select(&modules).unwrap().into_iter().map(|t| t.path).collect()
+        };
+        assert_eq!(pick("[\"q_proj\", \"v_proj\"]"), ["model.layers.0.self_attn.qkv_proj", "model.layers.1.self_attn.qkv_proj"]);
+        assert_eq!(pick("[\"up_proj\"]"), ["model.layers.0.mlp.gate_up_proj", "model.layers.1.mlp.gate_up_proj"]);
+        assert_eq!(pick("[\"attention\"]").len(), 4);
+        let m = ShortNames::from_config(&table("targets = [\"w1\"]")).unwrap();
+        let err = m.select(&modules).unwrap_err().to_string();
+        assert!(err.contains("valid: attention, down_proj, gate_proj, gate_up_proj, k_proj, mlp, o_proj, q_proj, qkv_proj, up_proj, v_proj"), "{err}");
     }
 
     #[test]
