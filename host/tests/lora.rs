@@ -212,7 +212,7 @@ fn qlora_trains_only_adapters_over_a_quantized_base() {
     assert!(dq.linears_mut().iter().all(|(_, l)| l.quant.is_none()));
     assert!(max_diff(&logits(&dq), &adapted) < 1e-5);
     lora::fuse(&mut m, false).unwrap();
-    assert_eq!(m.model.layers[0].self_attn.q_proj.quant, Some(Quant { bits: 4, group_size: 32 }));
+    assert_eq!(m.model.layers[0].self_attn.q_proj.as_ref().unwrap().quant, Some(Quant { bits: 4, group_size: 32 }));
 }
 
 #[test]

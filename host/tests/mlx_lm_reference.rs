@@ -59,15 +59,18 @@ fn compare(dir: &Path, what: &str) {
 #[ignore = "needs MLX_LM_PYTHON, a python with mlx-lm (CI provides one)"]
 fn adapters_cross_between_host_and_mlx_lm() {
     use host::{lora, plugins::Registry};
-    for kind in ["lora", "dora"] {
-        let dir = std::env::temp_dir().join(format!("mlx-lm-adapters-{}-{kind}", std::process::id()));
-        fixture::write(&dir, Family::Qwen2, Preset::Tiny, 4).unwrap();
+    // DoRA on one family; plain LoRA on every family (Phi-3's on its fused projections).
+    let cases = std::iter::once((Family::Qwen2, "dora")).chain(Family::ALL.into_iter().map(|f| (f, "lora")));
+    for (family, kind) in cases {
+        let dir = std::env::temp_dir().join(format!("mlx-lm-adapters-{}-{family:?}-{kind}", std::process::id()));
+        fixture::write(&dir, family, Preset::Tiny, 4).unwrap();
         // mlx-lm's adapters, loaded here.
         let theirs = dir.with_extension("theirs");
-        python("mlx_lm_make_adapters.py", &[dir.to_str().unwrap(), theirs.to_str().unwrap(), kind]);
+        let keys = if family == Family::Phi3 { r#"["self_attn.qkv_proj", "mlp.gate_up_proj", "mlp.down_proj"]"# } else { r#"["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]"# };
+        python("mlx_lm_make_adapters.py", &[dir.to_str().unwrap(), theirs.to_str().unwrap(), kind, keys]);
         let mut m = load(&dir);
         lora::load_adapters(&mut m, &theirs).unwrap();
-        assert_close(&forward(&m), &reference(&dir, Some(&theirs)), &format!("mlx-lm {kind} adapters in host"));
+        assert_close(&forward(&m), &reference(&dir, Some(&theirs)), &format!("{family:?}: mlx-lm {kind} adapters in host"));
         // Ours, loaded by mlx-lm.
         let mut m = load(&dir);
         let mapper = Registry::builtin().unwrap().lora_target_mapper("all_linear", &toml::Table::new()).unwrap();
@@ -81,7 +84,7 @@ fn adapters_cross_between_host_and_mlx_lm() {
         }
         let ours_dir = dir.with_extension("ours");
         lora::save_adapters(&mut m, &ours_dir, &serde_json::Map::new()).unwrap();
-        assert_close(&forward(&m), &reference(&dir, Some(&ours_dir)), &format!("host {kind} adapters in mlx-lm"));
+        assert_close(&forward(&m), &reference(&dir, Some(&ours_dir)), &format!("{family:?}: host {kind} adapters in mlx-lm"));
     }
 }
 

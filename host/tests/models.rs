@@ -150,7 +150,7 @@ fn quantized_models_stay_within_a_stated_bound_of_float() {
         for (bits, bound) in [(8, 0.02), (4, 0.25)] {
             let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits, group_size: 32 }) };
             let q = model::load(&dir, &options).unwrap();
-            assert!(q.model.model.layers[0].self_attn.q_proj.quant.is_some());
+            assert!(q.model.model.layers[0].self_attn.q_proj.as_ref().is_some_and(|p| p.quant.is_some()));
             let err = relative_error(&values(&q.model.forward(&input, None).unwrap()), &reference);
             assert!(err < bound && err > 0.0, "{family:?} {bits}-bit: relative logit error {err}");
         }

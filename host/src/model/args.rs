@@ -52,6 +52,10 @@ pub struct HfArgs {
     pub attention_multiplier: Option<f32>,
     pub residual_multiplier: Option<f32>,
     pub logits_scaling: Option<f32>,
+    /// Phi-3: rotated share of each head, and the context lengths LongRoPE's attention scale derives from.
+    pub partial_rotary_factor: Option<f64>,
+    pub max_position_embeddings: Option<f64>,
+    pub original_max_position_embeddings: Option<f64>,
     /// Gemma: the attention scale is query_pre_attn_scalar^-½; RoPE base of the sliding-window layers;
     /// the window and which layers have it.
     pub query_pre_attn_scalar: Option<f64>,
@@ -111,6 +115,8 @@ pub enum Activation {
 pub struct RopeParams {
     pub theta: f64,
     pub scaling: RopeScaling,
+    /// Rotated features per head: all (head_dim), or fewer (`partial_rotary_factor`).
+    pub dims: i32,
 }
 
 /// RMSNorm of q and k before RoPE.
@@ -161,6 +167,8 @@ pub struct TransformerConfig {
     pub residual_multiplier: f32,
     /// Logits are divided by this (Granite's `logits_scaling`).
     pub logits_scaling: f32,
+    /// q/k/v and gate/up stored fused as `qkv_proj` and `gate_up_proj` (Phi-3).
+    pub fused_projections: bool,
     /// Attention scores become cap·tanh(score/cap) before the softmax (Gemma 2).
     pub attn_softcap: Option<f32>,
     /// Logits become cap·tanh(logit/cap) (Gemma 2).
@@ -208,7 +216,7 @@ impl HfArgs {
             mlp_bias: self.mlp_bias.unwrap_or(false),
             qk_norm: QkNorm::None,
             norms: NormPlacement::Pre,
-            layer_rope: vec![Some(RopeParams { theta: self.rope_theta, scaling: self.rope_scaling()? }); self.num_hidden_layers as usize],
+            layer_rope: vec![Some(RopeParams { theta: self.rope_theta, scaling: self.rope_scaling()?, dims: head_dim }); self.num_hidden_layers as usize],
             layer_window: vec![None; self.num_hidden_layers as usize],
             norm_plus_one: false,
             activation: Activation::Silu,
@@ -216,6 +224,7 @@ impl HfArgs {
             embedding_multiplier: 1.0,
             residual_multiplier: 1.0,
             logits_scaling: 1.0,
+            fused_projections: false,
             attn_softcap: None,
             final_softcap: None,
         })

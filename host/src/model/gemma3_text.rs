@@ -31,8 +31,8 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     if window == 0 {
         return Err("sliding_window must be at least 1".into());
     }
-    let global = RopeParams { theta: args.rope_theta, scaling: args.parsed_rope_scaling()? };
-    let local = RopeParams { theta: args.rope_local_base_freq.unwrap_or(DEFAULT_LOCAL_BASE), scaling: RopeScaling::None };
+    let global = RopeParams { theta: args.rope_theta, scaling: args.parsed_rope_scaling()?, dims: c.head_dim };
+    let local = RopeParams { theta: args.rope_local_base_freq.unwrap_or(DEFAULT_LOCAL_BASE), scaling: RopeScaling::None, dims: c.head_dim };
     c.layer_rope = sliding.iter().map(|&s| Some(if s { local.clone() } else { global.clone() })).collect();
     c.layer_window = sliding.iter().map(|&s| s.then_some(window)).collect();
     c.tie_word_embeddings = args.tie_word_embeddings.unwrap_or(true);

@@ -12,6 +12,7 @@ mod llama;
 mod load;
 mod mistral;
 mod olmo2;
+mod phi3;
 mod qwen2;
 mod qwen3;
 mod save;
@@ -41,6 +42,7 @@ const FAMILIES: &[(&str, FamilyFn)] = &[
     ("llama", llama::config),
     ("mistral", mistral::config),
     ("olmo2", olmo2::config),
+    ("phi3", phi3::config),
     ("qwen2", qwen2::config),
     ("qwen3", qwen3::config),
     ("smollm3", smollm3::config),
@@ -135,12 +137,16 @@ impl CausalLm {
         let mut out = Vec::new();
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             let a = &mut layer.self_attn;
-            for (name, l) in [("q_proj", &mut a.q_proj), ("k_proj", &mut a.k_proj), ("v_proj", &mut a.v_proj), ("o_proj", &mut a.o_proj)] {
-                out.push((format!("model.layers.{i}.self_attn.{name}"), l));
+            for (name, l) in [("q_proj", a.q_proj.as_mut()), ("k_proj", a.k_proj.as_mut()), ("v_proj", a.v_proj.as_mut()), ("qkv_proj", a.qkv_proj.as_mut()), ("o_proj", Some(&mut a.o_proj))] {
+                if let Some(l) = l {
+                    out.push((format!("model.layers.{i}.self_attn.{name}"), l));
+                }
             }
             let m = &mut layer.mlp;
-            for (name, l) in [("gate_proj", &mut m.gate_proj), ("up_proj", &mut m.up_proj), ("down_proj", &mut m.down_proj)] {
-                out.push((format!("model.layers.{i}.mlp.{name}"), l));
+            for (name, l) in [("gate_proj", m.gate_proj.as_mut()), ("up_proj", m.up_proj.as_mut()), ("gate_up_proj", m.gate_up_proj.as_mut()), ("down_proj", Some(&mut m.down_proj))] {
+                if let Some(l) = l {
+                    out.push((format!("model.layers.{i}.mlp.{name}"), l));
+                }
             }
         }
         if let Some(head) = &mut self.lm_head {

@@ -22,12 +22,15 @@ use crate::{
 
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct Attention {
+    /// q, k and v apart, or (`qkv_proj`) fused in one matrix as the checkpoint stores them (Phi-3).
     #[param]
-    pub q_proj: Linear,
+    pub q_proj: Option<Linear>,
     #[param]
-    pub k_proj: Linear,
+    pub k_proj: Option<Linear>,
     #[param]
-    pub v_proj: Linear,
+    pub v_proj: Option<Linear>,
+    #[param]
+    pub qkv_proj: Option<Linear>,
     #[param]
     pub o_proj: Linear,
     #[param]
@@ -50,10 +53,13 @@ pub struct Attention {
 
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct Mlp {
+    /// Gate and up apart, or (`gate_up_proj`) fused as the checkpoint stores them (Phi-3).
     #[param]
-    pub gate_proj: Linear,
+    pub gate_proj: Option<Linear>,
     #[param]
-    pub up_proj: Linear,
+    pub up_proj: Option<Linear>,
+    #[param]
+    pub gate_up_proj: Option<Linear>,
     #[param]
     pub down_proj: Linear,
     pub activation: Activation,
@@ -106,11 +112,15 @@ impl Attention {
             QkNorm::PerHead => c.norm(d).map(Some),
             QkNorm::Whole => c.norm(heads * d).map(Some),
         };
-        let rope = c.layer_rope.get(index).cloned().flatten().map(|r| Rope::new(d, r.theta, &r.scaling));
+        let rope = c.layer_rope.get(index).cloned().flatten().map(|r| Rope::new(r.dims, r.theta, &r.scaling));
         Ok(Attention {
-            q_proj: linear("q_proj", h, c.num_attention_heads * d, c.qkv_bias)?,
-            k_proj: linear("k_proj", h, c.num_key_value_heads * d, c.qkv_bias)?,
-            v_proj: linear("v_proj", h, c.num_key_value_heads * d, c.qkv_bias)?,
+            q_proj: (!c.fused_projections).then(|| linear("q_proj", h, c.num_attention_heads * d, c.qkv_bias)).transpose()?,
+            k_proj: (!c.fused_projections).then(|| linear("k_proj", h, c.num_key_value_heads * d, c.qkv_bias)).transpose()?,
+            v_proj: (!c.fused_projections).then(|| linear("v_proj", h, c.num_key_value_heads * d, c.qkv_bias)).transpose()?,
+            qkv_proj: c
+                .fused_projections
+                .then(|| linear("qkv_proj", h, (c.num_attention_heads + 2 * c.num_key_value_heads) * d, c.qkv_bias))
+                .transpose()?,
             o_proj: linear("o_proj", c.num_attention_heads * d, h, c.o_bias)?,
             q_norm: norm(c.num_attention_heads)?,
             k_norm: norm(c.num_key_value_heads)?,
@@ -144,17 +154,35 @@ impl Attention {
         x.transpose_axes(&[0, 2, 1, 3])
     }
 
+    /// q, k and v of x, from the fused projection (split at the query and key widths) or the three.
+    fn project(&self, x: &Array) -> Result<(Array, Array, Array), Exception> {
+        let missing = || Exception::custom("attention has neither qkv_proj nor q/k/v_proj");
+        if let Some(fused) = &self.qkv_proj {
+            let (qw, kw) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+            let parts = ops::split_at_indices(&fused.forward(x)?, &[qw, qw + kw], -1)?;
+            let mut parts = parts.into_iter();
+            return match (parts.next(), parts.next(), parts.next()) {
+                (Some(q), Some(k), Some(v)) => Ok((q, k, v)),
+                _ => Err(missing()),
+            };
+        }
+        match (&self.q_proj, &self.k_proj, &self.v_proj) {
+            (Some(q), Some(k), Some(v)) => Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?)),
+            _ => Err(missing()),
+        }
+    }
+
     /// x: [B, L, hidden]. Without a cache the L tokens attend causally to each other from position 0.
     pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
-        let (q, k) = (self.q_proj.forward(x)?, self.k_proj.forward(x)?);
+        let (q, k, v) = self.project(x)?;
         let (q, k, q_norm, k_norm) = match (self.qk_norm_whole, &self.q_norm, &self.k_norm) {
             (true, Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?, None, None),
             _ => (q, k, self.q_norm.as_ref(), self.k_norm.as_ref()),
         };
         let q = self.heads_first(q, self.heads, q_norm)?;
         let k = self.heads_first(k, self.kv_heads, k_norm)?;
-        let v = self.heads_first(self.v_proj.forward(x)?, self.kv_heads, None)?;
+        let v = self.heads_first(v, self.kv_heads, None)?;
         let offset = cache.as_ref().map_or(0, |c| c.offset()) as i32;
         let (q, k) = match &self.rope {
             Some(rope) => (rope.forward(&q, offset)?, rope.forward(&k, offset)?),
@@ -305,18 +333,33 @@ impl Mlp {
     fn new(c: &TransformerConfig, prefix: &str, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let linear = |name: &str, a: i32, b: i32| Linear::placeholder(a, b, c.mlp_bias, quant(&format!("{prefix}.{name}"), a), dtype);
-        Ok(Mlp { gate_proj: linear("gate_proj", h, i)?, up_proj: linear("up_proj", h, i)?, down_proj: linear("down_proj", i, h)?, activation: c.activation })
+        let apart = !c.fused_projections;
+        Ok(Mlp {
+            gate_proj: apart.then(|| linear("gate_proj", h, i)).transpose()?,
+            up_proj: apart.then(|| linear("up_proj", h, i)).transpose()?,
+            gate_up_proj: c.fused_projections.then(|| linear("gate_up_proj", h, 2 * i)).transpose()?,
+            down_proj: linear("down_proj", i, h)?,
+            activation: c.activation,
+        })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
         // Activations as plain ops: mlx-rs's `nn::silu`/`gelu_approximate` compile a fresh closure on every
         // call, which retraces.
-        let gate = self.gate_proj.forward(x)?;
+        let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
+            (Some(fused), _, _) => {
+                let both = fused.forward(x)?;
+                let half = both.shape()[both.ndim() - 1] / 2;
+                (both.index((.., .., ..half)), both.index((.., .., half..)))
+            }
+            (None, Some(g), Some(u)) => (g.forward(x)?, u.forward(x)?),
+            _ => return Err(Exception::custom("mlp has neither gate_up_proj nor gate/up_proj")),
+        };
         let activated = match self.activation {
             Activation::Silu => gate.multiply(ops::sigmoid(&gate)?)?,
             Activation::GeluTanh => gelu_tanh(&gate)?,
         };
-        self.down_proj.forward(&activated.multiply(self.up_proj.forward(x)?)?)
+        self.down_proj.forward(&activated.multiply(up)?)
     }
 }
 

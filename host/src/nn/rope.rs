@@ -10,6 +10,9 @@ pub enum RopeScaling {
     Linear { factor: f64 },
     /// Llama 3.1's frequency-dependent scaling.
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    /// Phi-3's LongRoPE ("su"): per-pair periods stretched by `factors`, and the rotated features of q and k
+    /// multiplied by `mscale` (so scores by mscale²).
+    LongRope { factors: Vec<f64>, mscale: f64 },
 }
 
 /// Rotary position embedding over the first `dims` features of each head (non-traditional: pairs (i, i+d/2)).
@@ -20,13 +23,21 @@ pub struct Rope {
     scale: f32,
     /// Per-pair periods (angle = position / period) when the scaling is frequency-dependent.
     periods: Option<Array>,
+    /// Factor on the rotated features before rotation (LongRoPE's attention scaling).
+    mscale: f32,
 }
 
 impl Rope {
     pub fn new(dims: i32, base: f64, scaling: &RopeScaling) -> Self {
         match scaling {
-            RopeScaling::None => Rope { dims, base: base as f32, scale: 1.0, periods: None },
-            RopeScaling::Linear { factor } => Rope { dims, base: base as f32, scale: (1.0 / factor) as f32, periods: None },
+            RopeScaling::None => Rope { dims, base: base as f32, scale: 1.0, periods: None, mscale: 1.0 },
+            RopeScaling::Linear { factor } => Rope { dims, base: base as f32, scale: (1.0 / factor) as f32, periods: None, mscale: 1.0 },
+            RopeScaling::LongRope { factors, mscale } => {
+                // As mlx-lm: the base periods in float32, then times the factors.
+                let periods: Vec<f32> =
+                    (0..dims / 2).map(|i| factors[i as usize] as f32 * (base as f32).powf(2.0 * i as f32 / dims as f32)).collect();
+                Rope { dims, base: base as f32, scale: 1.0, periods: Some(Array::from_slice(&periods, &[dims / 2])), mscale: *mscale as f32 }
+            }
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
                 let periods: Vec<f32> = (0..dims / 2)
                     .map(|i| {
@@ -45,13 +56,27 @@ impl Rope {
                         scaled as f32
                     })
                     .collect();
-                Rope { dims, base: base as f32, scale: 1.0, periods: Some(Array::from_slice(&periods, &[dims / 2])) }
+                Rope { dims, base: base as f32, scale: 1.0, periods: Some(Array::from_slice(&periods, &[dims / 2])), mscale: 1.0 }
             }
         }
     }
 
     /// x: [B, H, L, D]; positions start at `offset`.
     pub fn forward(&self, x: &Array, offset: i32) -> Result<Array, Exception> {
+        let scaled;
+        let x = if self.mscale == 1.0 {
+            x
+        } else {
+            let m = Array::from_f32(self.mscale).as_dtype(x.dtype())?;
+            let d = x.shape()[x.ndim() - 1];
+            scaled = if self.dims == d {
+                x.multiply(&m)?
+            } else {
+                use mlx_rs::ops::indexing::IndexOp;
+                mlx_rs::ops::concatenate(&[x.index((.., .., .., ..self.dims)).multiply(&m)?, x.index((.., .., .., self.dims..))], -1)?
+            };
+            &scaled
+        };
         match &self.periods {
             Some(periods) => fast::rope(x, self.dims, false, None, self.scale, offset, periods),
             None => fast::rope(x, self.dims, false, self.base, self.scale, offset, None),

@@ -142,6 +142,7 @@ mod tests {
             embedding_multiplier: 1.0,
             residual_multiplier: 1.0,
             logits_scaling: 1.0,
+            fused_projections: false,
             attn_softcap: None,
             final_softcap: None,
         };
