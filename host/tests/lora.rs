@@ -268,3 +268,39 @@ fn host_generate_applies_adapters_unfused_or_fused() {
     let base_logprob = base["logprobs"][0].as_f64().unwrap() as f32;
     assert!((base_logprob - logprob).abs() > 1e-3 || base["tokens"] != adapted["tokens"], "the adapters changed nothing");
 }
+
+/// Log-probs through the output head in chunks (what a 262k vocabulary needs) equal the one-piece
+/// computation, values and gradients, the head's own adapter included: the chunks recompute their logits in
+/// the backward pass instead of keeping them.
+#[test]
+fn chunked_log_probs_and_their_gradients_equal_the_unchunked() {
+    let (mut m, _) = load("chunked", Family::Llama, None);
+    lora::apply(&mut m, &*mapper("regex", "pattern = '.*(q_proj|down_proj|lm_head)'"), &settings(4, false, None), 0).unwrap();
+    perturb(&mut m, 4);
+    let ids: Vec<i32> = (0..2 * 9).map(|i| (i * 37 + 11) % 500).collect();
+    let inputs = Array::from_slice(&ids, &[2, 9]);
+    let targets = Array::from_slice(&ids.iter().map(|t| (t + 1) % 500).collect::<Vec<_>>(), &[2, 9]);
+    let run = |m: &mut CausalLm, chunk: usize| {
+        let loss = move |model: &mut CausalLm, (x, y): (&Array, &Array)| -> Result<Vec<Array>, mlx_rs::error::Exception> {
+            let hidden = model.model.forward(x, None)?;
+            let (lp, ent) = host::train::logps_from_hidden(model, &hidden, y, true, chunk)?;
+            Ok(vec![lp.sum(None)?.add(ent.unwrap().sum(None)?.multiply(Array::from_f32(0.1))?)?, lp])
+        };
+        let mut vg = mlx_rs::nn::value_and_grad(loss);
+        vg(m, (&inputs, &targets)).unwrap()
+    };
+    let diff = |a: &Array, b: &Array| a.subtract(b).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>();
+    let (whole, whole_grads) = run(&mut m, 1000);
+    // 18 positions in chunks of 5: four chunks, the last one short.
+    let (chunked, chunked_grads) = run(&mut m, 5);
+    assert!(diff(&whole[1], &chunked[1]) < 1e-6, "log-probs differ by {}", diff(&whole[1], &chunked[1]));
+    assert!((whole[0].item_exact::<f32>() - chunked[0].item_exact::<f32>()).abs() < 1e-4);
+    assert!(whole_grads.contains_key("lm_head.lora_b"), "the head's adapter trains");
+    assert_eq!(whole_grads.len(), chunked_grads.len());
+    for (name, g) in &whole_grads {
+        // Matmuls over 5 rows instead of 18 block differently: float rounding, relative to the gradient.
+        let scale = g.abs().unwrap().max(None).unwrap().item_exact::<f32>().max(1e-6);
+        let d = diff(g, &chunked_grads[name]);
+        assert!(d <= 1e-5 * scale.max(1.0), "{name}: gradient differs by {d} (max {scale})");
+    }
+}

@@ -13,6 +13,7 @@ pub mod reference;
 pub mod rollout;
 mod session;
 mod step;
+pub use step::{logps_from_hidden, LOGIT_CHUNK_ELEMENTS};
 mod stepper;
 
 use std::{

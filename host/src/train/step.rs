@@ -9,7 +9,7 @@ use mlx_rs::{
     error::{Exception, StateProjectionError},
     module::{FlattenedModuleParam, ModuleParameters},
     nn, ops,
-    ops::indexing::take_along_axis,
+    ops::indexing::{take_along_axis, IndexOp},
     random::RandomState,
     utils::{StateProjection, Updatable},
     Array, Dtype,
@@ -27,9 +27,59 @@ pub fn token_logps(model: &CausalLm, inputs: &Array, targets: &Array) -> Result<
     Ok(logps_and_entropy(model, inputs, targets, false)?.0)
 }
 
+/// Float32 logits of at most this many elements exist at once (256 MB): a 262,144-token vocabulary over
+/// 8 × 1024 positions would otherwise need 8.6 GB before the softmax.
+pub const LOGIT_CHUNK_ELEMENTS: usize = 1 << 26;
+
 /// [`token_logps`], and with `entropy` also each position's predictive entropy −Σ p log p (`[B, T]`).
 pub fn logps_and_entropy(model: &CausalLm, inputs: &Array, targets: &Array, entropy: bool) -> Result<(Array, Option<Array>), Exception> {
-    let logits = model.forward(inputs, None)?.as_dtype(Dtype::Float32)?;
+    let hidden = model.model.forward(inputs, None)?;
+    let chunk = (LOGIT_CHUNK_ELEMENTS / model.config.vocab_size.max(1) as usize).max(1);
+    logps_from_hidden(model, &hidden, targets, entropy, chunk)
+}
+
+/// Log-probs (and entropies) of `targets` from final hidden states `[B, T, H]`, through the output head
+/// `chunk` positions at a time when there are more: each chunk's logits are dropped after its forward and
+/// recomputed in the backward pass (MLX's checkpoint), so peak memory holds one chunk's logits, not all.
+/// With one chunk this is the plain computation.
+pub fn logps_from_hidden(model: &CausalLm, hidden: &Array, targets: &Array, entropy: bool, chunk: usize) -> Result<(Array, Option<Array>), Exception> {
+    let s = hidden.shape();
+    let (b, t, h) = (s[0], s[1], s[2]);
+    let n = (b * t) as usize;
+    if n <= chunk {
+        return head_logps(model, hidden, targets, entropy);
+    }
+    let flat_hidden = hidden.reshape(&[1, b * t, h])?;
+    let flat_targets = targets.reshape(&[1, b * t])?;
+    // Trainable head parameters (an adapted lm_head, a trained embedding) go in as inputs, so their
+    // gradients flow through the checkpoints.
+    let params = model.trainable_parameters().flatten();
+    let mut names: Vec<Rc<str>> = params.keys().filter(|k| k.starts_with("lm_head.") || k.starts_with("model.embed_tokens.")).cloned().collect();
+    names.sort();
+    let (mut logps, mut entropies) = (Vec::new(), Vec::new());
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n) as i32;
+        let mut inputs = vec![flat_hidden.index((.., start as i32..end, ..))];
+        inputs.extend(names.iter().map(|k| params[k].clone()));
+        let chunk_targets = flat_targets.index((.., start as i32..end));
+        let (mut head, names) = (model.clone(), names.clone());
+        let out = crate::nn::checkpointed(&inputs, move |args| {
+            head.update_flattened(names.iter().cloned().zip(args[1..].iter().cloned()).collect());
+            let (lp, ent) = head_logps(&head, &args[0], &chunk_targets, entropy)?;
+            Ok(std::iter::once(lp).chain(ent).collect())
+        })?;
+        let mut out = out.into_iter();
+        logps.push(out.next().ok_or_else(|| Exception::custom("chunked log-probs returned nothing"))?);
+        entropies.extend(out);
+    }
+    let logps = ops::concatenate(&logps, 1)?.reshape(&[b, t])?;
+    let entropies = if entropy { Some(ops::concatenate(&entropies, 1)?.reshape(&[b, t])?) } else { None };
+    Ok((logps, entropies))
+}
+
+/// The head over hidden states `[B, L, H]` and the log-probs (entropies) of `targets` `[B, L]`, in float32.
+fn head_logps(model: &CausalLm, hidden: &Array, targets: &Array, entropy: bool) -> Result<(Array, Option<Array>), Exception> {
+    let logits = model.head(hidden)?.as_dtype(Dtype::Float32)?;
     let lse = logits.logsumexp_axis(-1, true)?;
     let picked = take_along_axis(&logits, &targets.expand_dims(-1)?, -1)?;
     let logps = picked.subtract(&lse)?.squeeze_axes(&[-1])?;
