@@ -6,6 +6,7 @@
 #   bench/sft.sh [PYTHON_WITH_MLX_LM]
 #
 # Settings (environment): STEPS=20 WARMUP=3 BATCH=4 PRESET=small (~88M; medium ~0.4B) DTYPE=f32 (bf16 on a GPU)
+# FAMILY=llama (any `host fixture --family`) VOCAB=<model vocabulary, e.g. 262144 for Gemma's> MAX_SEQ=1024
 # CHECKPOINTING=off|on|auto CHECKPOINT_LAYERS=N, HOST=<a prebuilt host binary> (default: cargo build --release),
 # MAX_BATCH_TOKENS=N HOST_BATCH=M: host batches by a token budget instead (up to M rows; mlx-lm keeps BATCH rows).
 # Throughput is measured after WARMUP steps (both tools compile their step per batch shape): the tokens the
@@ -26,8 +27,10 @@ if [ -z "${HOST:-}" ]; then
 fi
 source bench/blas.sh
 same_blas "$HOST" "$PYTHON"
-MODEL="$WORK/$PRESET-llama-$DTYPE"
-[ -d "$MODEL" ] || $HOST fixture --family llama --preset "$PRESET" --dtype "$DTYPE" --out "$MODEL" --seed 0 >&2
+FAMILY=${FAMILY:-llama}
+MAX_SEQ=${MAX_SEQ:-1024}
+MODEL="$WORK/$PRESET-$FAMILY-$DTYPE${VOCAB:+-v$VOCAB}"
+[ -d "$MODEL" ] || $HOST fixture --family "$FAMILY" --preset "$PRESET" --dtype "$DTYPE" --out "$MODEL" --seed 0 ${VOCAB:+--vocab-size $VOCAB} >&2
 "$PYTHON" bench/make_sft_data.py "$WORK/sft-data" 512
 case "$DTYPE" in f32) MODEL_DTYPE=float32 ;; bf16) MODEL_DTYPE=bfloat16 ;; f16) MODEL_DTYPE=float16 ;; esac
 LAYERS_LINE=""
@@ -47,7 +50,7 @@ scale = 20.0
 train = "$WORK/sft-data/train.jsonl"
 batch_size = ${HOST_BATCH:-$BATCH}
 $BUDGET_LINE
-max_seq_length = 1024
+max_seq_length = $MAX_SEQ
 cache = { kind = "disk", dir = "$WORK/sft-cache" }
 [optimizer]
 kind = "adamw"
@@ -79,7 +82,7 @@ mkdir -p "$WORK/sft-mlxlm-data"
 cp "$WORK/sft-data/train.jsonl" "$WORK/sft-mlxlm-data/train.jsonl"
 mlx_json=$("${COMPETITOR_ENV[@]}" "$PYTHON" bench/mlx_lm_lora_bench.py --model "$MODEL" --train --data "$WORK/sft-mlxlm-data" \
   --fine-tune-type lora --optimizer adamw --num-layers -1 --batch-size "$BATCH" --iters "$STEPS" --learning-rate 1e-4 \
-  --steps-per-report 1 --steps-per-eval $((STEPS + 1)) --val-batches 0 --max-seq-length 1024 \
+  --steps-per-report 1 --steps-per-eval $((STEPS + 1)) --val-batches 0 --max-seq-length "$MAX_SEQ" \
   --adapter-path "$WORK/sft-mlxlm" --save-every "$STEPS" 2>"$WORK/mlx_lm_lora.err" | tail -1)
 mlx_row=$("$PYTHON" - "$mlx_json" "$WARMUP" <<'PY'
 import json, sys
