@@ -142,8 +142,6 @@ pub struct TransformerConfig {
     pub head_dim: i32,
     pub vocab_size: i32,
     pub rms_norm_eps: f32,
-    pub rope_theta: f64,
-    pub rope_scaling: RopeScaling,
     pub tie_word_embeddings: bool,
     /// Bias on q, k and v projections.
     pub qkv_bias: bool,
@@ -208,8 +206,6 @@ impl HfArgs {
             head_dim,
             vocab_size: self.vocab_size,
             rms_norm_eps: self.rms_norm_eps,
-            rope_theta: self.rope_theta,
-            rope_scaling: self.rope_scaling()?,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
             qkv_bias: self.attention_bias.unwrap_or(false),
             o_bias: self.attention_bias.unwrap_or(false),

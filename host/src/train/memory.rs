@@ -113,42 +113,15 @@ pub fn decide(mode: Checkpointing, layers: Option<usize>, estimate: &Estimate, b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::RopeScaling;
 
+    /// Llama-2-7B's shape, resolved as a checkpoint's config.json would be.
     fn config() -> TransformerConfig {
-        let mut c = TransformerConfig {
-            model_type: "llama".into(),
-            hidden_size: 4096,
-            num_hidden_layers: 32,
-            intermediate_size: 16384,
-            num_attention_heads: 32,
-            num_key_value_heads: 32,
-            head_dim: 128,
-            vocab_size: 32000,
-            rms_norm_eps: 1e-5,
-            rope_theta: 1e4,
-            rope_scaling: RopeScaling::None,
-            tie_word_embeddings: false,
-            qkv_bias: false,
-            o_bias: false,
-            mlp_bias: false,
-            qk_norm: crate::model::QkNorm::None,
-            norms: crate::model::NormPlacement::Pre,
-            layer_rope: Vec::new(),
-            layer_window: Vec::new(),
-            norm_plus_one: false,
-            activation: crate::model::Activation::Silu,
-            attention_scale: 1.0,
-            embedding_multiplier: 1.0,
-            residual_multiplier: 1.0,
-            logits_scaling: 1.0,
-            fused_projections: false,
-            attn_softcap: None,
-            final_softcap: None,
-        };
-        c.layer_rope = vec![None; c.num_hidden_layers as usize];
-        c.layer_window = vec![None; c.num_hidden_layers as usize];
-        c
+        let args: crate::model::HfArgs = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 16384,
+            "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "rms_norm_eps": 1e-5
+        }))
+        .unwrap();
+        crate::model::family_config(&args).unwrap()
     }
 
     #[test]
