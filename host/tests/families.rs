@@ -211,3 +211,25 @@ fn fuse_and_quantize_round_trip_for_every_family() {
         assert_eq!(logits(&model::load(&dir.join("q4"), &f32_options).unwrap().model), logits(&quantized.model), "{family:?}: 4-bit");
     }
 }
+
+/// Sliding windows are read as transformers reads them: Qwen only with `use_sliding_window` (from
+/// `max_window_layers` on) or per `layer_types`, Mistral's on every layer; a window without a size is an error.
+#[test]
+fn sliding_window_keys_resolve_as_transformers_reads_them() {
+    let resolve = |extra: serde_json::Value| {
+        let mut c = serde_json::json!({
+            "model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 3, "intermediate_size": 128,
+            "num_attention_heads": 2, "vocab_size": 512, "sliding_window": 4
+        });
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let args: model::HfArgs = serde_json::from_value(c).unwrap();
+        model::family_config(&args).map(|c| c.layer_window)
+    };
+    assert_eq!(resolve(serde_json::json!({})).unwrap(), vec![None; 3]);
+    assert_eq!(resolve(serde_json::json!({"use_sliding_window": true, "max_window_layers": 1})).unwrap(), vec![None, Some(4), Some(4)]);
+    assert_eq!(resolve(serde_json::json!({"model_type": "qwen3", "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]})).unwrap(), vec![Some(4), None, Some(4)]);
+    assert_eq!(resolve(serde_json::json!({"model_type": "mistral"})).unwrap(), vec![Some(4); 3]);
+    assert_eq!(resolve(serde_json::json!({"model_type": "mistral", "sliding_window": null})).unwrap(), vec![None; 3]);
+    let err = resolve(serde_json::json!({"use_sliding_window": true, "max_window_layers": 0, "sliding_window": null})).unwrap_err();
+    assert!(err.contains("sliding_window"), "{err}");
+}

@@ -62,6 +62,9 @@ pub struct HfArgs {
     pub rope_local_base_freq: Option<f64>,
     pub sliding_window: Option<usize>,
     pub sliding_window_pattern: Option<usize>,
+    /// Qwen2/Qwen3: sliding windows only when `use_sliding_window`, on layers from `max_window_layers` on.
+    pub use_sliding_window: Option<bool>,
+    pub max_window_layers: Option<usize>,
     pub hidden_activation: Option<String>,
     pub hidden_act: Option<String>,
     /// Gemma 2's soft-capping: absent (None: the family's default), null (Some(None): off) or a cap.

@@ -12,6 +12,7 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     with_head_dim.head_dim = Some(args.head_dim.unwrap_or(DEFAULT_HEAD_DIM));
     let mut c = with_head_dim.base()?;
     c.qk_norm = super::args::QkNorm::PerHead;
+    c.layer_window = super::qwen2::windows(args, c.num_hidden_layers as usize)?;
     c.mlp_bias = false;
     Ok(c)
 }
