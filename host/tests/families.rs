@@ -29,9 +29,9 @@ fn data(name: &str) -> String {
 }
 
 /// Decoding through each KV cache policy gives the log-probs of one forward over the whole sequence: the
-/// cache offsets, NoPE layers, multipliers and sliding windows (Gemma's local layers get a rotating cache of
-/// their window whatever the policy; the fixture's window is 4, the sequence 12) all agree with the
-/// uncached, masked forward used in training.
+/// cache offsets, NoPE layers, multipliers, soft-capping (also over quantized keys) and sliding windows
+/// (Gemma's local layers get a rotating cache of their window whatever the policy; the fixture's window is 4,
+/// the sequence 12) all agree with the uncached, masked forward used in training.
 #[test]
 fn cached_decoding_equals_the_full_forward_for_every_family() {
     let registry = Registry::builtin().unwrap();
@@ -40,8 +40,12 @@ fn cached_decoding_equals_the_full_forward_for_every_family() {
         fixture::write(&dir, family, Preset::Tiny, 9).unwrap();
         let m = model::load(&dir, &LoadOptions { dtype: Some(Dtype::Float32), quantize: None }).unwrap().model;
         let prompt: Vec<u32> = vec![5, 17, 99, 200, 33, 41];
-        for kind in ["standard", "rotating"] {
-            let table: sdk::toml::Table = if kind == "rotating" { "max_size = 16".parse().unwrap() } else { sdk::toml::Table::new() };
+        for kind in ["standard", "rotating", "quantized"] {
+            let table: sdk::toml::Table = match kind {
+                "rotating" => "max_size = 16".parse().unwrap(),
+                "quantized" => "bits = 8\ngroup_size = 32".parse().unwrap(),
+                _ => sdk::toml::Table::new(),
+            };
             let policy = registry.kv_cache_policy(kind, &table).unwrap();
             let mut caches = cache::for_layers(&*policy, &m.attention_windows()).unwrap();
             let greedy = SamplerConfig { temperature: 0.0, ..Default::default() };
@@ -59,6 +63,15 @@ fn cached_decoding_equals_the_full_forward_for_every_family() {
                 let row = &flat[position * v..(position + 1) * v];
                 // Greedy: the token is the full forward's argmax, and its log-prob matches to float rounding
                 // (incremental and whole-sequence attention sum in different orders; |log p| ≈ 6).
+                // An 8-bit cache changes keys and values by up to half a quantization step (range/255 of a
+                // group): its tokens may differ where the top two are that close, so it is held to the full
+                // forward's log-probs of its own tokens within 1e-2 (measured up to 2.6e-3), the float caches to
+                // argmax and 1e-4. That is coarse: it catches a wrong offset or mask, not a dropped soft-cap
+                // (2.7e-4 on the gemma2 fixture, tried), which the float caches and mlx-lm parity cover.
+                if kind == "quantized" {
+                    assert!((row[t as usize] - lp).abs() < 1e-2, "{family:?} {kind}: step {i}: {} vs {lp}", row[t as usize]);
+                    continue;
+                }
                 let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j).unwrap();
                 assert_eq!(t as usize, best, "{family:?} {kind}: step {i}");
                 assert!((row[t as usize] - lp).abs() < 1e-4, "{family:?} {kind}: step {i}: {} vs {lp}", row[t as usize]);
