@@ -167,7 +167,7 @@ fn disk_cache_hits_and_misses_on_every_input() {
 }
 
 #[test]
-fn lazy_policies_tokenize_on_use() {
+fn lazy_and_none_policies_give_the_same_tokens_on_every_use_and_count_them_at_load() {
     let (t, model) = qwen("lazy");
     let dir = temp("lazy-data");
     let path = write_jsonl(&dir, "train.jsonl", &[r#"{"text": "a b c d e f"}"#, r#"{"text": "a"}"#]);

@@ -154,7 +154,8 @@ impl Dataset {
             dataset.set_tokenized(entries, dataset.stats.clone());
         } else {
             // Tokenized once here for the token counts batching needs (and the same statistics and
-            // dropped rows as the eager policies), then kept as rows: the policy decides when tokens live.
+            // dropped rows as the eager policies). A memoizing policy keeps these tokens (it would make the
+            // same ones on first use); the others keep the row and tokenize it again on each use.
             let mut tokenized = 0;
             for r in rows {
                 match check_shape(&r.row, options.shape).and_then(|()| tokenize(&r.row, t, options.masking, options.max_seq_length)) {
@@ -166,7 +167,8 @@ impl Dataset {
                             continue;
                         }
                         dataset.lengths.push(e.len());
-                        dataset.entries.push(Entry { line: r.line, row: Some(r.row), item: None });
+                        let entry = if dataset.memoize { Entry { line: r.line, row: None, item: Some(e) } } else { Entry { line: r.line, row: Some(r.row), item: None } };
+                        dataset.entries.push(entry);
                     }
                     Err(message) if options.skip_bad_rows => dataset.stats.bad_rows.push((r.line, message)),
                     Err(message) => return Err(DataError::Row { path: path.to_owned(), line: r.line, message }),

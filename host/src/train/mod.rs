@@ -141,8 +141,8 @@ struct Batching<'t> {
     table: Option<&'t ReferenceTable>,
 }
 
-/// The batch of these dataset entries (unusable ones left out), with precomputed reference log-probs when
-/// there is a table; `None` when no entry is usable.
+/// The batch of these dataset entries, with precomputed reference log-probs when there is a table; `None`
+/// for no entries.
 fn build_batch(dataset: &mut Dataset, t: &TextTokenizer, indices: &[usize], how: Batching<'_>) -> Result<Option<Batch>, TrainError> {
     let mut present: Vec<(usize, Item)> = Vec::new();
     let mut partners = Vec::new();

@@ -128,8 +128,8 @@ register_kv_cache_policy!(Quantized);
 // | kind | keys | behaviour |
 // |---|---|---|
 // | `disk` | `dir` (`$XDG_CACHE_HOME/host/datasets`) | tokenize everything before training, keep it in memory and on disk; batches bucketed by exact token counts |
-// | `lazy` | — | tokenize each row on first use and keep it; batches bucketed by rendered length |
-// | `none` | — | tokenize each row whenever it is used; batches bucketed by rendered length |
+// | `lazy` | — | tokenize every row at load and keep it in memory only (nothing on disk); batches bucketed by exact token counts |
+// | `none` | — | tokenize each row at load for its token count and again whenever it is used, keeping only the rows; batches bucketed by exact token counts |
 
 use std::path::PathBuf;
 
@@ -141,7 +141,7 @@ pub struct NoDataCache {}
 
 impl Plugin for NoDataCache {
     const NAME: &'static str = "none";
-    const SUMMARY: &'static str = "tokenize rows whenever they are used; nothing kept";
+    const SUMMARY: &'static str = "tokenize rows whenever they are used (and once at load, to count); only rows kept";
     fn from_config(config: &sdk::toml::Table) -> Result<Self, PluginError> {
         from_table(config)
     }
@@ -170,7 +170,7 @@ pub struct LazyDataCache {}
 
 impl Plugin for LazyDataCache {
     const NAME: &'static str = "lazy";
-    const SUMMARY: &'static str = "tokenize each row on first use and keep it in memory";
+    const SUMMARY: &'static str = "tokenize every row at load and keep it in memory, not on disk";
     fn from_config(config: &sdk::toml::Table) -> Result<Self, PluginError> {
         from_table(config)
     }
