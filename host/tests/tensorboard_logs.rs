@@ -117,12 +117,24 @@ fn the_grpo_config_logs_every_scalar_and_its_completions_and_a_resume_repeats_no
     for tag in ["loss", "reward", "reward_std", "rewards/exact_answer/mean", "completions/mean_length", "clip_ratio/region_mean", "entropy", "learning_rate", "num_tokens"] {
         assert!(logged.scalars.contains_key(tag), "{tag} missing: {:?}", logged.scalars.keys());
     }
-    // Completions every 5 steps: 5 and 10, each a markdown table with one row per completion of the step.
+    assert_completion_tables(&out, &logged);
+    // With rollouts reused for two steps, step 10 trains on step 9's completions: it still gets its table.
+    let reused = temp("grpo-reused");
+    let cfg = load("configs/grpo.toml", &reused, &["train.steps=10", "rollout.num_iterations=2", "output.log_completions_every=5"]);
+    train::run(&cfg, &registry, None).unwrap();
+    assert_completion_tables(&reused, &assert_same_scalars(&reused));
+}
+
+/// Completions every 5 steps: 5 and 10, each a markdown table with one row per completion the step trained
+/// on (sampled at that step, or at the last step that sampled, when rollouts are reused).
+fn assert_completion_tables(out: &Path, logged: &Logged) {
     let texts = &logged.texts["completions"];
     assert_eq!(texts.iter().map(|t| t.0).collect::<Vec<_>>(), vec![5, 10]);
     let completions: Vec<Value> = std::fs::read_to_string(out.join("completions.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for (step, table) in texts {
-        let rows: Vec<&Value> = completions.iter().filter(|c| c["step"].as_u64() == Some(*step)).collect();
+        let sampled = completions.iter().filter_map(|c| c["step"].as_u64()).filter(|s| s <= step).max().unwrap();
+        let rows: Vec<&Value> = completions.iter().filter(|c| c["step"].as_u64() == Some(sampled)).collect();
+        assert!(!rows.is_empty());
         assert_eq!(table.lines().count(), 2 + rows.len(), "{table}");
         assert!(table.starts_with("| prompt | completion | exact_answer | regex_format | reward | advantage |"), "{table}");
         for (line, row) in table.lines().skip(2).zip(&rows) {

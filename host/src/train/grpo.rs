@@ -152,10 +152,12 @@ pub fn run(
             for b in &batches {
                 write_completions(&mut completions_log, &completions_path, state.step + 1, b)?;
             }
-            let every = config.output.log_completions_every;
-            if every > 0 && (state.step + 1) % every == 0 {
-                log.text(state.step + 1, "completions", &completions_markdown(&batches))?;
-            }
+        }
+        // The completions this step trains on, fresh or reused (num_iterations > 1), so every N-th step has its
+        // table whatever the rollout cadence.
+        let every = config.output.log_completions_every;
+        if every > 0 && (state.step + 1) % every == 0 {
+            log.text(state.step + 1, "completions", &completions_markdown(&batches))?;
         }
         let first_pass = uses == 0;
         let lr = schedule.lr(state.step, &schedule_ctx).map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
