@@ -243,6 +243,9 @@ fn sliding_window_keys_resolve_as_transformers_reads_them() {
     assert_eq!(resolve(serde_json::json!({"model_type": "qwen3", "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]})).unwrap(), vec![Some(4), None, Some(4)]);
     assert_eq!(resolve(serde_json::json!({"model_type": "mistral"})).unwrap(), vec![Some(4); 3]);
     assert_eq!(resolve(serde_json::json!({"model_type": "mistral", "sliding_window": null})).unwrap(), vec![None; 3]);
+    // A window no shorter than the context never binds: no window (and no rotating cache) at all.
+    assert_eq!(resolve(serde_json::json!({"model_type": "mistral", "max_position_embeddings": 4})).unwrap(), vec![None; 3]);
+    assert_eq!(resolve(serde_json::json!({"model_type": "mistral", "max_position_embeddings": 5})).unwrap(), vec![Some(4); 3]);
     let err = resolve(serde_json::json!({"use_sliding_window": true, "max_window_layers": 0, "sliding_window": null})).unwrap_err();
     assert!(err.contains("sliding_window"), "{err}");
 }

@@ -234,6 +234,13 @@ impl HfArgs {
         self.rope_scaling()
     }
 
+    /// `window`, unless it can never bind: a window at least `max_position_embeddings` long never hides a
+    /// position, and a layer without one keeps the preallocated standard cache instead of a rotating one
+    /// (Phi-3.5's 262,144-token window over a 131,072-token context).
+    pub fn binding_window(&self, window: Option<usize>) -> Option<usize> {
+        window.filter(|&w| self.max_position_embeddings.is_none_or(|max| (w as f64) < max))
+    }
+
     /// A key this family needs, or an error naming it.
     pub fn required<T: Copy>(&self, value: Option<T>, key: &str) -> Result<T, String> {
         value.ok_or_else(|| format!("config.json lacks `{key}`, which {} needs", self.model_type))

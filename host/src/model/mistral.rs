@@ -12,6 +12,6 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     if args.sliding_window == Some(0) {
         return Err("sliding_window must be at least 1".into());
     }
-    c.layer_window = vec![args.sliding_window; c.num_hidden_layers as usize];
+    c.layer_window = vec![args.binding_window(args.sliding_window); c.num_hidden_layers as usize];
     Ok(c)
 }

@@ -32,7 +32,7 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     }
     let scaling = rope_scaling(args, dims)?;
     c.layer_rope = vec![Some(RopeParams { theta: args.rope_theta, scaling, dims }); c.num_hidden_layers as usize];
-    c.layer_window = vec![args.sliding_window; c.num_hidden_layers as usize];
+    c.layer_window = vec![args.binding_window(args.sliding_window); c.num_hidden_layers as usize];
     c.fused_projections = true;
     c.qkv_bias = false;
     c.o_bias = false;

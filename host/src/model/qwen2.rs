@@ -39,5 +39,5 @@ pub(super) fn windows(args: &HfArgs, layers: usize) -> Result<Vec<Option<usize>>
     if window == 0 {
         return Err("sliding_window must be at least 1".into());
     }
-    Ok(sliding.into_iter().map(|s| s.then_some(window)).collect())
+    Ok(sliding.into_iter().map(|s| args.binding_window(s.then_some(window))).collect())
 }
