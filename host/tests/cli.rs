@@ -122,7 +122,7 @@ fn generate_streams_text_or_prints_one_json_object() {
 #[test]
 fn the_shipped_training_configs_run() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for name in ["sft", "dpo", "orpo", "kto", "simpo"] {
+    for name in ["sft", "dpo", "orpo", "kto", "simpo", "full-sft"] {
         let out = std::env::temp_dir().join(format!("host-cli-{}-{name}", std::process::id()));
         let out_arg = format!("output.dir={:?}", out.display().to_string());
         let config = format!("configs/{name}.toml");
@@ -136,7 +136,8 @@ fn the_shipped_training_configs_run() {
         let stdout = String::from_utf8_lossy(&status.stdout);
         assert!(stdout.contains("12 steps, completed"), "{name}: {stdout}");
         assert!(stdout.contains("best validation loss"), "{name}: {stdout}");
-        assert!(out.join("adapters.safetensors").is_file() && out.join("loss.png").is_file(), "{name}");
-        assert_eq!(out.join("rewards.png").is_file(), name != "sft", "{name}: preference losses plot their rewards");
+        let result = if name == "full-sft" { "model.safetensors" } else { "adapters.safetensors" };
+        assert!(out.join(result).is_file() && out.join("loss.png").is_file(), "{name}");
+        assert_eq!(out.join("rewards.png").is_file(), !name.ends_with("sft"), "{name}: preference losses plot their rewards");
     }
 }

@@ -202,3 +202,28 @@ fn the_mlx_lm_backend_trains_from_the_same_toml() {
     assert_eq!((settings.rank, settings.scale), (4, 10.0));
     assert_eq!(m.linears_mut().iter().filter(|(_, l)| l.adapter.is_some()).count(), 4);
 }
+
+#[test]
+#[ignore = "needs MLX_LM_PYTHON, a python with mlx-lm (CI provides one)"]
+fn a_fully_fine_tuned_model_loads_in_mlx_lm_with_our_logits() {
+    use host::{config::RunConfig, plugins::Registry, train};
+    let dir = std::env::temp_dir().join(format!("mlx-lm-full-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Gemma 3 ties its embedding and scales it: a trained embedding must come back in both roles.
+    fixture::write(&dir.join("model"), Family::Gemma3Text, Preset::Tiny, 2).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sft");
+    let text = format!(
+        "[model]\npath = {:?}\ndtype = \"float32\"\n[data]\ntrain = {:?}\nmask = \"prompt\"\n[optimizer]\nlr = 1e-3\n\
+         [train]\nsteps = 4\nmode = \"full\"\n[output]\ndir = {:?}\nreport_to = []\n",
+        dir.join("model").display().to_string(),
+        data.join("train.jsonl").display().to_string(),
+        dir.join("run").display().to_string()
+    );
+    std::fs::write(dir.join("run.toml"), text).unwrap();
+    let mut registry = Registry::builtin().unwrap();
+    let config = RunConfig::load(&dir.join("run.toml"), &[], &mut registry).unwrap();
+    train::run(&config, &registry, None).unwrap();
+    let (base, trained) = (ours(&dir.join("model")), ours(&dir.join("run")));
+    assert!(base.iter().flatten().zip(trained.iter().flatten()).any(|(a, b)| (a - b).abs() > 1e-3), "training changed the logits");
+    compare(&dir.join("run"), "fully fine-tuned gemma3_text");
+}

@@ -42,10 +42,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("{} steps trained by mlx_lm.lora (its output above); adapters in {}", outcome.steps, outcome.output.display());
         return Ok(());
     }
+    let what = if config.train.mode == host::config::TrainMode::Full { "the fine-tuned model" } else { "adapters" };
     println!("{} steps, {how}", outcome.steps);
     println!("final train loss {:.4}", outcome.last_loss);
     if let Some((loss, step)) = outcome.best_eval {
-        println!("best validation loss {loss:.4} at step {step} (adapters in {})", outcome.output.join("best").display());
+        println!("best validation loss {loss:.4} at step {step} ({what} in {})", outcome.output.join("best").display());
     }
     let padding = 100.0 * (1.0 - outcome.real_tokens as f64 / outcome.padded_tokens.max(1) as f64);
     println!(
@@ -55,7 +56,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         outcome.seconds,
         outcome.peak_memory_bytes as f64 / 1e9
     );
-    println!("adapters, checkpoints, metrics.jsonl and loss.png in {}", outcome.output.display());
+    println!("{what}, checkpoints, metrics.jsonl and loss.png in {}", outcome.output.display());
     for note in &outcome.notes {
         println!("{note}");
     }

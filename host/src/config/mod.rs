@@ -16,6 +16,7 @@ pub use problem::{ConfigError, ConfigProblem, Location};
 pub use sections::{
     Backend, Checkpointing, DataConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
     PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, RewardEntry, RolloutConfig, ScaleRewards, ScheduleSection, TrainConfig,
+    TrainMode,
 };
 pub use source::Override;
 
@@ -279,6 +280,43 @@ impl RunConfig {
                     &["reference", "mode"],
                     format!("loss `{kind}` scores fresh completions every step; their reference log-probs cannot be precomputed (use \"adapters_off\" or \"model\")"),
                 ));
+            }
+        }
+        if let (Ok(t), Ok(lora)) = (&train, &lora) {
+            match t.mode {
+                TrainMode::Full => {
+                    if lora.is_some() {
+                        problems.push(source.problem(&["lora"], "[train] mode = \"full\" trains the weights themselves, not adapters: remove [lora] (or set mode = \"lora\")"));
+                    }
+                    if t.last_n_layers == Some(0) {
+                        problems.push(source.problem(&["train", "last_n_layers"], "must be at least 1 (leave it out to train every weight)"));
+                    }
+                    if let Ok(Some(m)) = &model {
+                        if m.quantize.is_some() {
+                            problems.push(source.problem(&["model", "quantize"], "full fine-tuning trains float weights; a quantized base cannot be trained (QLoRA is mode = \"lora\")"));
+                        }
+                    }
+                    if t.backend == Backend::MlxLm {
+                        problems.push(source.problem(&["train", "backend"], "mode = \"full\" runs natively; mlx_lm.lora is used for LoRA runs only"));
+                    }
+                    if let Some(needs) = needs.filter(|n| n.reference) {
+                        let mode = reference.as_ref().ok().and_then(|r| r.as_ref().map(|r| r.mode)).unwrap_or_default();
+                        if mode == ReferenceMode::AdaptersOff {
+                            let kind = loss.as_ref().map(|l| l.kind.clone()).unwrap_or_default();
+                            let better = if needs.rollout() { "\"model\" (a second copy of the base)" } else { "\"precomputed\" (the base model, scored once before training) or \"model\"" };
+                            let at: &[&str] = if matches!(reference, Ok(Some(_))) { &["reference", "mode"] } else { &["train", "mode"] };
+                            problems.push(source.problem(
+                                at,
+                                format!("loss `{kind}` compares with a reference policy, and with [train] mode = \"full\" there are no adapters to switch off: set [reference] mode = {better}"),
+                            ));
+                        }
+                    }
+                }
+                TrainMode::Lora => {
+                    if t.last_n_layers.is_some() {
+                        problems.push(source.problem(&["train", "last_n_layers"], "goes with mode = \"full\"; LoRA takes [lora] last_n_layers"));
+                    }
+                }
             }
         }
         if let Ok(rewards) = &rewards {

@@ -66,6 +66,22 @@ pub struct TrainConfig {
     /// Compile the training step (default on).
     #[serde(default = "TrainConfig::default_true")]
     pub compile: bool,
+    /// What trains: LoRA/DoRA adapters (`[lora]`), or the weights themselves.
+    #[serde(default)]
+    pub mode: TrainMode,
+    /// With `mode = "full"`: train only the last N transformer layers (mlx-lm's `num_layers`); unset trains
+    /// every weight, embeddings, norms and output head included.
+    pub last_n_layers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainMode {
+    /// Low-rank adapters on a frozen base, configured by `[lora]`.
+    #[default]
+    Lora,
+    /// Full fine-tuning: every weight of the chosen layers trains.
+    Full,
 }
 
 impl TrainConfig {
@@ -115,6 +131,8 @@ impl Default for TrainConfig {
             memory_budget_gb: None,
             backend: Self::default_backend(),
             compile: true,
+            mode: TrainMode::Lora,
+            last_n_layers: None,
         }
     }
 }

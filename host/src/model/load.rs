@@ -105,7 +105,8 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Err(ModelError::file(dir, "no model.safetensors or model.safetensors.index.json"))
 }
 
-fn read_weights(dir: &Path) -> Result<HashMap<String, Array>, ModelError> {
+/// Every tensor of a model directory's safetensors files (one, or the shards of an index).
+pub fn read_weights(dir: &Path) -> Result<HashMap<String, Array>, ModelError> {
     let mut weights = HashMap::new();
     for file in weight_files(dir)? {
         let tensors = Array::load_safetensors(&file).map_err(|e| ModelError::file(&file, format!("cannot read safetensors: {e}")))?;

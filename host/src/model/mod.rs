@@ -23,8 +23,8 @@ use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
 
 pub use args::{Activation, HfArgs, NormPlacement, QkNorm, QuantizationPlan, RopeParams, TokenIds, TransformerConfig};
 pub use error::{Misshaped, ModelError, WeightMismatch};
-pub use load::{default_dtype, fingerprint, load, LoadOptions, LoadedModel};
-pub use save::save;
+pub use load::{default_dtype, fingerprint, load, read_weights, LoadOptions, LoadedModel};
+pub use save::{save, save_parts};
 pub use transformer::{Attention, Decoder, Layer, Mlp};
 
 use crate::{cache::KvCache, nn::{Linear, Quant}};

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::Path};
 use mlx_rs::{module::ModuleParameters, Array};
 use serde_json::{json, Value};
 
-use super::{LoadedModel, ModelError, QuantizationPlan};
+use super::{CausalLm, LoadedModel, ModelError, QuantizationPlan};
 
 /// mlx-lm's shard size limit.
 const MAX_SHARD_BYTES: usize = 5 << 30;
@@ -49,11 +49,23 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
 
 /// Writes `loaded` (as it is now, e.g. after quantizing) to `out`.
 pub fn save(loaded: &LoadedModel, out: &Path) -> Result<(), ModelError> {
+    save_parts(&loaded.model, &loaded.config_json, loaded.quantization.as_ref(), &loaded.dir, out)
+}
+
+/// Writes `model` to `out` as a model directory: `config_json` with the quantization block of `quantization`,
+/// the weights, and the tokenizer files of `tokenizer_dir`.
+pub fn save_parts(
+    model: &CausalLm,
+    config_json: &serde_json::Map<String, Value>,
+    quantization: Option<&QuantizationPlan>,
+    tokenizer_dir: &Path,
+    out: &Path,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(out).map_err(|e| ModelError::file(out, e))?;
-    let mut config = loaded.config_json.clone();
+    let mut config = config_json.clone();
     config.remove("quantization");
     config.remove("quantization_config");
-    if let Some(plan) = &loaded.quantization {
+    if let Some(plan) = quantization {
         let block = quantization_json(plan);
         config.insert("quantization".into(), block.clone());
         config.insert("quantization_config".into(), block);
@@ -61,7 +73,7 @@ pub fn save(loaded: &LoadedModel, out: &Path) -> Result<(), ModelError> {
     let text = serde_json::to_string_pretty(&Value::Object(config)).map_err(|e| ModelError::file(out, e))?;
     write_atomic(&out.join("config.json"), text.as_bytes())?;
 
-    let params = loaded.model.parameters().flatten();
+    let params = model.parameters().flatten();
     let mut names: Vec<&str> = params.keys().map(|k| &**k).collect();
     names.sort();
     let mut shards: Vec<Vec<&str>> = vec![Vec::new()];
@@ -95,8 +107,8 @@ pub fn save(loaded: &LoadedModel, out: &Path) -> Result<(), ModelError> {
         write_atomic(&out.join("model.safetensors.index.json"), text.as_bytes())?;
     }
     for name in TOKENIZER_FILES {
-        let from = loaded.dir.join(name);
-        if from.is_file() {
+        let from = tokenizer_dir.join(name);
+        if from.is_file() && from != out.join(name) {
             let to = out.join(name);
             std::fs::copy(&from, &to).map_err(|e| ModelError::file(&to, e))?;
         }

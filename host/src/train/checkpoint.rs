@@ -1,5 +1,5 @@
-//! Checkpoints: everything a run needs to continue exactly — adapters (in mlx-lm's format, so any
-//! checkpoint is also a usable adapter), optimizer state, PRNG key, step and data position. Each is written
+//! Checkpoints: everything a run needs to continue exactly — what it trains (adapters in mlx-lm's format, or
+//! the complete model in full fine-tuning, so any checkpoint is also usable as it is), optimizer state, PRNG key, step and data position. Each is written
 //! into a temporary directory and renamed into place, so a crash leaves either the old or the new one.
 
 use std::{
@@ -11,8 +11,8 @@ use std::{
 use mlx_rs::{module::ModuleParameters, Array};
 use serde::{Deserialize, Serialize};
 
-use super::TrainError;
-use crate::{lora, model::CausalLm};
+use super::{tuning::Tuning, TrainError};
+use crate::model::CausalLm;
 
 /// Where training stands.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,8 +41,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
 }
 
 /// Writes `root/step-NNNNNNN` (replacing one of that name) and points `root/latest` at it.
+#[allow(clippy::too_many_arguments)]
 pub fn save(
     root: &Path,
+    tuning: &Tuning,
     model: &mut CausalLm,
     optimizer_state: Vec<(String, Array)>,
     rng_key: &Array,
@@ -53,7 +55,7 @@ pub fn save(
     let name = step_dir_name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
     let _ = std::fs::remove_dir_all(&tmp);
-    lora::save_adapters(model, &tmp, adapter_config)?;
+    tuning.save(model, &tmp, adapter_config)?;
     let mut arrays: Vec<(String, Array)> = optimizer_state.into_iter().map(|(k, v)| (format!("optimizer.{k}"), v)).collect();
     arrays.push((RNG_KEY.to_owned(), rng_key.clone()));
     let path = tmp.join(ARRAYS);
@@ -99,24 +101,26 @@ pub struct Restored {
     pub rng_key: Array,
 }
 
-/// Reads a checkpoint and puts its adapter tensors into `model` (which must carry the same adapters).
-pub fn restore(dir: &Path, model: &mut CausalLm) -> Result<Restored, TrainError> {
+/// Reads a checkpoint and puts its trained tensors into `model` (which must train the same parameters).
+pub fn restore(dir: &Path, model: &mut CausalLm, tuning: &Tuning) -> Result<Restored, TrainError> {
     let bad = |message: String| TrainError::Io { path: dir.to_owned(), message };
     let state_path = dir.join(STATE);
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| bad(format!("{STATE}: {e}")))?;
-    let adapters_path = dir.join(lora::AdapterFiles::WEIGHTS);
-    let tensors = Array::load_safetensors(&adapters_path).map_err(|e| bad(format!("adapters: {e}")))?;
+    let (tensors, exact) = tuning.saved_tensors(dir)?;
     let expected = model.trainable_parameters().flatten();
     let mut update: HashMap<Rc<str>, Array> = HashMap::new();
     for (name, param) in &expected {
-        let t = tensors.get(&**name).ok_or_else(|| bad(format!("adapters lack {name}: the checkpoint is of another LoRA setup")))?;
+        let t = tensors.get(&**name).ok_or_else(|| bad(format!("the checkpoint lacks {name}: it is of another training setup")))?;
         if t.shape() != param.shape() {
             return Err(bad(format!("{name} is {:?} in the checkpoint, the model needs {:?}", t.shape(), param.shape())));
         }
+        if t.dtype() != param.dtype() {
+            return Err(bad(format!("{name} is {:?} in the checkpoint, the model trains {:?}: set [model] dtype as the run that wrote it", t.dtype(), param.dtype())));
+        }
         update.insert(name.clone(), t.clone());
     }
-    if tensors.len() != expected.len() {
+    if exact && tensors.len() != expected.len() {
         return Err(bad(format!("the checkpoint has {} adapter tensors, the model {}", tensors.len(), expected.len())));
     }
     model.update_flattened(update);

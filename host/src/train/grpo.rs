@@ -74,7 +74,7 @@ pub fn run(
     }
     let out = config.output_dir();
 
-    let session::Policy { dir, load_options, tokenizer, mut model, summary } = session::load_policy(config, registry)?;
+    let session::Policy { dir, load_options, tokenizer, mut model, tuning } = session::load_policy(config, registry)?;
     let source: Option<ReferenceSource> = if needs.reference {
         let reference = config.reference.clone().unwrap_or_default();
         reference_source(&dir, reference.model.as_deref(), &load_options)?.0
@@ -93,7 +93,7 @@ pub fn run(
         rollout_cfg.max_tokens
     );
     let rows_per_micro = data_cfg.batch_size * rollout_cfg.num_generations;
-    session::set_checkpointing(config, &mut model, &summary, rows_per_micro, longest_prompt + rollout_cfg.max_tokens);
+    session::set_checkpointing(config, &mut model, &tuning, rows_per_micro, longest_prompt + rollout_cfg.max_tokens);
 
     let cache_policy = registry.kv_cache_policy(&rollout_cfg.cache.kind, &rollout_cfg.cache.config)?;
     let names = reward_names(config);
@@ -105,7 +105,7 @@ pub fn run(
         .collect::<Result<Vec<RewardFn>, TrainError>>()?;
 
     let (schedule, schedule_ctx) = config.build_schedule(registry)?;
-    let (optimizer, rng, mut state) = session::start_state(config, &mut model, resume)?;
+    let (optimizer, rng, mut state) = session::start_state(config, &mut model, &tuning, resume)?;
     let mut stepper = Stepper::new(config, model, optimizer, rng, loss, needs, true)?;
 
     let adapter_extra = session::adapter_extra(
@@ -172,7 +172,7 @@ pub fn run(
             real += b.report.real_tokens;
             padded += b.report.padded_tokens;
         }
-        let result = stepper.finish(config, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
+        let result = stepper.finish(config, &tuning, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
         let loss_value = result.loss;
         uses += 1;
         state.step += 1;
@@ -210,12 +210,12 @@ pub fn run(
             get("entropy"),
         ));
 
-        if session::end_step(config, callback, &mut stepper.ts, &state, loss_value, &mut stopped, &adapter_extra)? {
+        if session::end_step(config, &tuning, callback, &mut stepper.ts, &state, loss_value, &mut stopped, &adapter_extra)? {
             break;
         }
     }
     bar.finish_and_clear();
-    lora::save_adapters(&mut stepper.ts.0, &out, &adapter_extra)?;
+    tuning.save(&mut stepper.ts.0, &out, &adapter_extra)?;
     session::plot_series(&log, &out.join("loss.png"), "GRPO loss", "loss", &[("train loss", "loss", [31, 119, 180])])?;
     let colors = [[44, 160, 44], [255, 127, 14], [148, 103, 189], [214, 39, 40], [140, 86, 75], [227, 119, 194]];
     let keys: Vec<(String, String)> = std::iter::once(("mean reward".to_owned(), "reward".to_owned()))

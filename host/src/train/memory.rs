@@ -5,8 +5,9 @@
 //! The estimate per layer and sequence of s tokens at hidden size h, a heads and b bytes per element follows
 //! Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models"):
 //! s·h·34·b/2 + 5·a·s²·b/2, with the MLP term scaled by intermediate/(4h) (their 4h MLP). Only the layers from the
-//! first adapted one to the last keep activations (nothing before them needs a gradient), and the logits'
-//! float32 log-softmax (s × vocabulary) counts once.
+//! first adapted one to the last keep activations (nothing before them needs a gradient), the logits'
+//! float32 log-softmax (s × vocabulary) counts once, and so does the trainable parameters' training state
+//! (gradients, optimizer moments), which decides the budget left in full fine-tuning.
 
 use crate::{config::Checkpointing, model::TransformerConfig};
 
@@ -21,14 +22,34 @@ pub struct Estimate {
     pub logits: u64,
     /// Layers that keep activations (from the first adapted one to the last).
     pub layers: usize,
+    /// The trainable parameters' training state: gradients being accumulated, the step's gradients and the
+    /// optimizer's moments.
+    pub state: u64,
 }
 
 impl Estimate {
     /// Bytes with the first `checkpointed` of the layers checkpointed.
     pub fn bytes(&self, checkpointed: usize) -> u64 {
         let n = checkpointed.min(self.layers) as u64;
-        self.per_layer * (self.layers as u64 - n) + self.per_checkpointed_layer * n + self.logits
+        self.per_layer * (self.layers as u64 - n) + self.per_checkpointed_layer * n + self.logits + self.state
     }
+
+    pub fn with_state(self, state: u64) -> Self {
+        Estimate { state, ..self }
+    }
+}
+
+/// Copies of the trainable parameters a step holds besides the parameters themselves: the accumulated
+/// gradient, the micro-batch's gradient, and the optimizer's moments (Adam's two, SGD's momentum, Adafactor's
+/// factored rows and columns, counted as one since they are far smaller than a matrix only for large ones).
+pub fn state_copies(optimizer: &crate::config::OptimizerConfig) -> u64 {
+    use crate::config::OptimizerKind;
+    let moments = match optimizer.kind {
+        OptimizerKind::Adamw | OptimizerKind::Adam => 2,
+        OptimizerKind::Sgd => u64::from(optimizer.momentum.is_some_and(|m| m != 0.0)),
+        OptimizerKind::Adafactor => 1,
+    };
+    2 + moments
 }
 
 /// The activations one step keeps for `rows` sequences of `seq` tokens through `layers` layers.
@@ -39,7 +60,7 @@ pub fn estimate(c: &TransformerConfig, rows: usize, seq: usize, layers: usize, d
     let per_layer = (s * h * (15.0 + 19.0 * mlp_scale)) * b / 2.0 + 5.0 * a * s * s * b / 2.0;
     let logits = s * f64::from(c.vocab_size) * 4.0 * 2.0;
     let r = rows as f64;
-    Estimate { per_layer: (r * per_layer) as u64, per_checkpointed_layer: (r * s * h * b) as u64, logits: (r * logits) as u64, layers }
+    Estimate { per_layer: (r * per_layer) as u64, per_checkpointed_layer: (r * s * h * b) as u64, logits: (r * logits) as u64, layers, state: 0 }
 }
 
 /// Bytes of activations one step keeps without checkpointing.
@@ -81,15 +102,16 @@ pub fn decide(mode: Checkpointing, layers: Option<usize>, estimate: &Estimate, b
         },
         Checkpointing::Off => (0, "gradient checkpointing off (configured)".into()),
         Checkpointing::Auto => {
+            let what = if estimate.state > 0 { "activations and training state" } else { "activations" };
             let full = estimate.bytes(0);
             if full <= budget {
-                return (0, format!("gradient checkpointing off: activations ~{:.2} GB fit the {:.2} GB budget", gb(full), gb(budget)));
+                return (0, format!("gradient checkpointing off: {what} ~{:.2} GB fit the {:.2} GB budget", gb(full), gb(budget)));
             }
             match (1..=estimate.layers).find(|&n| estimate.bytes(n) <= budget) {
                 Some(n) => (
                     n,
                     format!(
-                        "gradient checkpointing on for {n} of {} layers: activations ~{:.2} GB → ~{:.2} GB, within the {:.2} GB budget",
+                        "gradient checkpointing on for {n} of {} layers: {what} ~{:.2} GB → ~{:.2} GB, within the {:.2} GB budget",
                         estimate.layers,
                         gb(full),
                         gb(estimate.bytes(n)),
@@ -99,7 +121,7 @@ pub fn decide(mode: Checkpointing, layers: Option<usize>, estimate: &Estimate, b
                 None => (
                     usize::MAX,
                     format!(
-                        "gradient checkpointing on for every layer: activations ~{:.2} GB → ~{:.2} GB, still over the {:.2} GB budget",
+                        "gradient checkpointing on for every layer: {what} ~{:.2} GB → ~{:.2} GB, still over the {:.2} GB budget",
                         gb(full),
                         gb(estimate.bytes(estimate.layers)),
                         gb(budget)
@@ -138,7 +160,7 @@ mod tests {
     #[test]
     fn explicit_settings_win_and_auto_checkpoints_the_fewest_layers_that_fit() {
         // 10 layers of 100 bytes (10 when checkpointed) and 50 bytes of logits: 1050 bytes unchecked.
-        let e = Estimate { per_layer: 100, per_checkpointed_layer: 10, logits: 50, layers: 10 };
+        let e = Estimate { per_layer: 100, per_checkpointed_layer: 10, logits: 50, layers: 10, state: 0 };
         assert_eq!(e.bytes(3), 700 + 30 + 50);
         assert_eq!(decide(Checkpointing::On, None, &e, 10_000).0, usize::MAX);
         assert_eq!(decide(Checkpointing::On, Some(4), &e, 10_000).0, 4);
@@ -150,5 +172,10 @@ mod tests {
         assert_eq!(n, usize::MAX);
         assert!(why.contains("still over"), "{why}");
         assert_eq!(budget_bytes(Some(2.5)), 2_500_000_000);
+        // Full fine-tuning's state (here 300 bytes) counts against the budget: 1050 + 300 − 90·n ≤ 1000 first
+        // holds at n = 4, where without it no checkpointing was needed.
+        let full = e.with_state(300);
+        assert_eq!(full.bytes(0), 1350);
+        assert_eq!(decide(Checkpointing::Auto, None, &full, 1050).0, 4);
     }
 }

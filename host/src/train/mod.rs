@@ -15,6 +15,7 @@ mod session;
 mod step;
 pub use step::{logps_from_hidden, LOGIT_CHUNK_ELEMENTS};
 mod stepper;
+pub mod tuning;
 
 use std::{
     path::{Path, PathBuf},
@@ -273,7 +274,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         return grpo::run(config, registry, loss, needs, resume, callback);
     }
 
-    let session::Policy { dir, load_options, tokenizer, mut model, summary } = session::load_policy(config, registry)?;
+    let session::Policy { dir, load_options, tokenizer, mut model, tuning } = session::load_policy(config, registry)?;
     let reference_cfg = config.reference.clone().unwrap_or_default();
     let (source, source_identity) = if needs.reference {
         reference_source(&dir, reference_cfg.model.as_deref(), &load_options)?
@@ -347,10 +348,10 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         Some(budget) => data_cfg.batch_size.min((budget / longest.max(1)).max(1)),
         None => data_cfg.batch_size,
     };
-    session::set_checkpointing(config, &mut model, &summary, batch_rows * if needs.pairs { 2 } else { 1 }, longest);
+    session::set_checkpointing(config, &mut model, &tuning, batch_rows * if needs.pairs { 2 } else { 1 }, longest);
 
     let (schedule, schedule_ctx) = config.build_schedule(registry)?;
-    let (optimizer, rng, mut state) = session::start_state(config, &mut model, resume)?;
+    let (optimizer, rng, mut state) = session::start_state(config, &mut model, &tuning, resume)?;
 
     let mut stepper = stepper::Stepper::new(config, model, optimizer, rng, loss.clone(), needs, false)?;
 
@@ -393,7 +394,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
             real += b.real_tokens;
             padded += b.padded_tokens;
         }
-        let result = stepper.finish(config, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
+        let result = stepper.finish(config, &tuning, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
         let loss_value = result.loss;
         state.step += 1;
         state.epoch = feeder.epoch;
@@ -427,7 +428,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
                     let mut extra = adapter_extra.clone();
                     extra.insert("best_eval_loss".into(), json!(eval));
                     extra.insert("best_step".into(), json!(state.step));
-                    lora::save_adapters(&mut stepper.ts.0, &out.join("best"), &extra)?;
+                    tuning.save(&mut stepper.ts.0, &out.join("best"), &extra)?;
                 } else {
                     state.evals_since_best += 1;
                     if train_cfg.early_stopping_patience.is_some_and(|p| state.evals_since_best >= p) {
@@ -436,12 +437,12 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
                 }
             }
         }
-        if session::end_step(config, callback, &mut stepper.ts, &state, loss_value, &mut stopped, &adapter_extra)? {
+        if session::end_step(config, &tuning, callback, &mut stepper.ts, &state, loss_value, &mut stopped, &adapter_extra)? {
             break;
         }
     }
     bar.finish_and_clear();
-    lora::save_adapters(&mut stepper.ts.0, &out, &adapter_extra)?;
+    tuning.save(&mut stepper.ts.0, &out, &adapter_extra)?;
     session::plot_series(&log, &out.join("loss.png"), "Training loss", "loss", &[("train loss", "loss", [31, 119, 180]), ("eval loss", "eval_loss", [214, 39, 40])])?;
     session::plot_series(
         &log,
@@ -539,7 +540,9 @@ fn run_mlx_lm(config: &RunConfig, command: &[String]) -> Result<RunOutcome, Trai
 /// implemented here and mlx-lm is installed; otherwise the native trainer.
 fn mlx_lm_command(config: &RunConfig, resume: Option<&Resume>) -> Result<Option<Vec<String>>, TrainError> {
     let backend = config.train.backend;
-    if backend == Backend::Native {
+    // mlx_lm.lora trains adapters only here: full fine-tuning is native (configuration checks refuse
+    // backend = "mlx_lm" with it).
+    if backend == Backend::Native || config.train.mode == crate::config::TrainMode::Full {
         return Ok(None);
     }
     let native_ok = match (&config.model, backend) {

@@ -16,7 +16,8 @@ use crate::{
 
 /// Where reference log-probs are computed.
 pub enum ReferenceSource {
-    /// The policy with its adapters switched off.
+    /// The policy with its adapters switched off; in full fine-tuning (no adapters), the policy as it is,
+    /// used only to precompute the base model's log-probs before the first step.
     AdaptersOff,
     /// A second model.
     Model(Box<CausalLm>),

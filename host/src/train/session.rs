@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use mlx_rs::random::RandomState;
+use mlx_rs::{module::ModuleParameters, random::RandomState};
 use serde_json::json;
 
-use super::{checkpoint, io, stepper::StepResult, memory, metrics::MetricsLog, StepCallback, StopReason, INTERRUPTED, plot, Resume, TrainError, TrainOptimizer, TrainState, TrainerState};
+use super::{checkpoint, io, tuning::{FullTuning, Tuning}, stepper::StepResult, memory, metrics::MetricsLog, StepCallback, StopReason, INTERRUPTED, plot, Resume, TrainError, TrainOptimizer, TrainState, TrainerState};
 use crate::{
-    config::RunConfig,
-    lora::{self, AdapterSummary, LoraSettings},
+    config::{RunConfig, TrainMode},
+    lora::{self, LoraSettings},
     model::{self, hub, CausalLm, LoadOptions},
     nn::Quant,
     plugins::Registry,
@@ -22,7 +22,7 @@ pub struct Policy {
     pub load_options: LoadOptions,
     pub tokenizer: TextTokenizer,
     pub model: CausalLm,
-    pub summary: AdapterSummary,
+    pub tuning: Tuning,
 }
 
 /// The error for a section a trainer cannot run without.
@@ -30,26 +30,31 @@ pub fn missing(section: &str) -> TrainError {
     TrainError::Config(format!("training needs a [{section}] section"))
 }
 
-/// Loads `[model]` and applies `[lora]`.
+/// Loads `[model]` and makes what `[train] mode` trains trainable: fresh `[lora]` adapters, or the weights.
 pub fn load_policy(config: &RunConfig, registry: &Registry) -> Result<Policy, TrainError> {
     let model_cfg = config.model.as_ref().ok_or_else(|| missing("model"))?;
-    let lora_cfg = config.lora.as_ref().ok_or_else(|| missing("lora"))?;
     let dir = hub::resolve(&model_cfg.path)?;
     let dtype = model_cfg.dtype.as_deref().and_then(model::parse_dtype);
     let quantize = model_cfg.quantize.map(|q| Quant { bits: q.bits, group_size: q.group_size });
     let load_options = LoadOptions { dtype, quantize };
-    let mut model = model::load(&dir, &load_options)?.model;
+    let mut loaded = model::load(&dir, &load_options)?;
     let tokenizer = TextTokenizer::load(&dir)?;
-    let mapper = registry.lora_target_mapper(&lora_cfg.mapper.kind, &lora_cfg.mapper.config)?;
-    let settings = LoraSettings { rank: lora_cfg.rank, scale: lora_cfg.scale, dropout: lora_cfg.dropout, dora: lora_cfg.dora, last_n_layers: lora_cfg.last_n_layers };
-    let summary = lora::apply(&mut model, &*mapper, &settings, config.train.seed)?;
-    eprintln!("{}", summary.describe());
-    Ok(Policy { dir, load_options, tokenizer, model, summary })
+    let tuning = match config.train.mode {
+        TrainMode::Full => Tuning::Full(FullTuning::apply(&mut loaded, config.train.last_n_layers)?),
+        TrainMode::Lora => {
+            let lora_cfg = config.lora.as_ref().ok_or_else(|| missing("lora"))?;
+            let mapper = registry.lora_target_mapper(&lora_cfg.mapper.kind, &lora_cfg.mapper.config)?;
+            let settings = LoraSettings { rank: lora_cfg.rank, scale: lora_cfg.scale, dropout: lora_cfg.dropout, dora: lora_cfg.dora, last_n_layers: lora_cfg.last_n_layers };
+            Tuning::Lora(lora::apply(&mut loaded.model, &*mapper, &settings, config.train.seed)?)
+        }
+    };
+    eprintln!("{}", tuning.describe());
+    Ok(Policy { dir, load_options, tokenizer, model: loaded.model, tuning })
 }
 
 /// The optimizer, PRNG and progress a run starts from: fresh, or restored from a checkpoint (adapters
 /// included). Also writes the resolved configuration and gives the optimizer its full state up front.
-pub fn start_state(config: &RunConfig, model: &mut CausalLm, resume: Option<&Resume>) -> Result<(TrainOptimizer, RandomState, TrainerState), TrainError> {
+pub fn start_state(config: &RunConfig, model: &mut CausalLm, tuning: &Tuning, resume: Option<&Resume>) -> Result<(TrainOptimizer, RandomState, TrainerState), TrainError> {
     let out = config.output_dir();
     let mut optimizer = TrainOptimizer::build(&config.optimizer)?;
     let mut rng = RandomState::with_seed(config.train.seed)?;
@@ -59,7 +64,7 @@ pub fn start_state(config: &RunConfig, model: &mut CausalLm, resume: Option<&Res
             Resume::Latest => checkpoint::latest(&out.join("checkpoints"))?,
             Resume::From(p) => p.clone(),
         };
-        let restored = checkpoint::restore(&from, model)?;
+        let restored = checkpoint::restore(&from, model, tuning)?;
         optimizer.load_state(restored.optimizer).map_err(TrainError::Config)?;
         rng = RandomState::from_key(restored.rng_key);
         state = restored.state;
@@ -93,11 +98,11 @@ pub fn adapter_extra(config: &RunConfig, fields: &[(&str, serde_json::Value)]) -
 }
 
 /// Writes a checkpoint (adapters, optimizer state, PRNG key, progress) and prunes old ones.
-pub fn save_checkpoint(config: &RunConfig, ts: &mut TrainState, state: &TrainerState, extra: &serde_json::Map<String, serde_json::Value>) -> Result<PathBuf, TrainError> {
+pub fn save_checkpoint(config: &RunConfig, tuning: &Tuning, ts: &mut TrainState, state: &TrainerState, extra: &serde_json::Map<String, serde_json::Value>) -> Result<PathBuf, TrainError> {
     let checkpoints = config.output_dir().join("checkpoints");
     let optimizer_state = ts.1 .0.state_arrays()?;
     let key = ts.1 .1 .1 .1.as_array().clone();
-    let dir = checkpoint::save(&checkpoints, &mut ts.0, optimizer_state, &key, state, extra)?;
+    let dir = checkpoint::save(&checkpoints, tuning, &mut ts.0, optimizer_state, &key, state, extra)?;
     checkpoint::prune(&checkpoints, config.train.keep_checkpoints)?;
     Ok(dir)
 }
@@ -130,13 +135,16 @@ pub fn plot_series(log: &MetricsLog, path: &Path, title: &str, y_label: &str, se
 }
 
 /// Decides how many layers recompute their activations (`[train] gradient_checkpointing`,
-/// `checkpoint_layers`, memory budget) for steps of `rows` × `longest` tokens, and says why.
-pub fn set_checkpointing(config: &RunConfig, model: &mut CausalLm, summary: &AdapterSummary, rows: usize, longest: usize) {
+/// `checkpoint_layers`, memory budget) for steps of `rows` × `longest` tokens, and says why. The budget also
+/// holds the training state of the trainable parameters (gradients and optimizer moments): small for
+/// adapters, several times the model for full fine-tuning.
+pub fn set_checkpointing(config: &RunConfig, model: &mut CausalLm, tuning: &Tuning, rows: usize, longest: usize) {
     let train = &config.train;
-    let first_adapted = summary.targets.iter().filter_map(|p| lora::layer_index(p)).min().unwrap_or(0);
-    let layers = model.num_layers() - first_adapted;
+    let layers = model.num_layers() - tuning.first_trained_layer();
     let dtype_bytes = if model.dtype() == mlx_rs::Dtype::Float32 { 4 } else { 2 };
-    let estimate = memory::estimate(&model.config, rows, longest, layers, dtype_bytes);
+    let param_bytes: u64 = model.trainable_parameters().flatten().values().map(|a| a.nbytes() as u64).sum();
+    let state = param_bytes * memory::state_copies(&config.optimizer);
+    let estimate = memory::estimate(&model.config, rows, longest, layers, dtype_bytes).with_state(state);
     let budget = memory::budget_bytes(train.memory_budget_gb);
     let (checkpointing, why) = memory::decide(train.gradient_checkpointing, train.checkpoint_layers, &estimate, budget);
     model.model.checkpoint_layers = checkpointing;
@@ -145,8 +153,10 @@ pub fn set_checkpointing(config: &RunConfig, model: &mut CausalLm, summary: &Ada
 
 /// What every trainer does after a step: stop on Ctrl-C or when the callback asks, and checkpoint every
 /// `save_every` steps, after the last one and when stopping. Returns true when the run stops here.
+#[allow(clippy::too_many_arguments)]
 pub fn end_step(
     config: &RunConfig,
+    tuning: &Tuning,
     callback: &mut dyn StepCallback,
     ts: &mut TrainState,
     state: &TrainerState,
@@ -160,7 +170,7 @@ pub fn end_step(
     }
     let train = &config.train;
     if state.step % train.save_every == 0 || state.step == train.steps || *stopped != StopReason::Completed {
-        save_checkpoint(config, ts, state, extra)?;
+        save_checkpoint(config, tuning, ts, state, extra)?;
     }
     Ok(*stopped != StopReason::Completed)
 }

@@ -7,7 +7,7 @@ use std::{cell::RefCell, rc::Rc};
 use mlx_rs::{error::Exception, random::RandomState, transforms::compile::compile_with_state, Array};
 use sdk::Loss;
 
-use super::{inputs::Needs, scalar, session, step, GradBuffer, TrainError, TrainOptimizer, TrainState, TrainerState};
+use super::{inputs::Needs, scalar, session, step, tuning::Tuning, GradBuffer, TrainError, TrainOptimizer, TrainState, TrainerState};
 use crate::{config::RunConfig, model::CausalLm, optim::LearningRate};
 
 type StepFn = Box<dyn for<'a> FnMut(&mut TrainState, &'a [Array]) -> Result<Vec<Array>, Exception>>;
@@ -60,11 +60,11 @@ impl Stepper {
     /// Ends the step `state` is about to complete: clips and applies the accumulated gradient and returns the
     /// weighted loss, metrics and gradient norm (before clipping). A non-finite loss is never applied: the
     /// gradient is dropped, a checkpoint of the last good state is written, and the error names it.
-    pub fn finish(&mut self, config: &RunConfig, state: &TrainerState, extra: &serde_json::Map<String, serde_json::Value>) -> Result<StepResult, TrainError> {
+    pub fn finish(&mut self, config: &RunConfig, tuning: &Tuning, state: &TrainerState, extra: &serde_json::Map<String, serde_json::Value>) -> Result<StepResult, TrainError> {
         let (loss, metrics) = (std::mem::take(&mut self.loss), std::mem::take(&mut self.metrics));
         if !loss.is_finite() {
             self.ts.1 .1 .1 .0 = GradBuffer::zeros_like(&self.ts.0)?;
-            let checkpoint = session::save_checkpoint(config, &mut self.ts, state, extra)?;
+            let checkpoint = session::save_checkpoint(config, tuning, &mut self.ts, state, extra)?;
             return Err(TrainError::NonFinite { step: state.step + 1, value: loss, checkpoint });
         }
         let norm = (self.apply)(&mut self.ts, &[][..])?;
