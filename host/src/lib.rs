@@ -5,6 +5,7 @@ pub mod config;
 pub mod data;
 pub mod fixture;
 pub mod generate;
+pub mod gguf;
 pub mod lora;
 pub mod model;
 pub mod nn;

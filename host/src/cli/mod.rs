@@ -1,5 +1,6 @@
 //! Command-line surface: one file per subcommand.
 
+mod convert;
 mod fixture;
 mod fuse;
 mod generate;
@@ -37,6 +38,8 @@ enum Command {
     Fuse(fuse::FuseArgs),
     /// Quantize a float model to 4 or 8 bits and write a directory mlx-lm loads.
     Quantize(quantize::QuantizeArgs),
+    /// Convert a llama.cpp GGUF file into a model directory host and mlx-lm load.
+    Convert(convert::ConvertArgs),
     /// Write a small Hugging Face model directory with random weights (for tests and benchmarks).
     Fixture(fixture::FixtureArgs),
 }
@@ -63,6 +66,7 @@ impl Cli {
             Command::Generate(args) => generate::run(args),
             Command::Quantize(args) => quantize::run(args),
             Command::Fuse(args) => fuse::run(args),
+            Command::Convert(args) => convert::run(args),
         }
     }
 }
