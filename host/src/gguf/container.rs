@@ -230,6 +230,12 @@ impl Gguf {
         Ok(Gguf { path: path.to_owned(), version, metadata, tensors, data_start })
     }
 
+    /// A file's directory without a file, for tests of what is built from metadata.
+    #[cfg(test)]
+    pub(crate) fn from_metadata(metadata: BTreeMap<String, Value>) -> Gguf {
+        Gguf { path: PathBuf::from("test.gguf"), version: 3, metadata, tensors: Vec::new(), data_start: 0 }
+    }
+
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.get(key)
     }
