@@ -12,8 +12,9 @@ enum Store {
     Quantized([Array; 3], [Array; 3]),
 }
 
-/// Dense until `start` tokens are cached, then keys and values quantized (`bits`, `group_size` along the
-/// head dimension), as mlx-lm's `QuantizedKVCache` with `quantized_kv_start`.
+/// Dense until an update leaves `start` or more tokens cached, then keys and values quantized (`bits`,
+/// `group_size` along the head dimension), as mlx-lm's generation with `quantized_kv_start` converts its
+/// caches to `QuantizedKVCache`s.
 pub struct QuantizedCache {
     quant: Quant,
     start: usize,
@@ -48,20 +49,19 @@ impl KvCache for QuantizedCache {
         let len = keys.shape()[2] as usize;
         let end = at + len;
         let store = std::mem::replace(&mut self.store, Store::Empty);
-        let store = match store {
-            // Still below the threshold after this call: stay dense.
-            Store::Empty | Store::Dense(..) if end <= self.start => {
+        // While dense, this update attends to full-precision entries (the new ones included); once `start` or
+        // more tokens are cached the store is quantized for the updates after it. This is mlx-lm's schedule,
+        // which converts a KVCache to a QuantizedKVCache after each model call with offset >= start.
+        let (store, tensors) = match store {
+            Store::Empty | Store::Dense(..) => {
                 let (kb, vb) = match store {
                     Store::Dense(k, v) => (Some(k), Some(v)),
                     _ => (None, None),
                 };
-                Store::Dense(grow_and_write(kb, &keys, at, STEP)?, grow_and_write(vb, &values, at, STEP)?)
-            }
-            Store::Empty => Store::Quantized(self.quantize(&keys)?, self.quantize(&values)?),
-            Store::Dense(k, v) => {
-                // Crossing the threshold: quantize what is cached, then continue quantized.
-                let (k, v) = (mlx_rs::ops::concatenate(&[prefix(&k, at), keys], 2)?, mlx_rs::ops::concatenate(&[prefix(&v, at), values], 2)?);
-                Store::Quantized(self.quantize(&k)?, self.quantize(&v)?)
+                let (k, v) = (grow_and_write(kb, &keys, at, STEP)?, grow_and_write(vb, &values, at, STEP)?);
+                let tensors = KvTensors::Dense { keys: prefix(&k, end), values: prefix(&v, end) };
+                let store = if end >= self.start { Store::Quantized(self.quantize(&prefix(&k, end))?, self.quantize(&prefix(&v, end))?) } else { Store::Dense(k, v) };
+                (store, tensors)
             }
             Store::Quantized(kq, vq) => {
                 let (nk, nv) = (self.quantize(&keys)?, self.quantize(&values)?);
@@ -70,19 +70,16 @@ impl KvCache for QuantizedCache {
                     let [n0, n1, n2] = new;
                     Ok([grow_and_write(Some(o0), &n0, at, STEP)?, grow_and_write(Some(o1), &n1, at, STEP)?, grow_and_write(Some(o2), &n2, at, STEP)?])
                 };
-                Store::Quantized(write(kq, nk)?, write(vq, nv)?)
+                let (k, v) = (write(kq, nk)?, write(vq, nv)?);
+                let tensors = KvTensors::Quantized {
+                    keys: [prefix(&k[0], end), prefix(&k[1], end), prefix(&k[2], end)],
+                    values: [prefix(&v[0], end), prefix(&v[1], end), prefix(&v[2], end)],
+                    quant: self.quant,
+                };
+                (Store::Quantized(k, v), tensors)
             }
         };
         self.offset = end;
-        let tensors = match &store {
-            Store::Dense(k, v) => KvTensors::Dense { keys: prefix(k, end), values: prefix(v, end) },
-            Store::Quantized(k, v) => KvTensors::Quantized {
-                keys: [prefix(&k[0], end), prefix(&k[1], end), prefix(&k[2], end)],
-                values: [prefix(&v[0], end), prefix(&v[1], end), prefix(&v[2], end)],
-                quant: self.quant,
-            },
-            Store::Empty => unreachable!("an update always leaves entries"),
-        };
         self.store = store;
         let positions: Vec<usize> = (0..end).collect();
         Ok(KvView { tensors, mask: AttentionMask::build(len, &positions, at, None, 0, &self.padding)? })

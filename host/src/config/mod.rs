@@ -15,7 +15,7 @@ use sdk::{LrSchedule, ScheduleContext, Warmup};
 pub use problem::{ConfigError, ConfigProblem, Location};
 pub use sections::{
     Backend, Checkpointing, DataConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
-    PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, RewardEntry, RolloutConfig, ScaleRewards, ScheduleSection, TrainConfig,
+    PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, RewardEntry, RolloutConfig, ScaleRewards, ScheduleSection, SplitHead, TrainConfig,
     TrainMode,
 };
 pub use source::Override;

@@ -69,9 +69,23 @@ pub struct TrainConfig {
     /// What trains: LoRA/DoRA adapters (`[lora]`), or the weights themselves.
     #[serde(default)]
     pub mode: TrainMode,
+    /// Evaluate the output head a chunk of positions at a time, in separate evaluations, so at most one
+    /// chunk's logits exist (costs one more forward through the body): `auto` does it for micro-batches whose
+    /// float32 logits would exceed 1 GiB.
+    #[serde(default)]
+    pub split_head: SplitHead,
     /// With `mode = "full"`: train only the last N transformer layers (mlx-lm's `num_layers`); unset trains
     /// every weight, embeddings, norms and output head included.
     pub last_n_layers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitHead {
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +146,7 @@ impl Default for TrainConfig {
             backend: Self::default_backend(),
             compile: true,
             mode: TrainMode::Lora,
+            split_head: SplitHead::Auto,
             last_n_layers: None,
         }
     }

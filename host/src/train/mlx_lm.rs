@@ -155,6 +155,9 @@ pub fn plan(config: &RunConfig) -> Result<Plan, TrainError> {
     if t.gradient_checkpointing == Checkpointing::On {
         args.push("--grad-checkpoint".into());
     }
+    if t.split_head == crate::config::SplitHead::On {
+        return Err(unsupported("split_head = \"on\" (mlx-lm evaluates the head in one graph)"));
+    }
     let keys = match lora.mapper.kind.as_str() {
         "short_names" => {
             let names: Vec<String> = lora.mapper.config.get("targets").and_then(|v| v.as_array()).map_or_else(Vec::new, |a| {

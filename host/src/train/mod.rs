@@ -12,6 +12,7 @@ pub mod plot;
 pub mod reference;
 pub mod rollout;
 mod session;
+mod split_head;
 mod step;
 pub use step::{logps_from_hidden, LOGIT_CHUNK_ELEMENTS};
 mod stepper;

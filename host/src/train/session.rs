@@ -144,7 +144,11 @@ pub fn set_checkpointing(config: &RunConfig, model: &mut CausalLm, tuning: &Tuni
     let dtype_bytes = if model.dtype() == mlx_rs::Dtype::Float32 { 4 } else { 2 };
     let param_bytes: u64 = model.trainable_parameters().flatten().values().map(|a| a.nbytes() as u64).sum();
     let state = param_bytes * memory::state_copies(&config.optimizer);
-    let estimate = memory::estimate(&model.config, rows, longest, layers, dtype_bytes).with_state(state);
+    let mut estimate = memory::estimate(&model.config, rows, longest, layers, dtype_bytes).with_state(state);
+    // The split head holds one chunk's logits (and their softmax and gradient) at a time.
+    if super::stepper::splits(train.split_head, rows * longest * model.config.vocab_size.max(1) as usize) {
+        estimate.logits = estimate.logits.min((super::stepper::SPLIT_CHUNK_ELEMENTS * 4 * 3) as u64);
+    }
     let budget = memory::budget_bytes(train.memory_budget_gb);
     let (checkpointing, why) = memory::decide(train.gradient_checkpointing, train.checkpoint_layers, &estimate, budget);
     model.model.checkpoint_layers = checkpointing;

@@ -79,7 +79,7 @@ pub fn logps_from_hidden(model: &CausalLm, hidden: &Array, targets: &Array, entr
 }
 
 /// The head over hidden states `[B, L, H]` and the log-probs (entropies) of `targets` `[B, L]`, in float32.
-fn head_logps(model: &CausalLm, hidden: &Array, targets: &Array, entropy: bool) -> Result<(Array, Option<Array>), Exception> {
+pub(super) fn head_logps(model: &CausalLm, hidden: &Array, targets: &Array, entropy: bool) -> Result<(Array, Option<Array>), Exception> {
     let logits = model.head(hidden)?.as_dtype(Dtype::Float32)?;
     let lse = logits.logsumexp_axis(-1, true)?;
     let picked = take_along_axis(&logits, &targets.expand_dims(-1)?, -1)?;
@@ -108,13 +108,18 @@ impl GradBuffer {
         Ok(GradBuffer { names, values })
     }
 
-    fn accumulate(&mut self, grads: &FlattenedModuleParam, weight: &Array) -> Result<(), Exception> {
+    pub(super) fn accumulate(&mut self, grads: &FlattenedModuleParam, weight: &Array) -> Result<(), Exception> {
         for (name, value) in self.names.iter().zip(self.values.iter_mut()) {
             if let Some(g) = grads.get(name) {
                 *value = value.add(g.multiply(weight)?)?;
             }
         }
         Ok(())
+    }
+
+    #[cfg(test)]
+    pub(super) fn values(&self) -> (&[Rc<str>], &[Array]) {
+        (&self.names, &self.values)
     }
 
     fn global_norm(&self) -> Result<Array, Exception> {

@@ -7,8 +7,26 @@ use std::{cell::RefCell, rc::Rc};
 use mlx_rs::{error::Exception, random::RandomState, transforms::compile::compile_with_state, Array};
 use sdk::Loss;
 
-use super::{inputs::Needs, scalar, session, step, tuning::Tuning, GradBuffer, TrainError, TrainOptimizer, TrainState, TrainerState};
-use crate::{config::RunConfig, model::CausalLm, optim::LearningRate};
+use super::{inputs::Needs, scalar, session, split_head, step, tuning::Tuning, GradBuffer, TrainError, TrainOptimizer, TrainState, TrainerState};
+use crate::{
+    config::{RunConfig, SplitHead},
+    model::CausalLm,
+    optim::LearningRate,
+};
+
+/// `split_head = "auto"` splits micro-batches whose float32 logits would exceed 1 GiB.
+const SPLIT_LOGITS_ABOVE: usize = 1 << 28;
+/// Logits per evaluation in the split head (128 MiB in float32): 128 positions of a 262,144-token vocabulary.
+pub(super) const SPLIT_CHUNK_ELEMENTS: usize = 1 << 25;
+
+/// Whether a micro-batch with this many logits takes the split head.
+pub(super) fn splits(setting: SplitHead, logits: usize) -> bool {
+    match setting {
+        SplitHead::On => true,
+        SplitHead::Off => false,
+        SplitHead::Auto => logits > SPLIT_LOGITS_ABOVE,
+    }
+}
 
 type StepFn = Box<dyn for<'a> FnMut(&mut TrainState, &'a [Array]) -> Result<Vec<Array>, Exception>>;
 
@@ -17,6 +35,10 @@ pub struct Stepper {
     /// The loss plugin's metric names (and `entropy` when asked for), known once the step has run.
     pub metric_names: Rc<RefCell<Vec<String>>>,
     micro: StepFn,
+    /// The micro-step with the head evaluated a chunk at a time, for micro-batches with large logits.
+    split: StepFn,
+    split_head: SplitHead,
+    vocab: usize,
     apply: StepFn,
     loss: f64,
     metrics: Vec<f64>,
@@ -26,18 +48,20 @@ impl Stepper {
     /// `entropy` adds the mean predictive entropy over the mask to the metrics.
     pub fn new(config: &RunConfig, model: CausalLm, optimizer: TrainOptimizer, rng: RandomState, loss: Rc<dyn Loss>, needs: Needs, entropy: bool) -> Result<Self, TrainError> {
         let grads = GradBuffer::zeros_like(&model)?;
+        let vocab = model.config.vocab_size.max(1) as usize;
         let compiled = config.train.compile && optimizer.compilable();
         let ts: TrainState = (model, (optimizer, (LearningRate::new(config.optimizer.lr), (grads, rng))));
         let metric_names = Rc::new(RefCell::new(Vec::new()));
         let dropout = config.lora.as_ref().is_some_and(|l| l.dropout > 0.0);
         let max_norm = config.train.max_grad_norm.map(|n| n as f32);
+        let split = Box::new(split_head::micro_split(loss.clone(), needs, dropout, entropy, metric_names.clone(), (SPLIT_CHUNK_ELEMENTS / vocab.max(1)).max(1)));
         let micro = step::micro(loss, needs, dropout, entropy, metric_names.clone());
         let (micro, apply): (StepFn, StepFn) = if compiled {
             (Box::new(compile_with_state(micro, None)), Box::new(compile_with_state(step::apply(max_norm), None)))
         } else {
             (Box::new(micro), Box::new(step::apply(max_norm)))
         };
-        Ok(Stepper { ts, metric_names, micro, apply, loss: 0.0, metrics: Vec::new() })
+        Ok(Stepper { ts, metric_names, micro, split, split_head: config.train.split_head, vocab, apply, loss: 0.0, metrics: Vec::new() })
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -48,7 +72,9 @@ impl Stepper {
     /// `weight` is its share of the step.
     pub fn micro(&mut self, mut args: Vec<Array>, weight: f32) -> Result<(), TrainError> {
         args.insert(3, Array::from_f32(weight));
-        let values = (self.micro)(&mut self.ts, &args[..])?;
+        let logits = args[0].size() * self.vocab;
+        let split = splits(self.split_head, logits);
+        let values = if split { (self.split)(&mut self.ts, &args[..])? } else { (self.micro)(&mut self.ts, &args[..])? };
         self.loss += scalar(&values[0]) * f64::from(weight);
         self.metrics.resize(values.len() - 1, 0.0);
         for (m, v) in self.metrics.iter_mut().zip(&values[1..]) {

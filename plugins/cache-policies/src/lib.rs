@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `standard` | `step` (256) | grows by `step` positions at a time |
 //! | `rotating` | `max_size` (required), `keep` (4) | the first `keep` tokens plus the most recent, `max_size` in all |
-//! | `quantized` | `bits` (8), `group_size` (64), `start` (0) | keys and values quantized once `start` tokens are cached |
+//! | `quantized` | `bits` (8), `group_size` (64), `start` (0) | keys and values quantized once an update leaves `start` or more tokens cached (that update still attends in full precision, as mlx-lm's conversion after each model call) |
 //!
 //! mlx-lm quantizes its KV cache only from token 5000 by default (`--quantized-kv-start`); here `start`
 //! defaults to 0, so asking for a quantized cache gives one.
