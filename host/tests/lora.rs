@@ -304,3 +304,53 @@ fn chunked_log_probs_and_their_gradients_equal_the_unchunked() {
         assert!(d <= 1e-5 * scale.max(1.0), "{name}: gradient differs by {d} (max {scale})");
     }
 }
+
+/// A 4-bit base (group 32) written to disk with adapters on every linear layer whose B is normal(0, σ).
+fn quantized_base_with_adapters(name: &str, sigma: Option<f32>) -> (PathBuf, PathBuf) {
+    let dir = temp(name);
+    fixture::write(&dir.join("float"), Family::Llama, Preset::Tiny, 4).unwrap();
+    let q = model::load(&dir.join("float"), &LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits: 4, group_size: 32 }) }).unwrap();
+    model::save(&q, &dir.join("base")).unwrap();
+    let mut m = model::load(&dir.join("base"), &LoadOptions::default()).unwrap().model;
+    lora::apply(&mut m, &*mapper("all_linear", ""), &LoraSettings { rank: 4, scale: 10.0, dropout: 0.0, dora: false, last_n_layers: None }, 1).unwrap();
+    if let Some(sigma) = sigma {
+        perturb(&mut m, 9);
+        for (_, l) in m.linears_mut() {
+            if let Some(b) = &mut *l.lora_b {
+                *b = b.multiply(Array::from_f32(sigma / 0.05)).unwrap();
+            }
+        }
+    }
+    lora::save_adapters(&mut m, &dir.join("adapters"), &Default::default()).unwrap();
+    (dir.join("base"), dir.join("adapters"))
+}
+
+#[test]
+fn fuse_checks_that_the_fused_model_reproduces_the_adapters() {
+    // Adapters of a trained size survive re-quantization with the base's 4 bits: the fused model carries
+    // their change to the logits, plus rounding noise well below it.
+    let (base, adapters) = quantized_base_with_adapters("fuse-ok", Some(0.05));
+    let out = base.with_file_name("fused");
+    let report = lora::fuse_verified(&base, &adapters, &out, false).unwrap();
+    eprintln!("4-bit, trained-size adapters: {report:?}");
+    assert!(report.requantized && report.kept > 0.9 && report.noise < 0.5, "{report:?}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization"]["bits"], 4, "re-quantized with the base's settings");
+
+    // An update far below a 4-bit step is rounded away by re-quantization: refused, naming --dequantize,
+    // and nothing is left at the output path. Fused in float it is kept (float32 error only).
+    let (base, adapters) = quantized_base_with_adapters("fuse-tiny", Some(2e-5));
+    let out = base.with_file_name("fused");
+    let err = lora::fuse_verified(&base, &adapters, &out, false).unwrap_err().to_string();
+    eprintln!("tiny adapters re-quantized: {err}");
+    assert!(err.contains("does not reproduce the adapters") && err.contains("--dequantize"), "{err}");
+    assert!(!out.exists(), "a refused fuse leaves no directory");
+    let report = lora::fuse_verified(&base, &adapters, &out, true).unwrap();
+    eprintln!("tiny adapters fused in float: {report:?}");
+    assert!(!report.requantized && (report.kept - 1.0).abs() < 1e-3 && report.noise < 1e-3, "{report:?}");
+
+    // Untrained adapters (B = 0) change nothing: fusing them is refused too.
+    let (base, adapters) = quantized_base_with_adapters("fuse-zero", None);
+    let err = lora::fuse_verified(&base, &adapters, &base.with_file_name("fused"), true).unwrap_err().to_string();
+    assert!(err.contains("change no logit"), "{err}");
+}

@@ -1,10 +1,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use host::{
-    lora,
-    model::{self, hub, LoadOptions},
-};
+use host::{lora, model::hub};
 
 #[derive(Debug, Args)]
 pub struct FuseArgs {
@@ -22,16 +19,18 @@ pub struct FuseArgs {
     dequantize: bool,
 }
 
-/// Merges adapters into the base weights (re-quantizing quantized layers unless --dequantize).
+/// Merges adapters into the base weights (re-quantizing quantized layers unless --dequantize), then loads
+/// the result back and refuses it if it does not reproduce the adapters.
 pub fn run(args: FuseArgs) -> anyhow::Result<()> {
     let dir = hub::resolve(&args.model)?;
-    let mut loaded = model::load(&dir, &LoadOptions::default())?;
-    lora::load_adapters(&mut loaded.model, &args.adapter)?;
-    lora::fuse(&mut loaded.model, args.dequantize)?;
-    if args.dequantize {
-        loaded.quantization = None;
-    }
-    model::save(&loaded, &args.out)?;
-    println!("wrote {}", args.out.display());
+    let report = lora::fuse_verified(&dir, &args.adapter, &args.out, args.dequantize)?;
+    println!(
+        "wrote {} (checked: it carries {:.1}% of the adapters' change to the logits, with {:.1}% of it in error, max |Δlogit| {:.3e} from the adapted model{})",
+        report.out.display(),
+        100.0 * report.kept,
+        100.0 * report.noise,
+        report.fusion_error,
+        if report.requantized { ", re-quantized with the base's settings" } else { "" }
+    );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! added in one pass, mlx-lm's adapter files read and written, adapters fused into the weights.
 
 mod adapters;
+mod fuse_check;
 
 use std::collections::BTreeSet;
 
@@ -10,6 +11,7 @@ use sdk::{LoraTarget, LoraTargetMapper, ModelModules, PluginError};
 use thiserror::Error;
 
 pub use adapters::{load_adapters, save_adapters, AdapterFiles};
+pub use fuse_check::{fuse_verified, FuseReport};
 
 use crate::{
     model::CausalLm,
