@@ -95,6 +95,12 @@ fn every_family_matches_mlx_lm() {
         let dir = std::env::temp_dir().join(format!("mlx-lm-ref-{}-{family:?}", std::process::id()));
         fixture::write(&dir, family, Preset::Tiny, 11).unwrap();
         compare(&dir, &format!("{family:?}"));
+        // mlx-lm 0.32.2 cannot run quantized experts on mlx 0.32.2 (its QuantizedSwitchLinear passes
+        // `global_scale`, which that mlx's gather_qmm does not take: a TypeError), so the 4-bit MoE model is
+        // checked against its own dequantized weights in tests/families.rs instead.
+        if family == Family::Qwen3Moe {
+            continue;
+        }
         // The same model quantized here and written for mlx-lm: both sides read one checkpoint.
         let quantized = dir.with_extension("q4");
         let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits: 4, group_size: 32 }) };
@@ -143,9 +149,18 @@ fn forward_ids(m: &model::CausalLm, ids: &[i32]) -> Vec<Vec<f32>> {
 fn greedy_tokens_equal_mlx_lm_with_each_cache() {
     const STEPS: usize = 32;
     for family in Family::ALL {
+        // A fixture whose greedy path has no near-tie in its first half (seed 13 for most families; random
+        // tiny models sometimes tie early, and a tie says nothing about either implementation).
         let dir = std::env::temp_dir().join(format!("mlx-lm-greedy-{}-{family:?}", std::process::id()));
-        fixture::write(&dir, family, Preset::Tiny, 13).unwrap();
-        let m = load(&dir);
+        let mut seed = 13;
+        let m = loop {
+            fixture::write(&dir, family, Preset::Tiny, seed).unwrap();
+            let m = load(&dir);
+            if greedy(&m, "standard", "", STEPS).2 >= STEPS / 2 || seed == 20 {
+                break m;
+            }
+            seed += 1;
+        };
         let ids = format!("{IDS:?}");
         let steps = STEPS.to_string();
         // Standard caches (Gemma 3's local layers: rotating of their window on both sides), then a rotating

@@ -140,6 +140,7 @@ fn float_count(linear: &Linear) -> usize {
 pub fn parameter_counts(model: &mut CausalLm) -> (usize, usize) {
     let trainable = model.trainable_parameters().flatten().values().map(|a| a.size()).sum();
     let linears: usize = model.linears_mut().into_iter().map(|(_, l)| float_count(l)).sum();
+    let experts: usize = model.switches_mut().into_iter().map(|(_, s)| (s.experts * s.in_dims * s.out_dims) as usize).sum();
     let c = &model.config;
     let embed = (c.vocab_size * c.hidden_size) as usize;
     let norms: usize = model
@@ -149,7 +150,7 @@ pub fn parameter_counts(model: &mut CausalLm) -> (usize, usize) {
         .filter(|(name, _)| name.contains("norm"))
         .map(|(_, a)| a.size())
         .sum();
-    (trainable, linears + embed + norms)
+    (trainable, linears + experts + embed + norms)
 }
 
 /// Switches every adapter on or off (off: the base model, e.g. as the reference policy).

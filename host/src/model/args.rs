@@ -73,6 +73,13 @@ pub struct HfArgs {
     pub layer_types: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
     pub final_logit_softcapping: Option<Option<f64>>,
+    /// Qwen3-MoE: experts, how many a token uses, which layers are sparse, the experts' width.
+    pub num_experts: Option<i32>,
+    pub num_experts_per_tok: Option<i32>,
+    pub decoder_sparse_step: Option<i32>,
+    pub mlp_only_layers: Option<Vec<i32>>,
+    pub moe_intermediate_size: Option<i32>,
+    pub norm_topk_prob: Option<bool>,
     /// mlx-lm's quantization block: `{group_size, bits, [mode], <module path>: {group_size, bits} | false}`.
     pub quantization: Option<serde_json::Map<String, serde_json::Value>>,
     /// Transformers' mirror of the same block, used when `quantization` is absent.
@@ -90,6 +97,15 @@ fn default_rms_norm_eps() -> f32 {
 
 fn default_rope_theta() -> f64 {
     10000.0
+}
+
+/// Sparse feed-forward blocks: a router over `experts` SwiGLU experts of width `intermediate`, on the layers
+/// `sparse` marks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub routing: crate::nn::Routing,
+    pub intermediate: i32,
+    pub sparse: Vec<bool>,
 }
 
 /// Where a layer's norms sit around its two sublayers.
@@ -174,6 +190,8 @@ pub struct TransformerConfig {
     pub attn_softcap: Option<f32>,
     /// Logits become cap·tanh(logit/cap) (Gemma 2).
     pub final_softcap: Option<f32>,
+    /// Mixture-of-experts feed-forward blocks (None: every layer dense).
+    pub moe: Option<MoeConfig>,
 }
 
 impl TransformerConfig {
@@ -226,6 +244,7 @@ impl HfArgs {
             fused_projections: false,
             attn_softcap: None,
             final_softcap: None,
+            moe: None,
         })
     }
 

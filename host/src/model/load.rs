@@ -4,7 +4,7 @@
 //! to match, and every tensor is checked against it before any is used.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
     rc::Rc,
 };
@@ -105,6 +105,28 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Err(ModelError::file(dir, "no model.safetensors or model.safetensors.index.json"))
 }
 
+/// Experts stored apart, as Hugging Face checkpoints do (`….mlp.experts.{e}.gate_proj.weight`), stacked into
+/// one [experts, out, in] tensor per projection (`….mlp.switch_mlp.gate_proj.weight`), as mlx-lm's sanitize
+/// does; MLX-community checkpoints already hold the stacked form.
+fn stack_experts(weights: &mut HashMap<String, Array>) -> Result<(), String> {
+    let mut groups: BTreeMap<(String, String), BTreeMap<usize, String>> = BTreeMap::new();
+    for name in weights.keys() {
+        let Some((head, rest)) = name.split_once(".experts.") else { continue };
+        let Some((e, tail)) = rest.split_once('.') else { continue };
+        let Ok(e) = e.parse::<usize>() else { continue };
+        groups.entry((head.to_owned(), tail.to_owned())).or_default().insert(e, name.clone());
+    }
+    for ((head, tail), experts) in groups {
+        if experts.keys().copied().ne(0..experts.len()) {
+            return Err(format!("{head}.experts.*.{tail}: experts {:?} are not 0..{}", experts.keys().collect::<Vec<_>>(), experts.len()));
+        }
+        let parts: Vec<Array> = experts.values().filter_map(|n| weights.remove(n)).collect();
+        let stacked = mlx_rs::ops::stack(&parts, 0).map_err(|e| format!("{head}.experts.*.{tail}: {e}"))?;
+        weights.insert(format!("{head}.switch_mlp.{tail}"), stacked);
+    }
+    Ok(())
+}
+
 /// Every tensor of a model directory's safetensors files (one, or the shards of an index).
 pub fn read_weights(dir: &Path) -> Result<HashMap<String, Array>, ModelError> {
     let mut weights = HashMap::new();
@@ -171,6 +193,7 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
         );
     }
     weights.retain(|name, _| !name.contains("rotary_emb.inv_freq"));
+    stack_experts(&mut weights).map_err(|message| ModelError::Config { path: config_path.clone(), message })?;
     if config.tie_word_embeddings {
         weights.retain(|name, _| !name.starts_with("lm_head."));
     }

@@ -15,13 +15,14 @@ mod olmo2;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod qwen3_moe;
 mod save;
 mod smollm3;
 mod transformer;
 
 use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
 
-pub use args::{Activation, HfArgs, NormPlacement, QkNorm, QuantizationPlan, RopeParams, TokenIds, TransformerConfig};
+pub use args::{Activation, HfArgs, MoeConfig, NormPlacement, QkNorm, QuantizationPlan, RopeParams, TokenIds, TransformerConfig};
 pub use error::{Misshaped, ModelError, WeightMismatch};
 pub use load::{default_dtype, fingerprint, load, read_weights, LoadOptions, LoadedModel};
 pub use save::{save, save_parts};
@@ -45,6 +46,7 @@ const FAMILIES: &[(&str, FamilyFn)] = &[
     ("phi3", phi3::config),
     ("qwen2", qwen2::config),
     ("qwen3", qwen3::config),
+    ("qwen3_moe", qwen3_moe::config),
     ("smollm3", smollm3::config),
 ];
 
@@ -143,7 +145,7 @@ impl CausalLm {
                 }
             }
             let m = &mut layer.mlp;
-            for (name, l) in [("gate_proj", m.gate_proj.as_mut()), ("up_proj", m.up_proj.as_mut()), ("gate_up_proj", m.gate_up_proj.as_mut()), ("down_proj", Some(&mut m.down_proj))] {
+            for (name, l) in [("gate_proj", m.gate_proj.as_mut()), ("up_proj", m.up_proj.as_mut()), ("gate_up_proj", m.gate_up_proj.as_mut()), ("down_proj", m.down_proj.as_mut()), ("gate", m.gate.as_mut())] {
                 if let Some(l) = l {
                     out.push((format!("model.layers.{i}.mlp.{name}"), l));
                 }
@@ -160,6 +162,19 @@ impl CausalLm {
         self.linears_mut().into_iter().map(|(p, _)| p).collect()
     }
 
+    /// The experts' projections of the sparse blocks, by module path (`model.layers.N.mlp.switch_mlp.gate_proj`).
+    pub fn switches_mut(&mut self) -> Vec<(String, &mut crate::nn::SwitchLinear)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            if let Some(s) = layer.mlp.switch_mlp.as_mut() {
+                for (name, l) in [("gate_proj", &mut s.gate_proj), ("up_proj", &mut s.up_proj), ("down_proj", &mut s.down_proj)] {
+                    out.push((format!("model.layers.{i}.mlp.switch_mlp.{name}"), l));
+                }
+            }
+        }
+        out
+    }
+
     /// Quantizes every linear layer whose input width the group size divides, the embeddings and the output
     /// projection included (mlx-lm's default). Returns the paths left in float.
     pub fn quantize(&mut self, quant: Quant) -> Result<Vec<String>, Exception> {
@@ -167,6 +182,13 @@ impl CausalLm {
         for (path, linear) in self.linears_mut() {
             if quant.fits(linear.in_dims) {
                 linear.quantize(quant)?;
+            } else {
+                skipped.push(path);
+            }
+        }
+        for (path, switch) in self.switches_mut() {
+            if quant.fits(switch.in_dims) {
+                switch.quantize(quant)?;
             } else {
                 skipped.push(path);
             }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     cache::{AttentionMask, KvCache, KvTensors},
-    nn::{Embedding, Linear, Quant, RmsNorm, Rope},
+    nn::{Embedding, Linear, Quant, RmsNorm, Rope, Routing, SwitchGlu},
 };
 
 #[derive(Debug, Clone, ModuleParameters)]
@@ -60,8 +60,15 @@ pub struct Mlp {
     pub up_proj: Option<Linear>,
     #[param]
     pub gate_up_proj: Option<Linear>,
+    /// Absent in a sparse block.
     #[param]
-    pub down_proj: Linear,
+    pub down_proj: Option<Linear>,
+    /// A sparse block's router (`gate`, one logit per expert) and experts (`switch_mlp`).
+    #[param]
+    pub gate: Option<Linear>,
+    #[param]
+    pub switch_mlp: Option<SwitchGlu>,
+    pub routing: Option<Routing>,
     pub activation: Activation,
 }
 
@@ -330,20 +337,42 @@ fn quantized_attention(
 }
 
 impl Mlp {
-    fn new(c: &TransformerConfig, prefix: &str, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
+    fn new(c: &TransformerConfig, index: usize, prefix: &str, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let linear = |name: &str, a: i32, b: i32| Linear::placeholder(a, b, c.mlp_bias, quant(&format!("{prefix}.{name}"), a), dtype);
+        if let Some(moe) = c.moe.as_ref().filter(|m| m.sparse.get(index).copied().unwrap_or(false)) {
+            let experts = |name: &str, in_dims: i32| quant(&format!("{prefix}.switch_mlp.{name}"), in_dims);
+            return Ok(Mlp {
+                gate_proj: None,
+                up_proj: None,
+                gate_up_proj: None,
+                down_proj: None,
+                gate: Some(Linear::placeholder(h, moe.routing.experts, false, quant(&format!("{prefix}.gate"), h), dtype)?),
+                switch_mlp: Some(SwitchGlu::placeholder(moe.routing.experts, h, moe.intermediate, &experts, dtype)?),
+                routing: Some(moe.routing),
+                activation: c.activation,
+            });
+        }
         let apart = !c.fused_projections;
         Ok(Mlp {
             gate_proj: apart.then(|| linear("gate_proj", h, i)).transpose()?,
             up_proj: apart.then(|| linear("up_proj", h, i)).transpose()?,
             gate_up_proj: c.fused_projections.then(|| linear("gate_up_proj", h, 2 * i)).transpose()?,
-            down_proj: linear("down_proj", i, h)?,
+            down_proj: Some(linear("down_proj", i, h)?),
+            gate: None,
+            switch_mlp: None,
+            routing: None,
             activation: c.activation,
         })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
+        if let (Some(router), Some(experts), Some(routing)) = (&self.gate, &self.switch_mlp, &self.routing) {
+            // Each token's chosen experts, weighted by their routing scores (mlx-lm's sparse block).
+            let (inds, scores) = routing.route(&router.forward(x)?)?;
+            let y = experts.forward(x, &inds)?;
+            return y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, None)?.as_dtype(y.dtype());
+        }
         // Activations as plain ops: mlx-rs's `nn::silu`/`gelu_approximate` compile a fresh closure on every
         // call, which retraces.
         let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
@@ -359,7 +388,10 @@ impl Mlp {
             Activation::Silu => gate.multiply(ops::sigmoid(&gate)?)?,
             Activation::GeluTanh => gelu_tanh(&gate)?,
         };
-        self.down_proj.forward(&activated.multiply(up)?)
+        match &self.down_proj {
+            Some(down) => down.forward(&activated.multiply(up)?),
+            None => Err(Exception::custom("mlp has no down_proj")),
+        }
     }
 }
 
@@ -382,7 +414,7 @@ impl Layer {
         let optional = |on: bool| if on { norm().map(Some) } else { Ok(None) };
         Ok(Layer {
             self_attn: Attention::new(c, index as usize, &format!("{prefix}.self_attn"), quant, dtype)?,
-            mlp: Mlp::new(c, &format!("{prefix}.mlp"), quant, dtype)?,
+            mlp: Mlp::new(c, index as usize, &format!("{prefix}.mlp"), quant, dtype)?,
             input_layernorm: optional(input)?,
             post_attention_layernorm: norm()?,
             pre_feedforward_layernorm: optional(pre_ff)?,

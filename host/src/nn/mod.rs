@@ -8,6 +8,7 @@ mod norm;
 mod quant;
 mod rope;
 mod softcap;
+mod switch;
 
 pub use checkpoint::checkpointed;
 pub use embedding::Embedding;
@@ -16,3 +17,4 @@ pub use norm::RmsNorm;
 pub use quant::Quant;
 pub use rope::{Rope, RopeScaling};
 pub use softcap::softcap;
+pub use switch::{Routing, SwitchGlu, SwitchLinear};
