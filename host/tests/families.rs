@@ -15,13 +15,18 @@ use host::{
 };
 use mlx_rs::{Array, Dtype};
 
-const FAMILIES: [Family; 6] = [Family::Smollm3, Family::Olmo2, Family::Granite, Family::Gemma3Text, Family::Gemma2, Family::Phi3];
+const FAMILIES: [Family; 7] = [Family::Smollm3, Family::Olmo2, Family::Granite, Family::Gemma3Text, Family::Gemma2, Family::Phi3, Family::Qwen3Moe];
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("host-families-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Where [`temp`] put `name`, without clearing it.
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("host-families-{}-{name}", std::process::id()))
 }
 
 fn data(name: &str) -> String {
@@ -116,6 +121,13 @@ fn sft_lowers_the_loss_for_every_family() {
         );
         let l = losses(&run(family, "sft", &sections, 20));
         let (first, last) = ends(&l, 4);
+        if family == Family::Qwen3Moe {
+            // The experts' own adapters trained (B starts at zero).
+            let adapters = Array::load_safetensors(temp_path(&format!("{family:?}-sft")).join("run/adapters.safetensors")).unwrap();
+            let b = &adapters["model.layers.1.mlp.switch_mlp.down_proj.lora_b"];
+            assert_eq!(b.shape(), &[8, 64, 8]);
+            assert!(b.abs().unwrap().max(None).unwrap().item_exact::<f32>() > 0.0, "expert adapters moved");
+        }
         // A random fixture starts near ln(512) = 6.24 on every batch alike, so 0.1 nat lower is learning (Phi-3,
         // with four adapted modules a layer instead of seven, gets the least: 0.17 in 20 steps).
         assert!(last < first - 0.1, "{family:?}: loss {first:.3} -> {last:.3}");
@@ -250,9 +262,9 @@ fn sliding_window_keys_resolve_as_transformers_reads_them() {
     assert!(err.contains("sliding_window"), "{err}");
 }
 
-/// Quantized experts (`gather_qmm`) compute what their dequantized weights compute through `gather_mm`, on
-/// few tokens (unsorted pairs) and on many (sorted by expert), and the quantized model stays close to the
-/// float one. (mlx-lm 0.32.2 cannot run quantized experts on mlx 0.32.2, so this stands in for parity.)
+/// Quantized experts (`gather_qmm`) with LoRA adapters of their own (QLoRA on the experts) compute what their
+/// dequantized weights with the same adapters compute through `gather_mm`, on few tokens (unsorted pairs) and
+/// on many (sorted by expert), and the quantized model stays close to the float one. (mlx-lm 0.32.2 cannot run quantized experts on mlx 0.32.2, so this stands in for parity.)
 #[test]
 fn quantized_experts_compute_with_their_dequantized_weights() {
     let dir = temp("moe-q4");
@@ -260,7 +272,16 @@ fn quantized_experts_compute_with_their_dequantized_weights() {
     let f32_options = LoadOptions { dtype: Some(Dtype::Float32), quantize: None };
     let float = model::load(&dir, &f32_options).unwrap().model;
     let q = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant { bits: 4, group_size: 32 }) };
-    let quantized = model::load(&dir, &q).unwrap().model;
+    let mut quantized = model::load(&dir, &q).unwrap().model;
+    // QLoRA: adapters on the quantized experts too (B nonzero so they act), kept through dequantization.
+    let mapper = Registry::builtin().unwrap().lora_target_mapper("all_linear", &toml::Table::new()).unwrap();
+    let settings = lora::LoraSettings { rank: 4, scale: 2.0, dropout: 0.0, dora: false, last_n_layers: None };
+    let summary = lora::apply(&mut quantized, &*mapper, &settings, 1).unwrap();
+    assert!(summary.targets.iter().any(|t| t.ends_with("switch_mlp.gate_proj")), "{:?}", summary.targets);
+    for (i, (_, s)) in quantized.switches_mut().into_iter().enumerate() {
+        let b = (*s.lora_b).clone().unwrap();
+        *s.lora_b = Some(mlx_rs::random::normal::<f32>(b.shape(), None, Some(0.05), &mlx_rs::random::key(i as u64).unwrap()).unwrap());
+    }
     let mut dequantized = quantized.clone();
     let switches = dequantized.switches_mut();
     assert!(switches.iter().any(|(_, s)| s.quant.is_some()), "experts are quantized");
@@ -272,7 +293,15 @@ fn quantized_experts_compute_with_their_dequantized_weights() {
             s.quant = None;
         }
     }
-    lora::fuse(&mut dequantized, true).unwrap();
+    // Dequantize only the base weights of the linear layers, adapters kept.
+    for (_, l) in dequantized.linears_mut() {
+        if let (Some(qu), Some(sc), Some(bi)) = (l.quant, (*l.scales).clone(), (*l.biases).clone()) {
+            *l.weight = qu.dequantize(&l.weight, &sc, &bi, Dtype::Float32).unwrap();
+            *l.scales = None;
+            *l.biases = None;
+            l.quant = None;
+        }
+    }
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     for len in [5usize, 48] {
         // 5 tokens × 2 experts = 10 pairs (unsorted); 48 × 2 = 96 pairs (sorted by expert).

@@ -66,7 +66,12 @@ fn adapters_cross_between_host_and_mlx_lm() {
         fixture::write(&dir, family, Preset::Tiny, 4).unwrap();
         // mlx-lm's adapters, loaded here.
         let theirs = dir.with_extension("theirs");
-        let keys = if family == Family::Phi3 { r#"["self_attn.qkv_proj", "mlp.gate_up_proj", "mlp.down_proj"]"# } else { r#"["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]"# };
+        // Qwen3-MoE's last layer is sparse: its router and experts (mlx-lm's LoRASwitchLinear).
+        let keys = match family {
+            Family::Phi3 => r#"["self_attn.qkv_proj", "mlp.gate_up_proj", "mlp.down_proj"]"#,
+            Family::Qwen3Moe => r#"["self_attn.q_proj", "mlp.gate", "mlp.switch_mlp.gate_proj", "mlp.switch_mlp.up_proj", "mlp.switch_mlp.down_proj"]"#,
+            _ => r#"["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]"#,
+        };
         python("mlx_lm_make_adapters.py", &[dir.to_str().unwrap(), theirs.to_str().unwrap(), kind, keys]);
         let mut m = load(&dir);
         lora::load_adapters(&mut m, &theirs).unwrap();
@@ -82,8 +87,19 @@ fn adapters_cross_between_host_and_mlx_lm() {
                 *b = mlx_rs::random::normal::<f32>(b.shape(), None, None, &key).unwrap().multiply(Array::from_f32(0.05)).unwrap();
             }
         }
+        for (i, (_, s)) in m.switches_mut().into_iter().enumerate() {
+            if let Some(b) = &mut *s.lora_b {
+                let key = mlx_rs::random::key(100 + i as u64).unwrap();
+                *b = mlx_rs::random::normal::<f32>(b.shape(), None, None, &key).unwrap().multiply(Array::from_f32(0.05)).unwrap();
+            }
+        }
         let ours_dir = dir.with_extension("ours");
         lora::save_adapters(&mut m, &ours_dir, &serde_json::Map::new()).unwrap();
+        if family == Family::Qwen3Moe {
+            let saved = Array::load_safetensors(ours_dir.join("adapters.safetensors")).unwrap();
+            let a = &saved["model.layers.1.mlp.switch_mlp.gate_proj.lora_a"];
+            assert_eq!(a.shape(), &[8, 4, 64], "per-expert A, mlx-lm's layout");
+        }
         assert_close(&forward(&m), &reference(&dir, Some(&ours_dir)), &format!("{family:?}: host {kind} adapters in mlx-lm"));
     }
 }

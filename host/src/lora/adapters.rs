@@ -29,9 +29,9 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> LoraError {
 fn adapted(model: &mut CausalLm) -> (Vec<String>, Option<(i32, f32, f32, bool)>) {
     let mut paths = Vec::new();
     let mut settings = None;
-    for (path, linear) in model.linears_mut() {
-        if let Some(a) = &linear.adapter {
-            settings.get_or_insert((a.rank, a.scale, a.dropout, linear.m.is_some()));
+    for (path, layer) in model.adaptable_mut() {
+        if let Some(a) = layer.adapter() {
+            settings.get_or_insert((a.rank, a.scale, a.dropout, layer.dora()));
             paths.push(path);
         }
     }

@@ -15,7 +15,7 @@ pub use fuse_check::{fuse_verified, FuseReport};
 
 use crate::{
     model::CausalLm,
-    nn::{AdapterSpec, Linear},
+    nn::AdapterSpec,
 };
 
 #[derive(Debug, Error)]
@@ -111,12 +111,17 @@ pub(crate) fn apply_explicit(model: &mut CausalLm, paths: &[String], settings: &
 }
 
 fn add_adapters(model: &mut CausalLm, targets: &[LoraTarget], settings: &LoraSettings, seed: u64) -> Result<(), LoraError> {
-    if model.linears_mut().iter().any(|(_, l)| l.adapter.is_some()) {
+    if model.adaptable_mut().iter().any(|(_, l)| l.adapter().is_some()) {
         return Err(LoraError::Targets("the model already has adapters".into()));
+    }
+    if settings.dora {
+        if let Some(t) = targets.iter().find(|t| t.path.contains(".switch_mlp.")) {
+            return Err(LoraError::Targets(format!("`{}`: DoRA on experts is not supported (nor in mlx-lm); leave the switch layers out or use LoRA", t.path)));
+        }
     }
     model.freeze_parameters(true);
     let base = random::key(seed)?;
-    for (i, (path, linear)) in model.linears_mut().into_iter().enumerate() {
+    for (i, (path, mut linear)) in model.adaptable_mut().into_iter().enumerate() {
         let Some(t) = targets.iter().find(|t| t.path == path) else { continue };
         let spec = AdapterSpec {
             rank: t.rank.map_or(settings.rank, |r| r as i32),
@@ -131,16 +136,10 @@ fn add_adapters(model: &mut CausalLm, targets: &[LoraTarget], settings: &LoraSet
     Ok(())
 }
 
-fn float_count(linear: &Linear) -> usize {
-    let base = (linear.in_dims * linear.out_dims) as usize + (*linear.bias).as_ref().map_or(0, Array::size);
-    base + [&*linear.lora_a, &*linear.lora_b, &*linear.m].iter().map(|p| p.as_ref().map_or(0, Array::size)).sum::<usize>()
-}
-
 /// (trainable, total) parameters, counting quantized weights as the float matrices they stand for.
 pub fn parameter_counts(model: &mut CausalLm) -> (usize, usize) {
     let trainable = model.trainable_parameters().flatten().values().map(|a| a.size()).sum();
-    let linears: usize = model.linears_mut().into_iter().map(|(_, l)| float_count(l)).sum();
-    let experts: usize = model.switches_mut().into_iter().map(|(_, s)| (s.experts * s.in_dims * s.out_dims) as usize).sum();
+    let layers: usize = model.adaptable_mut().into_iter().map(|(_, l)| l.float_count()).sum();
     let c = &model.config;
     let embed = (c.vocab_size * c.hidden_size) as usize;
     let norms: usize = model
@@ -150,13 +149,13 @@ pub fn parameter_counts(model: &mut CausalLm) -> (usize, usize) {
         .filter(|(name, _)| name.contains("norm"))
         .map(|(_, a)| a.size())
         .sum();
-    (trainable, linears + experts + embed + norms)
+    (trainable, layers + embed + norms)
 }
 
 /// Switches every adapter on or off (off: the base model, e.g. as the reference policy).
 pub fn set_enabled(model: &mut CausalLm, enabled: bool) {
-    for (_, linear) in model.linears_mut() {
-        if let Some(a) = &mut linear.adapter {
+    for (_, mut layer) in model.adaptable_mut() {
+        if let Some(a) = layer.adapter_mut() {
             a.enabled = enabled;
         }
     }
@@ -168,10 +167,8 @@ pub fn set_enabled(model: &mut CausalLm, enabled: bool) {
 pub fn set_sampling(model: &mut CausalLm, on: bool) -> Result<(), mlx_rs::error::Exception> {
     let dtype = on.then(|| model.dtype());
     let mut casts = Vec::new();
-    for (_, linear) in model.linears_mut() {
-        if let Some((a, b)) = linear.set_sampling(dtype)? {
-            casts.extend([a.clone(), b.clone()]);
-        }
+    for (_, mut layer) in model.adaptable_mut() {
+        casts.extend(layer.set_sampling(dtype)?);
     }
     // One evaluation for every layer's casts, not one synchronization per layer.
     mlx_rs::transforms::eval(&casts)
@@ -179,8 +176,8 @@ pub fn set_sampling(model: &mut CausalLm, on: bool) -> Result<(), mlx_rs::error:
 
 /// Sets this step's dropout key (each adapted layer derives its own); `None` disables dropout.
 pub fn set_dropout_key(model: &mut CausalLm, key: Option<&Array>) -> Result<(), mlx_rs::error::Exception> {
-    for (i, (_, linear)) in model.linears_mut().into_iter().enumerate() {
-        if let Some(a) = &mut linear.adapter {
+    for (i, (_, mut layer)) in model.adaptable_mut().into_iter().enumerate() {
+        if let Some(a) = layer.adapter_mut() {
             a.dropout_key = match key {
                 Some(k) => Some(k.add(Array::from_slice(&[0, i as u32], &[2]))?),
                 None => None,
@@ -194,6 +191,9 @@ pub fn set_dropout_key(model: &mut CausalLm, key: Option<&Array>) -> Result<(), 
 /// float too (mlx-lm's `fuse --dequantize`).
 pub fn fuse(model: &mut CausalLm, dequantize: bool) -> Result<(), mlx_rs::error::Exception> {
     let dtype: Dtype = model.dtype();
+    for (_, s) in model.switches_mut() {
+        s.fuse(dequantize)?;
+    }
     for (_, linear) in model.linears_mut() {
         linear.fuse(dequantize)?;
         if dequantize && linear.quant.is_some() {

@@ -158,8 +158,39 @@ impl CausalLm {
     }
 
     /// Module paths of every linear layer.
+    /// Every layer an adapter can attach to (linear and switch layers), by module path.
     pub fn linear_paths(&mut self) -> Vec<String> {
-        self.linears_mut().into_iter().map(|(p, _)| p).collect()
+        self.adaptable_mut().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// The linear layers, then the experts' switch layers: what LoRA adapts.
+    pub fn adaptable_mut(&mut self) -> Vec<(String, crate::nn::AdaptedLayer<'_>)> {
+        use crate::nn::AdaptedLayer;
+        let mut out: Vec<(String, AdaptedLayer<'_>)> = Vec::new();
+        let lm_head = self.lm_head.as_mut();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            for (name, l) in [("q_proj", a.q_proj.as_mut()), ("k_proj", a.k_proj.as_mut()), ("v_proj", a.v_proj.as_mut()), ("qkv_proj", a.qkv_proj.as_mut()), ("o_proj", Some(&mut a.o_proj))] {
+                if let Some(l) = l {
+                    out.push((format!("model.layers.{i}.self_attn.{name}"), AdaptedLayer::Linear(l)));
+                }
+            }
+            let m = &mut layer.mlp;
+            for (name, l) in [("gate_proj", m.gate_proj.as_mut()), ("up_proj", m.up_proj.as_mut()), ("gate_up_proj", m.gate_up_proj.as_mut()), ("down_proj", m.down_proj.as_mut()), ("gate", m.gate.as_mut())] {
+                if let Some(l) = l {
+                    out.push((format!("model.layers.{i}.mlp.{name}"), AdaptedLayer::Linear(l)));
+                }
+            }
+            if let Some(s) = m.switch_mlp.as_mut() {
+                for (name, l) in [("gate_proj", &mut s.gate_proj), ("up_proj", &mut s.up_proj), ("down_proj", &mut s.down_proj)] {
+                    out.push((format!("model.layers.{i}.mlp.switch_mlp.{name}"), AdaptedLayer::Switch(l)));
+                }
+            }
+        }
+        if let Some(h) = lm_head {
+            out.push(("lm_head".to_owned(), AdaptedLayer::Linear(h)));
+        }
+        out
     }
 
     /// The experts' projections of the sparse blocks, by module path (`model.layers.N.mlp.switch_mlp.gate_proj`).

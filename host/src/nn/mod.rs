@@ -1,6 +1,7 @@
 //! Layers with checkpoint-named parameters. Quantization is a property of a layer (its `scales`/`biases` are
 //! present), not a second copy of the model.
 
+mod adapted;
 mod checkpoint;
 mod embedding;
 mod linear;
@@ -10,6 +11,7 @@ mod rope;
 mod softcap;
 mod switch;
 
+pub use adapted::AdaptedLayer;
 pub use checkpoint::checkpointed;
 pub use embedding::Embedding;
 pub use linear::{Adapter, AdapterSpec, Linear};

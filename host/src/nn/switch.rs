@@ -7,14 +7,16 @@
 use mlx_rs::{
     error::Exception,
     macros::ModuleParameters,
-    module::Param,
+    module::{Param, Parameter},
     ops::{self, indexing::IndexOp},
-    Array, Dtype,
+    random, Array, Dtype,
 };
 
-use super::Quant;
+use super::{Adapter, AdapterSpec, Quant};
 
-/// One projection per expert: weight [experts, out, in] (packed when quantized).
+/// One projection per expert: weight [experts, out, in] (packed when quantized). With an adapter, each
+/// expert has its own low-rank update, `lora_a` [experts, rank, in] and `lora_b` [experts, out, rank], as
+/// mlx-lm's `LoRASwitchLinear` (same names and layout, so adapter files interoperate).
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct SwitchLinear {
     #[param]
@@ -23,10 +25,15 @@ pub struct SwitchLinear {
     pub scales: Param<Option<Array>>,
     #[param]
     pub biases: Param<Option<Array>>,
+    #[param]
+    pub lora_a: Param<Option<Array>>,
+    #[param]
+    pub lora_b: Param<Option<Array>>,
     pub quant: Option<Quant>,
     pub experts: i32,
     pub in_dims: i32,
     pub out_dims: i32,
+    pub adapter: Option<Adapter>,
 }
 
 impl SwitchLinear {
@@ -39,15 +46,93 @@ impl SwitchLinear {
             }
             None => (zeros(&[experts, out_dims, in_dims], dtype)?, None, None),
         };
-        Ok(SwitchLinear { weight: Param::new(weight), scales: Param::new(scales), biases: Param::new(biases), quant, experts, in_dims, out_dims })
+        Ok(SwitchLinear {
+            weight: Param::new(weight),
+            scales: Param::new(scales),
+            biases: Param::new(biases),
+            lora_a: Param::new(None),
+            lora_b: Param::new(None),
+            quant,
+            experts,
+            in_dims,
+            out_dims,
+            adapter: None,
+        })
     }
 
     /// `x` [..., 1, in] through the experts `indices` [...] (broadcast against x's batch dimensions).
     pub fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array, Exception> {
-        match (self.quant, &*self.scales, &*self.biases) {
-            (Some(q), Some(s), Some(b)) => ops::gather_qmm(x, &*self.weight, s, b, None, indices, true, q.group_size, q.bits, sorted),
-            _ => ops::gather_mm(x, self.weight.swap_axes(-1, -2)?, None, indices, sorted),
+        let y = match (self.quant, &*self.scales, &*self.biases) {
+            (Some(q), Some(s), Some(b)) => ops::gather_qmm(x, &*self.weight, s, b, None, indices, true, q.group_size, q.bits, sorted)?,
+            _ => ops::gather_mm(x, self.weight.swap_axes(-1, -2)?, None, indices, sorted)?,
+        };
+        match (&self.adapter, &*self.lora_a, &*self.lora_b) {
+            (Some(adapter), Some(a), Some(b)) if adapter.enabled => {
+                let x_in = match &adapter.dropout_key {
+                    Some(key) if adapter.dropout > 0.0 => {
+                        let keep = 1.0 - adapter.dropout;
+                        let mask = random::bernoulli(&Array::from_f32(keep), x.shape(), key)?;
+                        ops::select(&mask, &x.divide(Array::from_f32(keep))?, &Array::from_f32(0.0).as_dtype(x.dtype())?)?
+                    }
+                    _ => x.clone(),
+                };
+                let z = ops::gather_mm(&x_in, a.swap_axes(-1, -2)?, None, indices, sorted)?;
+                let z = ops::gather_mm(&z, b.swap_axes(-1, -2)?, None, indices, sorted)?;
+                y.add(z.multiply(Array::from_f32(adapter.scale))?.as_dtype(x.dtype())?)
+            }
+            _ => Ok(y),
         }
+    }
+
+    /// Adds fresh per-expert adapters (mlx-lm's initialisation: A ~ U(±1/√in), B = 0), trainable, float32.
+    pub fn add_adapter(&mut self, spec: AdapterSpec, key: &Array) -> Result<(), Exception> {
+        if spec.dora {
+            return Err(Exception::custom("DoRA on experts is not supported (nor in mlx-lm): use LoRA for the switch layers"));
+        }
+        let bound = 1.0 / (self.in_dims as f32).sqrt();
+        self.lora_a = Param::new(Some(random::uniform::<_, f32>(-bound, bound, &[self.experts, spec.rank, self.in_dims], key)?));
+        self.lora_b = Param::new(Some(Array::zeros::<f32>(&[self.experts, self.out_dims, spec.rank])?));
+        self.lora_a.unfreeze(false);
+        self.lora_b.unfreeze(false);
+        self.adapter = Some(Adapter { rank: spec.rank, scale: spec.scale, dropout: spec.dropout, enabled: true, dropout_key: None, sampling: None });
+        Ok(())
+    }
+
+    /// The experts' float weights, [experts, out, in].
+    pub fn dense_weight(&self, dtype: Dtype) -> Result<Array, Exception> {
+        match (&self.quant, &*self.scales, &*self.biases) {
+            (Some(q), Some(s), Some(b)) => q.dequantize(&self.weight, s, b, dtype),
+            _ => self.weight.as_dtype(dtype),
+        }
+    }
+
+    /// Merges the adapter into each expert's weight (W + scale · B A, mlx-lm's `LoRASwitchLinear.fuse`);
+    /// a quantized layer is re-quantized with its own settings unless `dequantize`, which also makes an
+    /// unadapted quantized layer float.
+    pub fn fuse(&mut self, dequantize: bool) -> Result<(), Exception> {
+        let dtype = (*self.scales).as_ref().map_or_else(|| self.weight.dtype(), |s| s.dtype());
+        let quant = self.quant;
+        let update = match (self.adapter.take(), (*self.lora_a).clone(), (*self.lora_b).clone()) {
+            (Some(adapter), Some(a), Some(b)) => Some(b.multiply(Array::from_f32(adapter.scale))?.matmul(&a)?),
+            _ => None,
+        };
+        if update.is_none() && !(dequantize && quant.is_some()) {
+            return Ok(());
+        }
+        let mut w = self.dense_weight(dtype)?;
+        if let Some(u) = update {
+            w = w.add(u.as_dtype(dtype)?)?;
+        }
+        *self.weight = w;
+        *self.scales = None;
+        *self.biases = None;
+        *self.lora_a = None;
+        *self.lora_b = None;
+        self.quant = None;
+        if let (Some(q), false) = (quant, dequantize) {
+            self.quantize(q)?;
+        }
+        Ok(())
     }
 
     /// Quantizes a float layer in place, each expert's rows in groups along the input (mlx-lm's

@@ -1,0 +1,66 @@
+//! The layers adapters attach to, seen alike by the LoRA code: a linear layer (one matrix) or a switch
+//! layer (one matrix per expert).
+
+use mlx_rs::{error::Exception, Array, Dtype};
+
+use super::{Adapter, AdapterSpec, Linear, SwitchLinear};
+
+pub enum AdaptedLayer<'a> {
+    Linear(&'a mut Linear),
+    Switch(&'a mut SwitchLinear),
+}
+
+impl AdaptedLayer<'_> {
+    pub fn adapter(&self) -> Option<&Adapter> {
+        match self {
+            AdaptedLayer::Linear(l) => l.adapter.as_ref(),
+            AdaptedLayer::Switch(s) => s.adapter.as_ref(),
+        }
+    }
+
+    pub fn adapter_mut(&mut self) -> Option<&mut Adapter> {
+        match self {
+            AdaptedLayer::Linear(l) => l.adapter.as_mut(),
+            AdaptedLayer::Switch(s) => s.adapter.as_mut(),
+        }
+    }
+
+    pub fn add_adapter(&mut self, spec: AdapterSpec, key: &Array) -> Result<(), Exception> {
+        match self {
+            AdaptedLayer::Linear(l) => l.add_adapter(spec, key),
+            AdaptedLayer::Switch(s) => s.add_adapter(spec, key),
+        }
+    }
+
+    /// DoRA's magnitudes are present (linear layers only).
+    pub fn dora(&self) -> bool {
+        match self {
+            AdaptedLayer::Linear(l) => l.m.is_some(),
+            AdaptedLayer::Switch(_) => false,
+        }
+    }
+
+    pub fn fuse(&mut self, dequantize: bool) -> Result<(), Exception> {
+        match self {
+            AdaptedLayer::Linear(l) => l.fuse(dequantize),
+            AdaptedLayer::Switch(s) => s.fuse(dequantize),
+        }
+    }
+
+    /// The sampling form's casts to evaluate (switch layers keep their one form).
+    pub fn set_sampling(&mut self, dtype: Option<Dtype>) -> Result<Vec<Array>, Exception> {
+        match self {
+            AdaptedLayer::Linear(l) => Ok(l.set_sampling(dtype)?.map(|(a, b)| vec![a.clone(), b.clone()]).unwrap_or_default()),
+            AdaptedLayer::Switch(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Parameters counting quantized weights as the float matrices they stand for, adapters included.
+    pub fn float_count(&self) -> usize {
+        let size = |p: &Option<Array>| p.as_ref().map_or(0, Array::size);
+        match self {
+            AdaptedLayer::Linear(l) => (l.in_dims * l.out_dims) as usize + size(&l.bias) + size(&l.lora_a) + size(&l.lora_b) + size(&l.m),
+            AdaptedLayer::Switch(s) => (s.experts * s.in_dims * s.out_dims) as usize + size(&s.lora_a) + size(&s.lora_b),
+        }
+    }
+}
