@@ -15,7 +15,7 @@ use host::{
 };
 use mlx_rs::{Array, Dtype};
 
-const FAMILIES: [Family; 7] = [Family::Smollm3, Family::Olmo2, Family::Granite, Family::Gemma3Text, Family::Gemma2, Family::Phi3, Family::Qwen3Moe];
+const FAMILIES: [Family; 8] = [Family::Smollm3, Family::Olmo2, Family::Granite, Family::Gemma3Text, Family::Gemma2, Family::Phi3, Family::Qwen3Moe, Family::Mixtral];
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("host-families-{}-{name}", std::process::id()));

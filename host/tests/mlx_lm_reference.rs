@@ -66,10 +66,11 @@ fn adapters_cross_between_host_and_mlx_lm() {
         fixture::write(&dir, family, Preset::Tiny, 4).unwrap();
         // mlx-lm's adapters, loaded here.
         let theirs = dir.with_extension("theirs");
-        // Qwen3-MoE's last layer is sparse: its router and experts (mlx-lm's LoRASwitchLinear).
+        // The MoE families' last layer is sparse: its router and experts (mlx-lm's LoRASwitchLinear).
         let keys = match family {
             Family::Phi3 => r#"["self_attn.qkv_proj", "mlp.gate_up_proj", "mlp.down_proj"]"#,
             Family::Qwen3Moe => r#"["self_attn.q_proj", "mlp.gate", "mlp.switch_mlp.gate_proj", "mlp.switch_mlp.up_proj", "mlp.switch_mlp.down_proj"]"#,
+            Family::Mixtral => r#"["self_attn.q_proj", "block_sparse_moe.gate", "block_sparse_moe.switch_mlp.gate_proj", "block_sparse_moe.switch_mlp.down_proj"]"#,
             _ => r#"["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]"#,
         };
         python("mlx_lm_make_adapters.py", &[dir.to_str().unwrap(), theirs.to_str().unwrap(), kind, keys]);
@@ -114,7 +115,7 @@ fn every_family_matches_mlx_lm() {
         // mlx-lm 0.32.2 cannot run quantized experts on mlx 0.32.2 (its QuantizedSwitchLinear passes
         // `global_scale`, which that mlx's gather_qmm does not take: a TypeError), so the 4-bit MoE model is
         // checked against its own dequantized weights in tests/families.rs instead.
-        if family == Family::Qwen3Moe {
+        if matches!(family, Family::Qwen3Moe | Family::Mixtral) {
             continue;
         }
         // The same model quantized here and written for mlx-lm: both sides read one checkpoint.

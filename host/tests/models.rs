@@ -246,7 +246,7 @@ fn quantized_checkpoints_round_trip_with_per_module_overrides() {
     let mut loaded = model::load(&dir, &options).unwrap();
     // mlx-lm's mixed recipes: one projection at 8 bits, the embeddings left in float.
     let eight = Quant { bits: 8, group_size: 64 };
-    let down = loaded.model.model.layers[0].mlp.down_proj.as_mut().expect("a dense layer");
+    let down = loaded.model.model.layers[0].mlp.as_mut().and_then(|m| m.down_proj.as_mut()).expect("a dense layer");
     let dense = down.dense_weight(Dtype::Float32).unwrap();
     *down = host::nn::Linear::placeholder(down.in_dims, down.out_dims, false, None, Dtype::Float32).unwrap();
     *down.weight = dense;
@@ -272,9 +272,9 @@ fn quantized_checkpoints_round_trip_with_per_module_overrides() {
     assert_eq!(config["quantization_config"], config["quantization"]);
 
     let reloaded = model::load(&out, &f32_options()).unwrap();
-    assert_eq!(reloaded.model.model.layers[0].mlp.down_proj.as_ref().and_then(|d| d.quant), Some(eight));
+    assert_eq!(reloaded.model.model.layers[0].mlp.as_ref().and_then(|m| m.down_proj.as_ref()).and_then(|d| d.quant), Some(eight));
     assert_eq!(reloaded.model.model.embed_tokens.quant, None);
-    assert_eq!(reloaded.model.model.layers[1].mlp.down_proj.as_ref().and_then(|d| d.quant), Some(Quant { bits: 4, group_size: 32 }));
+    assert_eq!(reloaded.model.model.layers[1].mlp.as_ref().and_then(|m| m.down_proj.as_ref()).and_then(|d| d.quant), Some(Quant { bits: 4, group_size: 32 }));
     let ids = tokens(9, 6);
     let input = Array::from_slice(&ids, &[1, 9]);
     assert_eq!(values(&reloaded.model.forward(&input, None).unwrap()), values(&loaded.model.forward(&input, None).unwrap()));

@@ -80,6 +80,8 @@ pub struct HfArgs {
     pub mlp_only_layers: Option<Vec<i32>>,
     pub moe_intermediate_size: Option<i32>,
     pub norm_topk_prob: Option<bool>,
+    /// Mixtral's expert count.
+    pub num_local_experts: Option<i32>,
     /// mlx-lm's quantization block: `{group_size, bits, [mode], <module path>: {group_size, bits} | false}`.
     pub quantization: Option<serde_json::Map<String, serde_json::Value>>,
     /// Transformers' mirror of the same block, used when `quantization` is absent.
@@ -192,6 +194,8 @@ pub struct TransformerConfig {
     pub final_softcap: Option<f32>,
     /// Mixture-of-experts feed-forward blocks (None: every layer dense).
     pub moe: Option<MoeConfig>,
+    /// The feed-forward block is named `block_sparse_moe` (Mixtral) instead of `mlp`.
+    pub block_sparse_moe: bool,
 }
 
 impl TransformerConfig {
@@ -245,6 +249,7 @@ impl HfArgs {
             attn_softcap: None,
             final_softcap: None,
             moe: None,
+            block_sparse_moe: false,
         })
     }
 

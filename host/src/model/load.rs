@@ -122,6 +122,13 @@ fn stack_experts(weights: &mut HashMap<String, Array>) -> Result<(), String> {
         }
         let parts: Vec<Array> = experts.values().filter_map(|n| weights.remove(n)).collect();
         let stacked = mlx_rs::ops::stack(&parts, 0).map_err(|e| format!("{head}.experts.*.{tail}: {e}"))?;
+        // Mixtral's names for the three projections.
+        let tail = match tail.split_once('.') {
+            Some(("w1", rest)) => format!("gate_proj.{rest}"),
+            Some(("w3", rest)) => format!("up_proj.{rest}"),
+            Some(("w2", rest)) => format!("down_proj.{rest}"),
+            _ => tail,
+        };
         weights.insert(format!("{head}.switch_mlp.{tail}"), stacked);
     }
     Ok(())

@@ -11,6 +11,7 @@ pub mod hub;
 mod llama;
 mod load;
 mod mistral;
+mod mixtral;
 mod olmo2;
 mod phi3;
 mod qwen2;
@@ -47,6 +48,7 @@ const FAMILIES: &[(&str, FamilyFn)] = &[
     ("qwen2", qwen2::config),
     ("qwen3", qwen3::config),
     ("qwen3_moe", qwen3_moe::config),
+    ("mixtral", mixtral::config),
     ("smollm3", smollm3::config),
 ];
 
@@ -144,10 +146,10 @@ impl CausalLm {
                     out.push((format!("model.layers.{i}.self_attn.{name}"), l));
                 }
             }
-            let m = &mut layer.mlp;
+            let Some((block, m)) = transformer::ffn_of(&mut layer.mlp, &mut layer.block_sparse_moe) else { continue };
             for (name, l) in [("gate_proj", m.gate_proj.as_mut()), ("up_proj", m.up_proj.as_mut()), ("gate_up_proj", m.gate_up_proj.as_mut()), ("down_proj", m.down_proj.as_mut()), ("gate", m.gate.as_mut())] {
                 if let Some(l) = l {
-                    out.push((format!("model.layers.{i}.mlp.{name}"), l));
+                    out.push((format!("model.layers.{i}.{block}.{name}"), l));
                 }
             }
         }
@@ -175,15 +177,15 @@ impl CausalLm {
                     out.push((format!("model.layers.{i}.self_attn.{name}"), AdaptedLayer::Linear(l)));
                 }
             }
-            let m = &mut layer.mlp;
+            let Some((block, m)) = transformer::ffn_of(&mut layer.mlp, &mut layer.block_sparse_moe) else { continue };
             for (name, l) in [("gate_proj", m.gate_proj.as_mut()), ("up_proj", m.up_proj.as_mut()), ("gate_up_proj", m.gate_up_proj.as_mut()), ("down_proj", m.down_proj.as_mut()), ("gate", m.gate.as_mut())] {
                 if let Some(l) = l {
-                    out.push((format!("model.layers.{i}.mlp.{name}"), AdaptedLayer::Linear(l)));
+                    out.push((format!("model.layers.{i}.{block}.{name}"), AdaptedLayer::Linear(l)));
                 }
             }
             if let Some(s) = m.switch_mlp.as_mut() {
                 for (name, l) in [("gate_proj", &mut s.gate_proj), ("up_proj", &mut s.up_proj), ("down_proj", &mut s.down_proj)] {
-                    out.push((format!("model.layers.{i}.mlp.switch_mlp.{name}"), AdaptedLayer::Switch(l)));
+                    out.push((format!("model.layers.{i}.{block}.switch_mlp.{name}"), AdaptedLayer::Switch(l)));
                 }
             }
         }
@@ -197,9 +199,10 @@ impl CausalLm {
     pub fn switches_mut(&mut self) -> Vec<(String, &mut crate::nn::SwitchLinear)> {
         let mut out = Vec::new();
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            if let Some(s) = layer.mlp.switch_mlp.as_mut() {
+            let Some((block, m)) = transformer::ffn_of(&mut layer.mlp, &mut layer.block_sparse_moe) else { continue };
+            if let Some(s) = m.switch_mlp.as_mut() {
                 for (name, l) in [("gate_proj", &mut s.gate_proj), ("up_proj", &mut s.up_proj), ("down_proj", &mut s.down_proj)] {
-                    out.push((format!("model.layers.{i}.mlp.switch_mlp.{name}"), l));
+                    out.push((format!("model.layers.{i}.{block}.switch_mlp.{name}"), l));
                 }
             }
         }

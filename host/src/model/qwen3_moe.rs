@@ -23,7 +23,7 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     let dense = args.mlp_only_layers.clone().unwrap_or_default();
     let sparse = (0..c.num_hidden_layers).map(|i| !dense.contains(&i) && (i + 1) % step == 0).collect();
     c.moe = Some(MoeConfig {
-        routing: Routing { experts, top_k, normalize: args.norm_topk_prob.unwrap_or(false) },
+        routing: Routing { experts, top_k, normalize: args.norm_topk_prob.unwrap_or(false), softmax_after_top_k: false },
         intermediate: need(args.moe_intermediate_size, "moe_intermediate_size")?,
         sparse,
     });

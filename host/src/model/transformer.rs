@@ -76,8 +76,12 @@ pub struct Mlp {
 pub struct Layer {
     #[param]
     pub self_attn: Attention,
+    /// The feed-forward block under its checkpoint name: `mlp` (dense, or Qwen3-MoE's sparse block) or
+    /// `block_sparse_moe` (Mixtral); exactly one is present.
     #[param]
-    pub mlp: Mlp,
+    pub mlp: Option<Mlp>,
+    #[param]
+    pub block_sparse_moe: Option<Mlp>,
     /// Absent with post-norms (OLMo 2).
     #[param]
     pub input_layernorm: Option<RmsNorm>,
@@ -402,6 +406,16 @@ fn gelu_tanh(x: &Array) -> Result<Array, Exception> {
     x.multiply(c(0.5)?)?.multiply(c(1.0)?.add(ops::tanh(&inner)?)?)
 }
 
+/// The present one of a layer's two feed-forward fields, with its checkpoint name (the fields borrowed
+/// apart, so the attention can be borrowed beside it).
+pub fn ffn_of<'a>(mlp: &'a mut Option<Mlp>, block_sparse_moe: &'a mut Option<Mlp>) -> Option<(&'static str, &'a mut Mlp)> {
+    match (mlp, block_sparse_moe) {
+        (Some(m), _) => Some(("mlp", m)),
+        (None, Some(m)) => Some(("block_sparse_moe", m)),
+        (None, None) => None,
+    }
+}
+
 impl Layer {
     fn new(c: &TransformerConfig, index: i32, quant: &QuantizeFn<'_>, dtype: Dtype) -> Result<Self, Exception> {
         let prefix = format!("model.layers.{index}");
@@ -414,7 +428,8 @@ impl Layer {
         let optional = |on: bool| if on { norm().map(Some) } else { Ok(None) };
         Ok(Layer {
             self_attn: Attention::new(c, index as usize, &format!("{prefix}.self_attn"), quant, dtype)?,
-            mlp: Mlp::new(c, index as usize, &format!("{prefix}.mlp"), quant, dtype)?,
+            mlp: (!c.block_sparse_moe).then(|| Mlp::new(c, index as usize, &format!("{prefix}.mlp"), quant, dtype)).transpose()?,
+            block_sparse_moe: c.block_sparse_moe.then(|| Mlp::new(c, index as usize, &format!("{prefix}.block_sparse_moe"), quant, dtype)).transpose()?,
             input_layernorm: optional(input)?,
             post_attention_layernorm: norm()?,
             pre_feedforward_layernorm: optional(pre_ff)?,
@@ -422,6 +437,16 @@ impl Layer {
             norms: c.norms,
             residual_multiplier: c.residual_multiplier,
         })
+    }
+
+    /// The feed-forward block, whichever name it has.
+    pub fn ffn(&self) -> Result<&Mlp, Exception> {
+        self.mlp.as_ref().or(self.block_sparse_moe.as_ref()).ok_or_else(|| Exception::custom("layer without a feed-forward block"))
+    }
+
+    /// [`Layer::ffn`], mutably, with its checkpoint name.
+    pub fn ffn_mut(&mut self) -> Option<(&'static str, &mut Mlp)> {
+        ffn_of(&mut self.mlp, &mut self.block_sparse_moe)
     }
 
     pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
@@ -440,16 +465,16 @@ impl Layer {
         match self.norms {
             NormPlacement::Pre => {
                 let h = residual(x, self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache)?)?;
-                residual(&h, self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)
+                residual(&h, self.ffn()?.forward(&self.post_attention_layernorm.forward(&h)?)?)
             }
             NormPlacement::Post => {
                 let h = residual(x, self.post_attention_layernorm.forward(&self.self_attn.forward(x, cache)?)?)?;
-                residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &self.mlp.forward(&h)?)?)
+                residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &self.ffn()?.forward(&h)?)?)
             }
             NormPlacement::Sandwich => {
                 let attended = self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache)?;
                 let h = residual(x, self.post_attention_layernorm.forward(&attended)?)?;
-                let fed = self.mlp.forward(&apply(self.pre_feedforward_layernorm.as_ref(), &h)?)?;
+                let fed = self.ffn()?.forward(&apply(self.pre_feedforward_layernorm.as_ref(), &h)?)?;
                 residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &fed)?)
             }
         }

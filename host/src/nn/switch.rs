@@ -207,24 +207,30 @@ impl SwitchGlu {
     }
 }
 
-/// How a sparse block routes: top-k of the softmax over the router's logits, renormalized or not.
+/// How a sparse block routes its tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Routing {
     pub experts: i32,
     pub top_k: i32,
     /// Divide the chosen experts' weights by their sum (Qwen3-MoE's `norm_topk_prob`).
     pub normalize: bool,
+    /// Softmax over the k chosen logits only (Mixtral), instead of over all experts before choosing.
+    pub softmax_after_top_k: bool,
 }
 
 impl Routing {
-    /// (expert indices [..., k], weights [..., k]) from router logits [..., experts]: softmax in float32
-    /// (precise), the k largest, as mlx-lm's `Qwen3MoeSparseMoeBlock`.
+    /// (expert indices [B, L, k], weights [B, L, k]) from router logits [B, L, experts]. Softmax first
+    /// (precise), then the k largest, as mlx-lm's `Qwen3MoeSparseMoeBlock`; or the k largest logits, then
+    /// their softmax, as its `MixtralSparseMoeBlock`.
     pub fn route(&self, logits: &Array) -> Result<(Array, Array), Exception> {
-        let gates = ops::softmax_axis(logits, -1, true)?;
         let kth = self.experts - self.top_k;
+        let gates = if self.softmax_after_top_k { logits.clone() } else { ops::softmax_axis(logits, -1, true)? };
         let inds = ops::argpartition_axis(&gates, kth, -1)?.index((.., .., kth..));
         let inds = mlx_rs::stop_gradient(&inds)?;
         let mut scores = gates.take_along_axis(&inds, -1)?;
+        if self.softmax_after_top_k {
+            scores = ops::softmax_axis(&scores, -1, true)?;
+        }
         if self.normalize {
             scores = scores.divide(scores.sum_axis(-1, true)?)?;
         }
