@@ -237,3 +237,66 @@ impl Routing {
         Ok((inds, scores))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(a: &Array) -> Vec<f32> {
+        a.as_dtype(Dtype::Float32).unwrap().to_vec_exact::<f32>().unwrap()
+    }
+
+    #[test]
+    fn routing_picks_the_top_k_and_weights_them_as_each_model_defines() {
+        // Logits [1, 3, 2, 0]: experts 1 and 2 win. Softmax over all four: e³/Σ = 0.643914, e²/Σ = 0.236883
+        // (Σ = e + e³ + e² + 1 = 31.19287); renormalized, or as Mixtral's softmax of the two logits alone:
+        // 0.731059 and 0.268941.
+        let logits = Array::from_slice(&[1.0f32, 3.0, 2.0, 0.0], &[1, 1, 4]);
+        let check = |r: Routing, want: [f32; 2]| {
+            let (inds, scores) = r.route(&logits).unwrap();
+            let (i, s) = (inds.as_dtype(Dtype::Int32).unwrap().to_vec_exact::<i32>().unwrap(), values(&scores));
+            let mut pairs: Vec<(i32, f32)> = i.into_iter().zip(s).collect();
+            pairs.sort_by_key(|p| p.0);
+            assert_eq!((pairs[0].0, pairs[1].0), (1, 2), "{r:?}");
+            assert!((pairs[0].1 - want[0]).abs() < 1e-6 && (pairs[1].1 - want[1]).abs() < 1e-6, "{r:?}: {pairs:?}");
+        };
+        let r = Routing { experts: 4, top_k: 2, normalize: false, softmax_after_top_k: false };
+        check(r, [0.643_914, 0.236_883]);
+        check(Routing { normalize: true, ..r }, [0.731_059, 0.268_941]);
+        check(Routing { softmax_after_top_k: true, ..r }, [0.731_059, 0.268_941]);
+    }
+
+    #[test]
+    fn switch_glu_equals_a_loop_over_each_tokens_experts() {
+        // 3 experts, hidden 4, width 6; each token's two experts computed one matrix product at a time.
+        let key = random::key(5).unwrap();
+        let w = |shape: &[i32], k: u32| random::normal::<f32>(shape, None, Some(0.5), &key.add(Array::from_slice(&[k, 0], &[2])).unwrap()).unwrap();
+        let mut glu = SwitchGlu::placeholder(3, 4, 6, &|_, _| None, Dtype::Float32).unwrap();
+        *glu.gate_proj.weight = w(&[3, 6, 4], 1);
+        *glu.up_proj.weight = w(&[3, 6, 4], 2);
+        *glu.down_proj.weight = w(&[3, 4, 6], 3);
+        for tokens in [3, 40] {
+            // 3 tokens × 2 = 6 pairs (unsorted); 40 × 2 = 80 pairs (sorted by expert).
+            let x = w(&[1, tokens, 4], 4);
+            let inds: Vec<i32> = (0..tokens * 2).map(|i| ((i * 7 + i / 2) % 3)).collect();
+            let inds: Vec<i32> = inds.chunks(2).flat_map(|c| if c[0] == c[1] { vec![c[0], (c[0] + 1) % 3] } else { c.to_vec() }).collect();
+            let idx = Array::from_slice(&inds, &[1, tokens, 2]);
+            let got = values(&glu.forward(&x, &idx).unwrap());
+            for t in 0..tokens {
+                let xt = x.index((0, t..t + 1, ..));
+                for slot in 0..2 {
+                    let e = inds[(t * 2 + slot) as usize];
+                    let expert = |l: &SwitchLinear| l.weight.index(e).t();
+                    let g = xt.matmul(expert(&glu.gate_proj)).unwrap();
+                    let u = xt.matmul(expert(&glu.up_proj)).unwrap();
+                    let h = g.multiply(ops::sigmoid(&g).unwrap()).unwrap().multiply(&u).unwrap();
+                    let want = values(&h.matmul(expert(&glu.down_proj)).unwrap());
+                    let at = ((t * 2 + slot) * 4) as usize;
+                    for (a, b) in got[at..at + 4].iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-5, "{tokens} tokens, token {t} slot {slot}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+}
