@@ -278,7 +278,7 @@ mod tests {
         for tokens in [3, 40] {
             // 3 tokens × 2 = 6 pairs (unsorted); 40 × 2 = 80 pairs (sorted by expert).
             let x = w(&[1, tokens, 4], 4);
-            let inds: Vec<i32> = (0..tokens * 2).map(|i| ((i * 7 + i / 2) % 3)).collect();
+            let inds: Vec<i32> = (0..tokens * 2).map(|i| (i * 7 + i / 2) % 3).collect();
             let inds: Vec<i32> = inds.chunks(2).flat_map(|c| if c[0] == c[1] { vec![c[0], (c[0] + 1) % 3] } else { c.to_vec() }).collect();
             let idx = Array::from_slice(&inds, &[1, tokens, 2]);
             let got = values(&glu.forward(&x, &idx).unwrap());
