@@ -3,6 +3,8 @@
 # fixture model, float32 and 4-bit, same MLX (0.32.2) and same BLAS. Prints a markdown table.
 #
 #   bench/generation.sh [PYTHON_WITH_MLX_LM]        (default: python3)
+#   FAMILY=llama (any `host fixture --family`), FOURBIT=1 (0: float32 only; mlx-lm 0.32.2 cannot run 4-bit
+#   experts on mlx 0.32.2, so MoE families take FOURBIT=0)
 #
 # The Python needs mlx==0.32.2, mlx-cpu==0.32.2 and mlx-lm==0.32.2; bench/blas.sh gives its MLX our BLAS
 # (or refuses to compare).
@@ -19,8 +21,13 @@ cargo build --release -p host >&2
 HOST=target/release/host
 source bench/blas.sh
 same_blas "$HOST" "$PYTHON"
-[ -d "$WORK/small-llama" ] || $HOST fixture --family llama --preset small --out "$WORK/small-llama" --seed 0 >&2
-[ -d "$WORK/small-llama-4bit" ] || $HOST quantize --model "$WORK/small-llama" --out "$WORK/small-llama-4bit" --bits 4 --group-size 64 >&2
+FAMILY=${FAMILY:-llama}
+MODELS=("small-$FAMILY")
+[ -d "$WORK/small-$FAMILY" ] || $HOST fixture --family "$FAMILY" --preset small --out "$WORK/small-$FAMILY" --seed 0 >&2
+if [ "${FOURBIT:-1}" = 1 ]; then
+  [ -d "$WORK/small-$FAMILY-4bit" ] || $HOST quantize --model "$WORK/small-$FAMILY" --out "$WORK/small-$FAMILY-4bit" --bits 4 --group-size 64 >&2
+  MODELS+=("small-$FAMILY-4bit")
+fi
 
 # A fixed prompt of PROMPT_TOKENS ids (the same ids for both tools; the model's vocabulary is 8192).
 PROMPT=$("$PYTHON" -c "import json; print(json.dumps([(i * 7919 + 13) % 4000 + 20 for i in range($PROMPT_TOKENS)]))")
@@ -30,7 +37,7 @@ field() { "$PYTHON" -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]]
 
 echo "| model | tool | prompt tok/s | decode tok/s | peak memory GB |"
 echo "|---|---|---|---|---|"
-for model in small-llama small-llama-4bit; do
+for model in "${MODELS[@]}"; do
   for tool in host mlx-lm; do
     p=(); d=(); m=()
     for _ in $(seq "$RUNS"); do
