@@ -115,7 +115,9 @@ fn add_adapters(model: &mut CausalLm, targets: &[LoraTarget], settings: &LoraSet
         return Err(LoraError::Targets("the model already has adapters".into()));
     }
     if settings.dora {
-        if let Some(t) = targets.iter().find(|t| t.path.contains(".switch_mlp.")) {
+        // Refused before anything is frozen or added (the switch layer refuses it too).
+        let switches: BTreeSet<String> = model.switches_mut().into_iter().map(|(p, _)| p).collect();
+        if let Some(t) = targets.iter().find(|t| switches.contains(&t.path)) {
             return Err(LoraError::Targets(format!("`{}`: DoRA on experts is not supported (nor in mlx-lm); leave the switch layers out or use LoRA", t.path)));
         }
     }
@@ -191,26 +193,14 @@ pub fn set_dropout_key(model: &mut CausalLm, key: Option<&Array>) -> Result<(), 
 /// float too (mlx-lm's `fuse --dequantize`).
 pub fn fuse(model: &mut CausalLm, dequantize: bool) -> Result<(), mlx_rs::error::Exception> {
     let dtype: Dtype = model.dtype();
-    for (_, s) in model.switches_mut() {
-        s.fuse(dequantize)?;
-    }
-    for (_, linear) in model.linears_mut() {
-        linear.fuse(dequantize)?;
-        if dequantize && linear.quant.is_some() {
-            *linear.weight = linear.dense_weight(dtype)?;
-            *linear.scales = None;
-            *linear.biases = None;
-            linear.quant = None;
+    for (_, mut layer) in model.adaptable_mut() {
+        layer.fuse(dequantize)?;
+        if dequantize {
+            layer.dequantize(dtype)?;
         }
     }
     if dequantize {
-        let embed = &mut model.model.embed_tokens;
-        if let (Some(q), Some(s), Some(b)) = (embed.quant, (*embed.scales).clone(), (*embed.biases).clone()) {
-            *embed.weight = q.dequantize(&embed.weight, &s, &b, dtype)?;
-            *embed.scales = None;
-            *embed.biases = None;
-            embed.quant = None;
-        }
+        model.model.embed_tokens.dequantize(dtype)?;
     }
     model.unfreeze_parameters(true);
     Ok(())

@@ -138,34 +138,22 @@ impl CausalLm {
 
     /// Every linear layer with its module path, in model order (the output projection last).
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            let a = &mut layer.self_attn;
-            for (name, l) in [("q_proj", a.q_proj.as_mut()), ("k_proj", a.k_proj.as_mut()), ("v_proj", a.v_proj.as_mut()), ("qkv_proj", a.qkv_proj.as_mut()), ("o_proj", Some(&mut a.o_proj))] {
-                if let Some(l) = l {
-                    out.push((format!("model.layers.{i}.self_attn.{name}"), l));
-                }
-            }
-            let Some((block, m)) = transformer::ffn_of(&mut layer.mlp, &mut layer.block_sparse_moe) else { continue };
-            for (name, l) in [("gate_proj", m.gate_proj.as_mut()), ("up_proj", m.up_proj.as_mut()), ("gate_up_proj", m.gate_up_proj.as_mut()), ("down_proj", m.down_proj.as_mut()), ("gate", m.gate.as_mut())] {
-                if let Some(l) = l {
-                    out.push((format!("model.layers.{i}.{block}.{name}"), l));
-                }
-            }
-        }
-        if let Some(head) = &mut self.lm_head {
-            out.push(("lm_head".to_owned(), head));
-        }
-        out
+        self.adaptable_mut()
+            .into_iter()
+            .filter_map(|(p, l)| match l {
+                crate::nn::AdaptedLayer::Linear(l) => Some((p, l)),
+                crate::nn::AdaptedLayer::Switch(_) => None,
+            })
+            .collect()
     }
 
-    /// Module paths of every linear layer.
     /// Every layer an adapter can attach to (linear and switch layers), by module path.
     pub fn linear_paths(&mut self) -> Vec<String> {
         self.adaptable_mut().into_iter().map(|(p, _)| p).collect()
     }
 
-    /// The linear layers, then the experts' switch layers: what LoRA adapts.
+    /// Every layer LoRA adapts, in model order: each transformer layer's linear layers, then its experts'
+    /// switch layers; the output projection last.
     pub fn adaptable_mut(&mut self) -> Vec<(String, crate::nn::AdaptedLayer<'_>)> {
         use crate::nn::AdaptedLayer;
         let mut out: Vec<(String, AdaptedLayer<'_>)> = Vec::new();
@@ -197,32 +185,22 @@ impl CausalLm {
 
     /// The experts' projections of the sparse blocks, by module path (`model.layers.N.mlp.switch_mlp.gate_proj`).
     pub fn switches_mut(&mut self) -> Vec<(String, &mut crate::nn::SwitchLinear)> {
-        let mut out = Vec::new();
-        for (i, layer) in self.model.layers.iter_mut().enumerate() {
-            let Some((block, m)) = transformer::ffn_of(&mut layer.mlp, &mut layer.block_sparse_moe) else { continue };
-            if let Some(s) = m.switch_mlp.as_mut() {
-                for (name, l) in [("gate_proj", &mut s.gate_proj), ("up_proj", &mut s.up_proj), ("down_proj", &mut s.down_proj)] {
-                    out.push((format!("model.layers.{i}.{block}.switch_mlp.{name}"), l));
-                }
-            }
-        }
-        out
+        self.adaptable_mut()
+            .into_iter()
+            .filter_map(|(p, l)| match l {
+                crate::nn::AdaptedLayer::Switch(s) => Some((p, s)),
+                crate::nn::AdaptedLayer::Linear(_) => None,
+            })
+            .collect()
     }
 
-    /// Quantizes every linear layer whose input width the group size divides, the embeddings and the output
-    /// projection included (mlx-lm's default). Returns the paths left in float.
+    /// Quantizes every linear and switch layer whose input width the group size divides, the embeddings and
+    /// the output projection included (mlx-lm's default). Returns the paths left in float.
     pub fn quantize(&mut self, quant: Quant) -> Result<Vec<String>, Exception> {
         let mut skipped = Vec::new();
-        for (path, linear) in self.linears_mut() {
-            if quant.fits(linear.in_dims) {
-                linear.quantize(quant)?;
-            } else {
-                skipped.push(path);
-            }
-        }
-        for (path, switch) in self.switches_mut() {
-            if quant.fits(switch.in_dims) {
-                switch.quantize(quant)?;
+        for (path, mut layer) in self.adaptable_mut() {
+            if quant.fits(layer.in_dims()) {
+                layer.quantize(quant)?;
             } else {
                 skipped.push(path);
             }

@@ -444,11 +444,6 @@ impl Layer {
         self.mlp.as_ref().or(self.block_sparse_moe.as_ref()).ok_or_else(|| Exception::custom("layer without a feed-forward block"))
     }
 
-    /// [`Layer::ffn`], mutably, with its checkpoint name.
-    pub fn ffn_mut(&mut self) -> Option<(&'static str, &mut Mlp)> {
-        ffn_of(&mut self.mlp, &mut self.block_sparse_moe)
-    }
-
     pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
         // The multiplier in the activations' dtype, as mlx-lm's Python scalar: bf16 stays bf16.
         let residual = |x: &Array, r: Array| {

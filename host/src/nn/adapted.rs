@@ -3,7 +3,7 @@
 
 use mlx_rs::{error::Exception, Array, Dtype};
 
-use super::{Adapter, AdapterSpec, Linear, SwitchLinear};
+use super::{Adapter, AdapterSpec, Linear, Quant, SwitchLinear};
 
 pub enum AdaptedLayer<'a> {
     Linear(&'a mut Linear),
@@ -44,6 +44,30 @@ impl AdaptedLayer<'_> {
         match self {
             AdaptedLayer::Linear(l) => l.fuse(dequantize),
             AdaptedLayer::Switch(s) => s.fuse(dequantize),
+        }
+    }
+
+    /// Input width: what a quantization group size must divide.
+    pub fn in_dims(&self) -> i32 {
+        match self {
+            AdaptedLayer::Linear(l) => l.in_dims,
+            AdaptedLayer::Switch(s) => s.in_dims,
+        }
+    }
+
+    /// Quantizes a float layer in place (a quantized one is left as is).
+    pub fn quantize(&mut self, q: Quant) -> Result<(), Exception> {
+        match self {
+            AdaptedLayer::Linear(l) => l.quantize(q),
+            AdaptedLayer::Switch(s) => s.quantize(q),
+        }
+    }
+
+    /// Makes a quantized layer float (`dtype`) in place.
+    pub fn dequantize(&mut self, dtype: Dtype) -> Result<(), Exception> {
+        match self {
+            AdaptedLayer::Linear(l) => l.dequantize(dtype),
+            AdaptedLayer::Switch(s) => s.dequantize(dtype),
         }
     }
 

@@ -38,6 +38,11 @@ impl Embedding {
         quant::matmul_t(x, &self.weight, (*self.scales).as_ref(), (*self.biases).as_ref(), self.quant)
     }
 
+    /// Makes quantized embeddings float (`dtype`) in place.
+    pub fn dequantize(&mut self, dtype: Dtype) -> Result<(), Exception> {
+        quant::dequantize_in_place(&mut self.quant, &mut self.weight, &mut self.scales, &mut self.biases, dtype)
+    }
+
     pub fn quantize(&mut self, q: Quant) -> Result<(), Exception> {
         if self.quant.is_none() {
             quant::quantize_in_place(q, &mut self.weight, &mut self.scales, &mut self.biases)?;

@@ -58,6 +58,20 @@ pub struct Adapter {
     pub sampling: Option<(Array, Array)>,
 }
 
+impl Adapter {
+    /// The adapter's input: `x` with this step's dropout applied (kept entries scaled by 1/keep), or `x`.
+    pub(super) fn dropped(&self, x: &Array) -> Result<Array, Exception> {
+        match &self.dropout_key {
+            Some(key) if self.dropout > 0.0 => {
+                let keep = 1.0 - self.dropout;
+                let mask = random::bernoulli(&Array::from_f32(keep), x.shape(), key)?;
+                ops::select(&mask, &x.divide(Array::from_f32(keep))?, &Array::from_f32(0.0).as_dtype(x.dtype())?)
+            }
+            _ => Ok(x.clone()),
+        }
+    }
+}
+
 /// What [`Linear::add_adapter`] creates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdapterSpec {
@@ -104,15 +118,7 @@ impl Linear {
         if let Some((a, b)) = &adapter.sampling {
             return ops::addmm(&y, x.matmul(a)?, b, adapter.scale, 1.0);
         }
-        let x_in = match &adapter.dropout_key {
-            Some(key) if adapter.dropout > 0.0 => {
-                let keep = 1.0 - adapter.dropout;
-                let mask = random::bernoulli(&Array::from_f32(keep), x.shape(), key)?;
-                ops::select(&mask, &x.divide(Array::from_f32(keep))?, &Array::from_f32(0.0).as_dtype(x.dtype())?)?
-            }
-            _ => x.clone(),
-        };
-        let z = x_in.matmul(a)?.matmul(b)?.multiply(Array::from_f32(adapter.scale))?.as_dtype(x.dtype())?;
+        let z = adapter.dropped(x)?.matmul(a)?.matmul(b)?.multiply(Array::from_f32(adapter.scale))?.as_dtype(x.dtype())?;
         let out = y.add(&z)?;
         match &*self.m {
             Some(m) => {
@@ -200,10 +206,12 @@ impl Linear {
 
     /// The float weight, dequantized if needed.
     pub fn dense_weight(&self, dtype: Dtype) -> Result<Array, Exception> {
-        match (&self.quant, &*self.scales, &*self.biases) {
-            (Some(q), Some(s), Some(b)) => q.dequantize(&self.weight, s, b, dtype),
-            _ => self.weight.as_dtype(dtype),
-        }
+        quant::dense(&self.weight, (*self.scales).as_ref(), (*self.biases).as_ref(), self.quant, dtype)
+    }
+
+    /// Makes a quantized layer float (`dtype`) in place.
+    pub fn dequantize(&mut self, dtype: Dtype) -> Result<(), Exception> {
+        quant::dequantize_in_place(&mut self.quant, &mut self.weight, &mut self.scales, &mut self.biases, dtype)
     }
 
     /// Quantizes a float layer in place (an already quantized one is left as is).

@@ -48,19 +48,48 @@ impl Quant {
 pub(super) type Matrix = (Array, Option<Array>, Option<Array>);
 
 pub(super) fn placeholder_matrix(rows: i32, cols: i32, quant: Option<Quant>, dtype: Dtype) -> Result<Matrix, Exception> {
+    placeholder_rows(&[rows], cols, quant, dtype)
+}
+
+/// [`placeholder_matrix`] for rows indexed by `outer` (e.g. [experts, out]), `cols` wide.
+pub(super) fn placeholder_rows(outer: &[i32], cols: i32, quant: Option<Quant>, dtype: Dtype) -> Result<Matrix, Exception> {
     // Lazy zeros: never computed, since a checkpoint replaces them before any evaluation.
-    let zeros = |shape: &[i32], dtype: Dtype| Array::zeros::<f32>(shape).and_then(|a| a.as_dtype(dtype));
+    let zeros = |last: i32, dtype: Dtype| {
+        let shape: Vec<i32> = outer.iter().copied().chain(std::iter::once(last)).collect();
+        Array::zeros::<f32>(&shape).and_then(|a| a.as_dtype(dtype))
+    };
     Ok(match quant {
         Some(q) => {
             let groups = cols / q.group_size;
-            (
-                zeros(&[rows, q.packed_dims(cols)], Dtype::Uint32)?,
-                Some(zeros(&[rows, groups], dtype)?),
-                Some(zeros(&[rows, groups], dtype)?),
-            )
+            (zeros(q.packed_dims(cols), Dtype::Uint32)?, Some(zeros(groups, dtype)?), Some(zeros(groups, dtype)?))
         }
-        None => (zeros(&[rows, cols], dtype)?, None, None),
+        None => (zeros(cols, dtype)?, None, None),
     })
+}
+
+/// The float values of a weight that may be quantized, in `dtype`.
+pub(super) fn dense(weight: &Array, scales: Option<&Array>, biases: Option<&Array>, quant: Option<Quant>, dtype: Dtype) -> Result<Array, Exception> {
+    match (quant, scales, biases) {
+        (Some(q), Some(s), Some(b)) => q.dequantize(weight, s, b, dtype),
+        _ => weight.as_dtype(dtype),
+    }
+}
+
+/// Makes a quantized weight float (`dtype`) in place; a float one is left as is.
+pub(super) fn dequantize_in_place(
+    quant: &mut Option<Quant>,
+    weight: &mut Array,
+    scales: &mut Option<Array>,
+    biases: &mut Option<Array>,
+    dtype: Dtype,
+) -> Result<(), Exception> {
+    if quant.is_some() {
+        *weight = dense(weight, scales.as_ref(), biases.as_ref(), *quant, dtype)?;
+        *scales = None;
+        *biases = None;
+        *quant = None;
+    }
+    Ok(())
 }
 
 /// x Wᵀ for a float or quantized matrix. A single float32 row on the CPU (a decode step) takes mlx-ext's

@@ -38,14 +38,7 @@ pub struct SwitchLinear {
 
 impl SwitchLinear {
     pub fn placeholder(experts: i32, in_dims: i32, out_dims: i32, quant: Option<Quant>, dtype: Dtype) -> Result<Self, Exception> {
-        let zeros = |shape: &[i32], dtype: Dtype| Array::zeros::<f32>(shape).and_then(|a| a.as_dtype(dtype));
-        let (weight, scales, biases) = match quant {
-            Some(q) => {
-                let groups = in_dims / q.group_size;
-                (zeros(&[experts, out_dims, q.packed_dims(in_dims)], Dtype::Uint32)?, Some(zeros(&[experts, out_dims, groups], dtype)?), Some(zeros(&[experts, out_dims, groups], dtype)?))
-            }
-            None => (zeros(&[experts, out_dims, in_dims], dtype)?, None, None),
-        };
+        let (weight, scales, biases) = super::quant::placeholder_rows(&[experts, out_dims], in_dims, quant, dtype)?;
         Ok(SwitchLinear {
             weight: Param::new(weight),
             scales: Param::new(scales),
@@ -68,15 +61,7 @@ impl SwitchLinear {
         };
         match (&self.adapter, &*self.lora_a, &*self.lora_b) {
             (Some(adapter), Some(a), Some(b)) if adapter.enabled => {
-                let x_in = match &adapter.dropout_key {
-                    Some(key) if adapter.dropout > 0.0 => {
-                        let keep = 1.0 - adapter.dropout;
-                        let mask = random::bernoulli(&Array::from_f32(keep), x.shape(), key)?;
-                        ops::select(&mask, &x.divide(Array::from_f32(keep))?, &Array::from_f32(0.0).as_dtype(x.dtype())?)?
-                    }
-                    _ => x.clone(),
-                };
-                let z = ops::gather_mm(&x_in, a.swap_axes(-1, -2)?, None, indices, sorted)?;
+                let z = ops::gather_mm(adapter.dropped(x)?, a.swap_axes(-1, -2)?, None, indices, sorted)?;
                 let z = ops::gather_mm(&z, b.swap_axes(-1, -2)?, None, indices, sorted)?;
                 y.add(z.multiply(Array::from_f32(adapter.scale))?.as_dtype(x.dtype())?)
             }
@@ -100,30 +85,24 @@ impl SwitchLinear {
 
     /// The experts' float weights, [experts, out, in].
     pub fn dense_weight(&self, dtype: Dtype) -> Result<Array, Exception> {
-        match (&self.quant, &*self.scales, &*self.biases) {
-            (Some(q), Some(s), Some(b)) => q.dequantize(&self.weight, s, b, dtype),
-            _ => self.weight.as_dtype(dtype),
-        }
+        super::quant::dense(&self.weight, (*self.scales).as_ref(), (*self.biases).as_ref(), self.quant, dtype)
     }
 
-    /// Merges the adapter into each expert's weight (W + scale · B A, mlx-lm's `LoRASwitchLinear.fuse`);
-    /// a quantized layer is re-quantized with its own settings unless `dequantize`, which also makes an
-    /// unadapted quantized layer float.
+    /// Makes quantized experts float (`dtype`) in place.
+    pub fn dequantize(&mut self, dtype: Dtype) -> Result<(), Exception> {
+        super::quant::dequantize_in_place(&mut self.quant, &mut self.weight, &mut self.scales, &mut self.biases, dtype)
+    }
+
+    /// Merges the adapter into each expert's weight (W + scale · B A, mlx-lm's `LoRASwitchLinear.fuse`); a
+    /// quantized layer is re-quantized with its own settings unless `dequantize`. No adapter afterwards.
     pub fn fuse(&mut self, dequantize: bool) -> Result<(), Exception> {
-        let dtype = (*self.scales).as_ref().map_or_else(|| self.weight.dtype(), |s| s.dtype());
-        let quant = self.quant;
-        let update = match (self.adapter.take(), (*self.lora_a).clone(), (*self.lora_b).clone()) {
-            (Some(adapter), Some(a), Some(b)) => Some(b.multiply(Array::from_f32(adapter.scale))?.matmul(&a)?),
-            _ => None,
-        };
-        if update.is_none() && !(dequantize && quant.is_some()) {
+        let (Some(adapter), Some(a), Some(b)) = (self.adapter.take(), (*self.lora_a).clone(), (*self.lora_b).clone()) else {
             return Ok(());
-        }
-        let mut w = self.dense_weight(dtype)?;
-        if let Some(u) = update {
-            w = w.add(u.as_dtype(dtype)?)?;
-        }
-        *self.weight = w;
+        };
+        let dtype = (*self.scales).as_ref().map_or_else(|| self.weight.dtype(), |s| s.dtype());
+        let update = b.multiply(Array::from_f32(adapter.scale))?.matmul(&a)?;
+        let quant = self.quant;
+        *self.weight = self.dense_weight(dtype)?.add(update.as_dtype(dtype)?)?;
         *self.scales = None;
         *self.biases = None;
         *self.lora_a = None;
@@ -138,15 +117,10 @@ impl SwitchLinear {
     /// Quantizes a float layer in place, each expert's rows in groups along the input (mlx-lm's
     /// `SwitchLinear.to_quantized`); scales and biases keep the weight's dtype.
     pub fn quantize(&mut self, q: Quant) -> Result<(), Exception> {
-        if self.quant.is_some() {
-            return Ok(());
+        if self.quant.is_none() {
+            super::quant::quantize_in_place(q, &mut self.weight, &mut self.scales, &mut self.biases)?;
+            self.quant = Some(q);
         }
-        let dtype = self.weight.dtype();
-        let (w, s, b) = q.quantize(&self.weight)?;
-        *self.weight = w;
-        *self.scales = Some(s.as_dtype(dtype)?);
-        *self.biases = Some(b.as_dtype(dtype)?);
-        self.quant = Some(q);
         Ok(())
     }
 }
