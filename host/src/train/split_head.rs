@@ -23,7 +23,7 @@ use sdk::Loss;
 
 use super::{
     inputs::{loss_inputs, Needs},
-    step::{head_logps, TrainState},
+    step::{head_logps, MicroArgs, TrainState},
 };
 use crate::{lora, model::CausalLm};
 
@@ -50,16 +50,7 @@ pub fn micro_split(
     chunk: usize,
 ) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
     move |(model, (_, (_, (grads, rng)))), args| {
-        if args.len() < 4 {
-            return Err(Exception::custom("micro step takes inputs, targets, mask, weight and the loss's inputs"));
-        }
-        let weight = &args[3];
-        let view: Vec<Array> = args[..3].iter().chain(&args[4..]).cloned().collect();
-        if dropout {
-            let key = rng.next_key()?;
-            lora::set_dropout_key(model, Some(&key))?;
-        }
-        let loss_key = if needs.rng { Some(rng.next_key()?) } else { None };
+        let MicroArgs { weight, view, loss_key } = MicroArgs::take(args, needs, dropout, model, rng)?;
 
         // (1) Hidden states, without a gradient graph.
         let hidden = mlx_rs::stop_gradient(&model.model.forward(&view[0], None)?)?;
@@ -75,10 +66,7 @@ pub fn micro_split(
         let (mut logps, mut entropies) = (Vec::new(), Vec::new());
         for &(start, end) in &chunks {
             let (lp, ent) = head_logps(model, &flat.index((.., start..end, ..)), &targets.index((.., start..end)), entropy)?;
-            lp.eval()?;
-            if let Some(e) = &ent {
-                e.eval()?;
-            }
+            mlx_rs::transforms::eval(std::iter::once(&lp).chain(&ent))?;
             logps.push(lp);
             entropies.extend(ent);
         }
@@ -110,10 +98,12 @@ pub fn micro_split(
         let head_params = head_parameters(model);
         let mut head_grads: Vec<Option<Array>> = vec![None; head_params.len()];
         let mut dh = Vec::with_capacity(chunks.len());
+        // One copy of the model whose head parameters each chunk's product takes as inputs.
+        let names: Vec<Rc<str>> = head_params.iter().map(|(k, _)| k.clone()).collect();
+        let mut head: CausalLm = model.clone();
         for &(start, end) in &chunks {
             let chunk_targets = targets.index((.., start..end));
-            let (mut head, names): (CausalLm, Vec<Rc<str>>) = (model.clone(), head_params.iter().map(|(k, _)| k.clone()).collect());
-            let f = move |a: &[Array]| -> Result<Vec<Array>, Exception> {
+            let f = |a: &[Array]| -> Result<Vec<Array>, Exception> {
                 head.update_flattened(names.iter().cloned().zip(a[1..].iter().cloned()).collect());
                 Ok(vec![head_logps(&head, &a[0], &chunk_targets, false)?.0])
             };
@@ -127,10 +117,7 @@ pub fn micro_split(
                     None => g,
                 });
             }
-            d.eval()?;
-            for g in head_grads.iter().flatten() {
-                g.eval()?;
-            }
+            mlx_rs::transforms::eval(std::iter::once(&d).chain(head_grads.iter().flatten()))?;
             dh.push(d);
         }
         let dh = mlx_rs::stop_gradient(&ops::concatenate(&dh, 1)?.reshape(&[b, t, h])?)?;
@@ -153,7 +140,7 @@ pub fn micro_split(
                 body_grads.insert(name.clone(), total);
             }
         }
-        grads.accumulate(&body_grads, weight)?;
+        grads.accumulate(&body_grads, &weight)?;
         if dropout {
             lora::set_dropout_key(model, None)?;
         }

@@ -169,16 +169,8 @@ pub fn micro(
     metric_names: Rc<RefCell<Vec<String>>>,
 ) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
     move |(model, (_, (_, (grads, rng)))), args| {
-        if args.len() < 4 {
-            return Err(Exception::custom("micro step takes inputs, targets, mask, weight and the loss's inputs"));
-        }
-        let weight = &args[3];
-        let view: Vec<Array> = args[..3].iter().chain(&args[4..]).cloned().collect();
-        if dropout {
-            let key = rng.next_key()?;
-            lora::set_dropout_key(model, Some(&key))?;
-        }
-        let loss_key = if needs.rng { Some(rng.next_key()?) } else { None };
+        let MicroArgs { weight, view, loss_key } = MicroArgs::take(args, needs, dropout, model, rng)?;
+        let weight = &weight;
         let loss = loss.clone();
         let names = metric_names.clone();
         let f = move |m: &mut CausalLm, view: &[Array]| -> Result<Vec<Array>, Exception> {
@@ -205,6 +197,29 @@ pub fn micro(
             lora::set_dropout_key(model, None)?;
         }
         Ok(values)
+    }
+}
+
+/// A micro-step's arguments taken apart: its weight, the rest (`view`: inputs, targets, mask, the loss's
+/// inputs), and this step's PRNG draws (the dropout key is set on the model's adapters; the loss's key kept).
+pub(super) struct MicroArgs {
+    pub weight: Array,
+    pub view: Vec<Array>,
+    pub loss_key: Option<Array>,
+}
+
+impl MicroArgs {
+    pub fn take(args: &[Array], needs: Needs, dropout: bool, model: &mut CausalLm, rng: &mut RandomState) -> Result<MicroArgs, Exception> {
+        if args.len() < 4 {
+            return Err(Exception::custom("micro step takes inputs, targets, mask, weight and the loss's inputs"));
+        }
+        let view: Vec<Array> = args[..3].iter().chain(&args[4..]).cloned().collect();
+        if dropout {
+            let key = rng.next_key()?;
+            lora::set_dropout_key(model, Some(&key))?;
+        }
+        let loss_key = if needs.rng { Some(rng.next_key()?) } else { None };
+        Ok(MicroArgs { weight: args[3].clone(), view, loss_key })
     }
 }
 

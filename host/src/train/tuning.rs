@@ -41,8 +41,9 @@ impl FullTuning {
     /// Makes every weight of the last `last_n_layers` layers trainable (all of the model's weights when
     /// `None`) and freezes the rest. A quantized model cannot be trained this way.
     pub fn apply(loaded: &mut LoadedModel, last_n_layers: Option<usize>) -> Result<FullTuning, TrainError> {
+        // Loading records every quantized layer in the plan (a checkpoint's own, or quantized on load).
         let model = &mut loaded.model;
-        if loaded.quantization.is_some() || model.linears_mut().iter().any(|(_, l)| l.quant.is_some()) {
+        if loaded.quantization.is_some() {
             return Err(TrainError::Config(format!(
                 "{}: the model is quantized; full fine-tuning trains float weights (load a float checkpoint, or train adapters on this one with mode = \"lora\")",
                 loaded.dir.display()
@@ -99,14 +100,6 @@ impl Tuning {
         match self {
             Tuning::Lora(summary) => summary.targets.iter().filter_map(|p| lora::layer_index(p)).min().unwrap_or(0),
             Tuning::Full(f) => f.first_layer,
-        }
-    }
-
-    /// Trainable parameters.
-    pub fn trainable(&self) -> usize {
-        match self {
-            Tuning::Lora(summary) => summary.trainable,
-            Tuning::Full(f) => f.trainable,
         }
     }
 
