@@ -70,6 +70,7 @@ pub struct Converted {
     pub reader: &'static str,
     /// Tensor counts by ggml type.
     pub types: BTreeMap<String, usize>,
+    /// Tensors decoded from block types (k-quants, Q5_0/Q5_1) that stay float in the output.
     pub dequantized: usize,
 }
 
@@ -207,19 +208,19 @@ pub fn convert(file: &Path, out: &Path, options: &ConvertOptions) -> Result<Conv
         write_json(staging.join("generation_config.json"), &json!({"bos_token_id": tok.bos, "eos_token_id": eos}))?;
     }
     let mut loaded = model::load(&staging, &LoadOptions { dtype: Some(dtype), quantize: None })?;
-    let mut dequantized = gguf.tensors.iter().filter(|t| t.kind.block().0 > 1 && t.kind.affine_bits().is_none()).count();
-    if let Some(q) = options.quantize {
-        for (_, linear) in loaded.model.linears_mut() {
-            if linear.quant.is_none() && q.fits(linear.in_dims) {
-                linear.quantize(q)?;
-            }
-        }
-        let embed = &mut loaded.model.model.embed_tokens;
-        if embed.quant.is_none() && q.fits(embed.dims) {
-            embed.quantize(q)?;
-        }
-        dequantized = 0;
-    }
+    // Tensors stored in a block type MLX has no form for, decoded to float: they stay float unless re-quantized
+    // (layers already quantized, the repacked Q4_0/Q4_1/Q8_0 ones, keep their own settings).
+    let decoded: Vec<String> = gguf
+        .tensors
+        .iter()
+        .filter(|t| t.kind.block().0 > 1 && t.kind.affine_bits().is_none())
+        .filter_map(|t| arch::hf_name(&arch.name, &t.name)?.strip_suffix(".weight").map(str::to_owned))
+        .collect();
+    let left_float: Vec<String> = match options.quantize {
+        Some(q) => loaded.model.quantize(q)?,
+        None => decoded.clone(),
+    };
+    let dequantized = decoded.iter().filter(|m| left_float.contains(m)).count();
     loaded.quantization = plan_of(&mut loaded.model);
     model::save(&loaded, out)?;
     std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
