@@ -6,8 +6,14 @@ use serde_json::{json, Map, Value as Json};
 
 use super::{container::Gguf, GgufError};
 
-/// The architectures converted, by `general.architecture`.
-pub const SUPPORTED: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+/// The architectures converted: `general.architecture`, the Hugging Face `model_type` and class it becomes,
+/// and the config key of its activation.
+const SUPPORTED: &[(&str, &str, &str, (&str, &str))] = &[
+    ("llama", "llama", "LlamaForCausalLM", ("hidden_act", "silu")),
+    ("qwen2", "qwen2", "Qwen2ForCausalLM", ("hidden_act", "silu")),
+    ("qwen3", "qwen3", "Qwen3ForCausalLM", ("hidden_act", "silu")),
+    ("gemma3", "gemma3_text", "Gemma3ForCausalLM", ("hidden_activation", "gelu_pytorch_tanh")),
+];
 
 pub struct Arch {
     pub name: String,
@@ -84,12 +90,10 @@ pub fn hf_name(arch: &str, name: &str) -> Option<String> {
 /// `config.json` for the file's architecture. Keys that change the math and are not converted are errors.
 pub fn config(gguf: &Gguf, vocab_size: usize, bos: Option<u64>, eos: Option<u64>, rope_freqs: Option<&[f32]>) -> Result<Arch, GgufError> {
     let name = gguf.get("general.architecture").and_then(|v| v.as_str()).ok_or_else(|| bad(gguf, "no general.architecture".into()))?.to_owned();
-    if !SUPPORTED.contains(&name.as_str()) {
-        return Err(GgufError::Unsupported {
-            path: gguf.path.clone(),
-            message: format!("architecture `{name}`; converted: {}", SUPPORTED.join(", ")),
-        });
-    }
+    let Some(&(_, model_type, class, (act_key, act))) = SUPPORTED.iter().find(|(a, ..)| *a == name) else {
+        let names: Vec<&str> = SUPPORTED.iter().map(|(a, ..)| *a).collect();
+        return Err(GgufError::Unsupported { path: gguf.path.clone(), message: format!("architecture `{name}`; converted: {}", names.join(", ")) });
+    };
     let key = |k: &str| format!("{name}.{k}");
     let int = |k: &str| -> Result<Option<u64>, GgufError> {
         match gguf.get(&key(k)) {
@@ -164,41 +168,23 @@ pub fn config(gguf: &Gguf, vocab_size: usize, bos: Option<u64>, eos: Option<u64>
             }
         }
     }
-    match name.as_str() {
-        "llama" => {
-            c.insert("model_type".into(), json!("llama"));
-            c.insert("architectures".into(), json!(["LlamaForCausalLM"]));
-            c.insert("hidden_act".into(), json!("silu"));
-        }
-        "qwen2" => {
-            c.insert("model_type".into(), json!("qwen2"));
-            c.insert("architectures".into(), json!(["Qwen2ForCausalLM"]));
-            c.insert("hidden_act".into(), json!("silu"));
-        }
-        "qwen3" => {
-            c.insert("model_type".into(), json!("qwen3"));
-            c.insert("architectures".into(), json!(["Qwen3ForCausalLM"]));
-            c.insert("hidden_act".into(), json!("silu"));
-        }
-        "gemma3" => {
-            c.insert("model_type".into(), json!("gemma3_text"));
-            c.insert("architectures".into(), json!(["Gemma3ForCausalLM"]));
-            c.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
-            // llama.cpp scales queries by 1/sqrt(key_length) for Gemma 3 and keeps the local layers' RoPE base at
-            // 10,000, as the released checkpoints do, without storing either; every sixth layer is global
-            // unless the file stores the pattern.
-            c.insert("query_pre_attn_scalar".into(), json!(head_dim));
-            c.insert("rope_local_base_freq".into(), json!(10_000.0));
-            c.insert("sliding_window_pattern".into(), json!(sliding_pattern(gguf, &key("attention.sliding_window_pattern"), layers)?));
-            let window = int("attention.sliding_window")?.ok_or_else(|| bad(gguf, format!("missing {}", key("attention.sliding_window"))))?;
-            c.insert("sliding_window".into(), json!(window));
-            for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
-                if float(k).is_some() {
-                    return Err(GgufError::Unsupported { path: gguf.path.clone(), message: format!("{} for gemma3", key(k)) });
-                }
+    c.insert("model_type".into(), json!(model_type));
+    c.insert("architectures".into(), json!([class]));
+    c.insert(act_key.into(), json!(act));
+    if name == "gemma3" {
+        // llama.cpp scales queries by 1/sqrt(key_length) for Gemma 3 and keeps the local layers' RoPE base at
+        // 10,000, as the released checkpoints do, without storing either; every sixth layer is global
+        // unless the file stores the pattern.
+        c.insert("query_pre_attn_scalar".into(), json!(head_dim));
+        c.insert("rope_local_base_freq".into(), json!(10_000.0));
+        c.insert("sliding_window_pattern".into(), json!(sliding_pattern(gguf, &key("attention.sliding_window_pattern"), layers)?));
+        let window = int("attention.sliding_window")?.ok_or_else(|| bad(gguf, format!("missing {}", key("attention.sliding_window"))))?;
+        c.insert("sliding_window".into(), json!(window));
+        for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if float(k).is_some() {
+                return Err(GgufError::Unsupported { path: gguf.path.clone(), message: format!("{} for gemma3", key(k)) });
             }
         }
-        _ => unreachable!("checked against SUPPORTED"),
     }
     Ok(Arch { name, config: c, heads: heads as usize, kv_heads: kv_heads as usize })
 }
