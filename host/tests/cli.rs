@@ -141,3 +141,26 @@ fn the_shipped_training_configs_run() {
         assert_eq!(out.join("rewards.png").is_file(), !name.ends_with("sft"), "{name}: preference losses plot their rewards");
     }
 }
+
+#[test]
+fn quantize_writes_each_mode_and_refuses_what_no_mode_packs() {
+    let dir = std::env::temp_dir().join(format!("host-cli-{}-quantize", std::process::id()));
+    host::fixture::write(&dir.join("float"), host::fixture::Family::Qwen2, host::fixture::Preset::Tiny, 5).unwrap();
+    let model = dir.join("float");
+    let out = dir.join("nvfp4");
+    let (ok, stdout, stderr) = host(&["quantize", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--mode", "nvfp4"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("nvfp4 4-bit, group size 16"), "{stdout}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization"], serde_json::json!({"group_size": 16, "bits": 4, "mode": "nvfp4"}));
+    let q = host::model::load(&out, &Default::default()).unwrap();
+    let layer = q.model.model.layers[0].self_attn.q_proj.as_ref().unwrap();
+    assert_eq!(layer.quant.map(|q| q.mode), Some(host::nn::QuantMode::Nvfp4));
+    // An unknown mode, and a group size the mode does not use, fail before anything is written.
+    let (ok, _, stderr) = host(&["quantize", "--model", model.to_str().unwrap(), "--out", dir.join("x").to_str().unwrap(), "--mode", "int4"]);
+    assert!(!ok && stderr.contains("unknown quantization mode `int4`"), "{stderr}");
+    let (ok, _, stderr) =
+        host(&["quantize", "--model", model.to_str().unwrap(), "--out", dir.join("y").to_str().unwrap(), "--mode", "mxfp8", "--group-size", "64"]);
+    assert!(!ok && stderr.contains("mxfp8 packs 8 bits in groups of 32"), "{stderr}");
+    assert!(!dir.join("x").exists() && !dir.join("y").exists());
+}

@@ -15,7 +15,7 @@ use host::{
 };
 use mlx_rs::{Array, Dtype};
 
-const FAMILIES: [Family; 8] = [Family::Smollm3, Family::Olmo2, Family::Granite, Family::Gemma3Text, Family::Gemma2, Family::Phi3, Family::Qwen3Moe, Family::Mixtral];
+const FAMILIES: [Family; 9] = [Family::Smollm3, Family::Olmo2, Family::Granite, Family::Gemma3Text, Family::Gemma2, Family::Phi3, Family::Qwen3Moe, Family::Mixtral, Family::GptOss];
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("host-families-{}-{name}", std::process::id()));
@@ -182,7 +182,7 @@ fn a_multimodal_gemma3_checkpoint_loads_its_language_model_and_saves_as_gemma3_t
     assert_eq!(multimodal.args.model_type, "gemma3_text");
     assert_eq!(logits(&multimodal.model), logits(&text.model));
     // Saved (here quantized on load), it is a text-only gemma3_text directory.
-    let q = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant { bits: 8, group_size: 32 }) };
+    let q = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant::affine(8, 32)) };
     model::save(&model::load(&dir.join("multimodal"), &q).unwrap(), &dir.join("saved")).unwrap();
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("saved/config.json")).unwrap()).unwrap();
     assert_eq!(config["model_type"], "gemma3_text");
@@ -230,7 +230,7 @@ fn fuse_and_quantize_round_trip_for_every_family() {
         model::save(&loaded, &dir.join("fused")).unwrap();
         let reloaded = model::load(&dir.join("fused"), &f32_options).unwrap();
         assert_eq!(logits(&reloaded.model), fused, "{family:?}: the saved fused model");
-        let q = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant { bits: 4, group_size: 32 }) };
+        let q = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant::affine(4, 32)) };
         let quantized = model::load(&dir.join("model"), &q).unwrap();
         model::save(&quantized, &dir.join("q4")).unwrap();
         assert_eq!(logits(&model::load(&dir.join("q4"), &f32_options).unwrap().model), logits(&quantized.model), "{family:?}: 4-bit");
@@ -271,7 +271,7 @@ fn quantized_experts_compute_with_their_dequantized_weights() {
     fixture::write(&dir, Family::Qwen3Moe, Preset::Tiny, 3).unwrap();
     let f32_options = LoadOptions { dtype: Some(Dtype::Float32), quantize: None };
     let float = model::load(&dir, &f32_options).unwrap().model;
-    let q = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant { bits: 4, group_size: 32 }) };
+    let q = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant::affine(4, 32)) };
     let mut quantized = model::load(&dir, &q).unwrap().model;
     // QLoRA: adapters on the quantized experts too (B nonzero so they act), kept through dequantization.
     let mapper = Registry::builtin().unwrap().lora_target_mapper("all_linear", &toml::Table::new()).unwrap();
@@ -287,7 +287,7 @@ fn quantized_experts_compute_with_their_dequantized_weights() {
     assert!(switches.iter().any(|(_, s)| s.quant.is_some()), "experts are quantized");
     for (_, s) in switches {
         if let (Some(qu), Some(sc), Some(bi)) = (s.quant, (*s.scales).clone(), (*s.biases).clone()) {
-            *s.weight = qu.dequantize(&s.weight, &sc, &bi, Dtype::Float32).unwrap();
+            *s.weight = qu.dequantize(&s.weight, &sc, Some(&bi), Dtype::Float32).unwrap();
             *s.scales = None;
             *s.biases = None;
             s.quant = None;
@@ -296,7 +296,7 @@ fn quantized_experts_compute_with_their_dequantized_weights() {
     // Dequantize only the base weights of the linear layers, adapters kept.
     for (_, l) in dequantized.linears_mut() {
         if let (Some(qu), Some(sc), Some(bi)) = (l.quant, (*l.scales).clone(), (*l.biases).clone()) {
-            *l.weight = qu.dequantize(&l.weight, &sc, &bi, Dtype::Float32).unwrap();
+            *l.weight = qu.dequantize(&l.weight, &sc, Some(&bi), Dtype::Float32).unwrap();
             *l.scales = None;
             *l.biases = None;
             l.quant = None;
@@ -317,4 +317,163 @@ fn quantized_experts_compute_with_their_dequantized_weights() {
         // 0.104 of 0.514): a loose bound, which a model computing something else (|Δ| ≈ 2× peak) still fails.
         assert!(max_diff(&a, &f) <= 0.4 * scale, "{len} tokens: quantized vs float {} of {scale}", max_diff(&a, &f));
     }
+}
+
+/// OpenAI's gpt-oss layout (experts in MXFP4 as `gate_up_proj_blocks` [E, 2I, H/32, 16] uint8 with gate and
+/// up rows alternating, `_scales`, `_bias`; `quantization_config.quant_method = "mxfp4"`; the rest float)
+/// loads to exactly the model whose experts were packed here; and transformers' float layout
+/// (`gate_up_proj` [E, H, 2I] used as x·W) loads to the float model.
+#[test]
+fn gpt_oss_loads_openai_mxfp4_and_transformers_float_experts() {
+    use host::nn::{Quant, QuantMode};
+    use mlx_rs::ops;
+    let dir = temp("gpt-oss-layouts");
+    fixture::write(&dir.join("mlx"), Family::GptOss, Preset::Tiny, 21).unwrap();
+    let f32_options = LoadOptions { dtype: Some(Dtype::Float32), quantize: None };
+    let ids = Array::from_slice(&[5i32, 17, 99, 200, 33, 41, 7, 300, 2, 8, 9, 10], &[1, 12]);
+    let logits = |m: &model::CausalLm| m.forward(&ids, None).unwrap().as_slice::<f32>().to_vec();
+    let mut packed = model::load(&dir.join("mlx"), &f32_options).unwrap();
+    let float_logits = logits(&packed.model);
+    let mxfp4 = Quant::checked(4, 32, QuantMode::Mxfp4, "test").unwrap();
+    for (_, s) in packed.model.switches_mut() {
+        s.quantize(mxfp4).unwrap();
+    }
+    let want = logits(&packed.model);
+    // The experts' 4-bit rounding moves the logits, but not beyond what MXFP4 does to small weights.
+    let moved = want.iter().zip(&float_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(moved > 0.0 && moved < 0.05, "{moved}");
+
+    let interleave = |gate: &Array, up: &Array, axis: i32| {
+        // [.., n, ..] twice → [.., 2n, ..] with gate rows at even indices.
+        let both = ops::stack(&[gate, up], axis).unwrap();
+        let mut shape = gate.shape().to_vec();
+        let a = (shape.len() as i32 + axis) as usize;
+        shape[a] *= 2;
+        both.reshape(&shape).unwrap()
+    };
+    let config = |quant: Option<serde_json::Value>| {
+        let mut c: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("mlx/config.json")).unwrap()).unwrap();
+        if let Some(q) = quant {
+            c.insert("quantization_config".into(), q);
+        }
+        serde_json::Value::Object(c).to_string()
+    };
+    for layout in ["openai", "transformers"] {
+        let out = dir.join(layout);
+        std::fs::create_dir_all(&out).unwrap();
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(dir.join("mlx").join(f), out.join(f)).unwrap();
+        }
+        let mut tensors: Vec<(String, Array)> = Vec::new();
+        let source = if layout == "openai" { &mut packed.model } else { &mut model::load(&dir.join("mlx"), &f32_options).unwrap().model };
+        let params: std::collections::HashMap<String, Array> =
+            mlx_rs::module::ModuleParameters::parameters(source).flatten().into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        for (name, v) in &params {
+            if !name.contains(".mlp.experts.") {
+                tensors.push((name.clone(), v.clone()));
+            }
+        }
+        for l in 0..2 {
+            let p = |proj: &str, kind: &str| params[&format!("model.layers.{l}.mlp.experts.{proj}.{kind}")].clone();
+            let head = format!("model.layers.{l}.mlp.experts");
+            let bias = interleave(&p("gate_proj", "bias"), &p("up_proj", "bias"), -1);
+            tensors.push((format!("{head}.gate_up_proj_bias"), bias));
+            tensors.push((format!("{head}.down_proj_bias"), p("down_proj", "bias")));
+            if layout == "openai" {
+                let blocks = |w: Array| {
+                    let s = w.shape().to_vec();
+                    w.view::<u8>().unwrap().reshape(&[s[0], s[1], s[2] * 4 / 16, 16]).unwrap()
+                };
+                tensors.push((format!("{head}.gate_up_proj_blocks"), blocks(interleave(&p("gate_proj", "weight"), &p("up_proj", "weight"), -2))));
+                tensors.push((format!("{head}.gate_up_proj_scales"), interleave(&p("gate_proj", "scales"), &p("up_proj", "scales"), -2)));
+                tensors.push((format!("{head}.down_proj_blocks"), blocks(p("down_proj", "weight"))));
+                tensors.push((format!("{head}.down_proj_scales"), p("down_proj", "scales")));
+            } else {
+                let gate_up = interleave(&p("gate_proj", "weight"), &p("up_proj", "weight"), -2).swap_axes(1, 2).unwrap();
+                tensors.push((format!("{head}.gate_up_proj"), gate_up));
+                tensors.push((format!("{head}.down_proj"), p("down_proj", "weight").swap_axes(1, 2).unwrap()));
+            }
+        }
+        let quant = (layout == "openai").then(|| serde_json::json!({"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}));
+        std::fs::write(out.join("config.json"), config(quant)).unwrap();
+        let contiguous: Vec<(String, Array)> = tensors.into_iter().map(|(k, v)| (k, v.contiguous().unwrap())).collect();
+        Array::save_safetensors(contiguous.iter().map(|(k, v)| (k.as_str(), v)).collect::<std::collections::HashMap<_, _>>(), None, out.join("model.safetensors")).unwrap();
+        let loaded = model::load(&out, &f32_options).unwrap();
+        if layout == "openai" {
+            assert_eq!(logits(&loaded.model), want, "{layout} layout: the same packed bits");
+        } else {
+            // The transposed copy is a strided view of other memory: the matmul may sum in another order.
+            let diff = logits(&loaded.model).iter().zip(&float_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{layout} layout: {diff}");
+        }
+        if layout == "openai" {
+            let experts = loaded.model.model.layers[1].mlp.as_ref().and_then(|m| m.experts.as_ref()).unwrap();
+            assert_eq!(experts.down_proj.quant, Some(mxfp4));
+            assert_eq!(loaded.model.model.layers[1].self_attn.o_proj.quant, None);
+            // Saved, it is mlx-lm's layout with the experts' mode recorded per module.
+            model::save(&loaded, &dir.join("resaved")).unwrap();
+            assert_eq!(&logits(&model::load(&dir.join("resaved"), &f32_options).unwrap().model), &want);
+        }
+    }
+}
+
+/// Each MLX quantization mode: `[model] quantize`-style loading packs the layers in that mode (scales as 8-bit
+/// codes, no biases), the saved model reloads to the same logits with `mode` in config.json, and a fuse on
+/// that base re-quantizes in the base's own mode and is verified to carry the adapters' effect.
+#[test]
+fn every_quantization_mode_round_trips_and_fuses_in_its_own_format() {
+    use host::nn::{Quant, QuantMode};
+    let registry = Registry::builtin().unwrap();
+    let dir = temp("modes");
+    fixture::write(&dir.join("float"), Family::Qwen3Moe, Preset::Tiny, 5).unwrap();
+    let f32_options = LoadOptions { dtype: Some(Dtype::Float32), quantize: None };
+    let ids = Array::from_slice(&[5i32, 17, 99, 200, 33, 41, 7], &[1, 7]);
+    let logits = |m: &model::CausalLm| m.forward(&ids, None).unwrap().as_slice::<f32>().to_vec();
+    for mode in [QuantMode::Mxfp4, QuantMode::Nvfp4, QuantMode::Mxfp8, QuantMode::Affine] {
+        // Affine in groups of 32: the experts' width (32) takes no larger group.
+        let (bits, group) = if mode == QuantMode::Affine { (4, 32) } else { mode.defaults() };
+        let quant = Quant::checked(bits, group, mode, "test").unwrap();
+        let base = dir.join(mode.name());
+        let q = model::load(&dir.join("float"), &LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(quant) }).unwrap();
+        let down = q.model.model.layers[1].mlp.as_ref().and_then(|m| m.switch_mlp.as_ref()).unwrap();
+        assert_eq!(down.down_proj.quant, Some(quant), "{mode:?}");
+        assert_eq!((*down.down_proj.biases).is_some(), mode == QuantMode::Affine, "{mode:?}");
+        let scales = (*down.down_proj.scales).as_ref().unwrap().dtype();
+        assert_eq!(scales == Dtype::Uint8, mode != QuantMode::Affine, "{mode:?}: scales {scales:?}");
+        // The router keeps mlx-lm's 8-bit affine override.
+        assert_eq!(q.model.model.layers[1].mlp.as_ref().and_then(|m| m.gate.as_ref()).unwrap().quant, Some(Quant::affine(8, 64)));
+        model::save(&q, &base).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["quantization"]["mode"], mode.name());
+        assert_eq!(config["quantization"]["model.layers.1.mlp.gate"]["bits"], 8);
+        assert_eq!(logits(&model::load(&base, &f32_options).unwrap().model), logits(&q.model), "{mode:?}: reloaded");
+
+        // Adapters with a visible effect, fused onto this base.
+        let mut m = model::load(&base, &f32_options).unwrap();
+        let mapper = registry.lora_target_mapper("all_linear", &sdk::toml::Table::new()).unwrap();
+        let settings = lora::LoraSettings { rank: 4, scale: 2.0, dropout: 0.0, dora: false, last_n_layers: None };
+        lora::apply(&mut m.model, &*mapper, &settings, 3).unwrap();
+        for (i, (_, l)) in m.model.adaptable_mut().into_iter().enumerate() {
+            let b = match l {
+                host::nn::AdaptedLayer::Linear(l) => &mut *l.lora_b,
+                host::nn::AdaptedLayer::Switch(s) => &mut *s.lora_b,
+            };
+            if let Some(b) = b {
+                let key = mlx_rs::random::key(i as u64).unwrap();
+                *b = mlx_rs::random::normal::<f32>(b.shape(), None, None, &key).unwrap().multiply(Array::from_f32(0.05)).unwrap();
+            }
+        }
+        lora::save_adapters(&mut m.model, &dir.join(format!("{}-adapters", mode.name())), &serde_json::Map::new()).unwrap();
+        let fused_dir = dir.join(format!("{}-fused", mode.name()));
+        lora::fuse_verified(&base, &dir.join(format!("{}-adapters", mode.name())), &fused_dir, false).unwrap();
+        let fused = model::load(&fused_dir, &f32_options).unwrap();
+        let experts = fused.model.model.layers[1].mlp.as_ref().and_then(|m| m.switch_mlp.as_ref()).unwrap();
+        assert_eq!(experts.up_proj.quant, Some(quant), "{mode:?}: the fused experts keep the base's format");
+        assert_eq!(fused.model.model.layers[0].self_attn.q_proj.as_ref().unwrap().quant, Some(quant), "{mode:?}");
+    }
+    // Settings no mode packs are refused, naming the setting.
+    let err = Quant::checked(4, 64, QuantMode::Mxfp4, "quantize").unwrap_err();
+    assert!(err.contains("mxfp4 packs 4 bits in groups of 32"), "{err}");
+    assert!(QuantMode::parse("int4", "--mode").unwrap_err().contains("unknown quantization mode `int4`"));
 }

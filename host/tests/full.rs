@@ -304,7 +304,7 @@ fn full_mode_settings_that_cannot_work_are_refused_by_name() {
 
     // A quantized checkpoint is refused when it loads.
     let q = dir.join("q");
-    let loaded = model::load(&dir.join("model"), &LoadOptions { dtype: None, quantize: Some(host::nn::Quant { bits: 4, group_size: 32 }) }).unwrap();
+    let loaded = model::load(&dir.join("model"), &LoadOptions { dtype: None, quantize: Some(host::nn::Quant::affine(4, 32)) }).unwrap();
     model::save(&loaded, &q).unwrap();
     let path = sft_config(&dir, "qdir", "", "mode = \"full\"", adam);
     let (cfg, registry) = load(&path, &[&format!("model.path={:?}", q.display().to_string())]);

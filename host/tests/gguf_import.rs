@@ -146,11 +146,11 @@ fn k_quants_are_dequantized_and_our_reader_repacks_what_mlx_reads() {
     let mixed = dir.join("mixed.gguf");
     fixture::write(&dir.join("demo"), Family::Llama, Preset::Demo, 3).unwrap();
     python("gguf_write.py", &["model", dir.join("demo").to_str().unwrap(), mixed.to_str().unwrap(), "llama", "mixed", dir.join("demo-ref").to_str().unwrap()]);
-    let q = ConvertOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant { bits: 8, group_size: 64 }), own_reader: false };
+    let q = ConvertOptions { dtype: Some(Dtype::Float32), quantize: Some(host::nn::Quant::affine(8, 64)), own_reader: false };
     let done = gguf::convert(&mixed, &dir.join("requantized"), &q).unwrap();
     assert_eq!(done.dequantized, 0);
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("requantized/config.json")).unwrap()).unwrap();
-    assert_eq!(config["quantization"]["model.layers.0.mlp.down_proj"], serde_json::json!({"group_size": 64, "bits": 8}), "{}", config["quantization"]);
+    assert_eq!(config["quantization"]["model.layers.0.mlp.down_proj"], serde_json::json!({"group_size": 64, "bits": 8, "mode": "affine"}), "{}", config["quantization"]);
     let (d, scale) = diff(&logits(&dir.join("requantized")), &logits(&dir.join("demo-ref")));
     assert!(d <= 2e-2 * scale.max(1.0), "requantized: {d}");
 }

@@ -188,7 +188,7 @@ fn the_sampling_form_computes_the_adapted_model() {
 
 #[test]
 fn qlora_trains_only_adapters_over_a_quantized_base() {
-    let (mut m, _) = load("qlora", Family::Qwen3, Some(Quant { bits: 4, group_size: 32 }));
+    let (mut m, _) = load("qlora", Family::Qwen3, Some(Quant::affine(4, 32)));
     let base = logits(&m);
     lora::apply(&mut m, &*mapper("short_names", "targets = ['attention']"), &settings(4, false, None), 0).unwrap();
     assert_eq!(logits(&m), base);
@@ -212,7 +212,7 @@ fn qlora_trains_only_adapters_over_a_quantized_base() {
     assert!(dq.linears_mut().iter().all(|(_, l)| l.quant.is_none()));
     assert!(max_diff(&logits(&dq), &adapted) < 1e-5);
     lora::fuse(&mut m, false).unwrap();
-    assert_eq!(m.model.layers[0].self_attn.q_proj.as_ref().unwrap().quant, Some(Quant { bits: 4, group_size: 32 }));
+    assert_eq!(m.model.layers[0].self_attn.q_proj.as_ref().unwrap().quant, Some(Quant::affine(4, 32)));
 }
 
 #[test]
@@ -309,7 +309,7 @@ fn chunked_log_probs_and_their_gradients_equal_the_unchunked() {
 fn quantized_base_with_adapters(name: &str, sigma: Option<f32>) -> (PathBuf, PathBuf) {
     let dir = temp(name);
     fixture::write(&dir.join("float"), Family::Llama, Preset::Tiny, 4).unwrap();
-    let q = model::load(&dir.join("float"), &LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits: 4, group_size: 32 }) }).unwrap();
+    let q = model::load(&dir.join("float"), &LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant::affine(4, 32)) }).unwrap();
     model::save(&q, &dir.join("base")).unwrap();
     let mut m = model::load(&dir.join("base"), &LoadOptions::default()).unwrap().model;
     lora::apply(&mut m, &*mapper("all_linear", ""), &LoraSettings { rank: 4, scale: 10.0, dropout: 0.0, dora: false, last_n_layers: None }, 1).unwrap();

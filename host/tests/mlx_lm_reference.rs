@@ -71,6 +71,7 @@ fn adapters_cross_between_host_and_mlx_lm() {
             Family::Phi3 => r#"["self_attn.qkv_proj", "mlp.gate_up_proj", "mlp.down_proj"]"#,
             Family::Qwen3Moe => r#"["self_attn.q_proj", "mlp.gate", "mlp.switch_mlp.gate_proj", "mlp.switch_mlp.up_proj", "mlp.switch_mlp.down_proj"]"#,
             Family::Mixtral => r#"["self_attn.q_proj", "block_sparse_moe.gate", "block_sparse_moe.switch_mlp.gate_proj", "block_sparse_moe.switch_mlp.down_proj"]"#,
+            Family::GptOss => r#"["self_attn.q_proj", "self_attn.o_proj", "mlp.router", "mlp.experts.gate_proj", "mlp.experts.up_proj", "mlp.experts.down_proj"]"#,
             _ => r#"["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]"#,
         };
         python("mlx_lm_make_adapters.py", &[dir.to_str().unwrap(), theirs.to_str().unwrap(), kind, keys]);
@@ -115,14 +116,40 @@ fn every_family_matches_mlx_lm() {
         // mlx-lm 0.32.2 cannot run quantized experts on mlx 0.32.2 (its QuantizedSwitchLinear passes
         // `global_scale`, which that mlx's gather_qmm does not take: a TypeError), so the 4-bit MoE model is
         // checked against its own dequantized weights in tests/families.rs instead.
-        if matches!(family, Family::Qwen3Moe | Family::Mixtral) {
+        if matches!(family, Family::Qwen3Moe | Family::Mixtral | Family::GptOss) {
             continue;
         }
         // The same model quantized here and written for mlx-lm: both sides read one checkpoint.
         let quantized = dir.with_extension("q4");
-        let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits: 4, group_size: 32 }) };
+        let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant::affine(4, 32)) };
         model::save(&model::load(&dir, &options).unwrap(), &quantized).unwrap();
         compare(&quantized, &format!("{family:?} 4-bit"));
+    }
+}
+
+/// MLX's microscaling formats (and affine at 3 and 6 bits), quantized and written here, read by mlx-lm: the
+/// `quantization` block (with `mode`), the uint8 scales and the packing agree, and so do the logits. Two dense
+/// families: one with tied embeddings (quantized embeddings serve as the output projection), one without.
+#[test]
+#[ignore = "needs MLX_LM_PYTHON, a python with mlx-lm (CI provides one)"]
+fn quantization_modes_match_mlx_lm() {
+    use host::nn::QuantMode;
+    for family in [Family::Qwen2, Family::Llama] {
+        let dir = std::env::temp_dir().join(format!("mlx-lm-modes-{}-{family:?}", std::process::id()));
+        fixture::write(&dir, family, Preset::Tiny, 12).unwrap();
+        let quants = [
+            Quant::checked(4, 32, QuantMode::Mxfp4, "test").unwrap(),
+            Quant::checked(4, 16, QuantMode::Nvfp4, "test").unwrap(),
+            Quant::checked(8, 32, QuantMode::Mxfp8, "test").unwrap(),
+            Quant::affine(3, 32),
+            Quant::affine(6, 64),
+        ];
+        for quant in quants {
+            let out = dir.with_extension(format!("{}{}", quant.mode.name(), quant.bits));
+            let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(quant) };
+            model::save(&model::load(&dir, &options).unwrap(), &out).unwrap();
+            compare(&out, &format!("{family:?} {} {}-bit", quant.mode.name(), quant.bits));
+        }
     }
 }
 
@@ -187,11 +214,15 @@ fn greedy_tokens_equal_mlx_lm_with_each_cache() {
         // except for Gemma 3, whose rotating local caches mlx-lm does not quantize, and Gemma 2, whose
         // soft-capped attention in mlx-lm 0.32.2 fails on a quantized cache (a TypeError in expand_dims);
         // ours is checked against the uncached forward in tests/models.rs.
+        // gpt-oss is left out of both: mlx-lm puts its 16-slot cache on the sliding layers too (ours keep a
+        // rotating cache of their 8-token window, as its own make_cache does), and its quantized attention
+        // refuses sinks. Its standard case has both kinds of layer over 41 positions; its quantized cache
+        // is checked against the uncached forward in tests/families.rs.
         let mut cases: Vec<(&str, String, Vec<&str>)> = vec![("standard", String::new(), vec![])];
-        if family != Family::Gemma3Text {
+        if family != Family::Gemma3Text && family != Family::GptOss {
             cases.push(("rotating", "max_size = 16\nkeep = 4".to_owned(), vec!["16"]));
         }
-        if family != Family::Gemma3Text && family != Family::Gemma2 {
+        if family != Family::Gemma3Text && family != Family::Gemma2 && family != Family::GptOss {
             cases.push(("quantized", "bits = 8\ngroup_size = 32\nstart = 0".to_owned(), vec!["q", "8", "32", "0"]));
         }
         for (policy, options, extra) in cases {

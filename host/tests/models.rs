@@ -148,7 +148,7 @@ fn quantized_models_stay_within_a_stated_bound_of_float() {
         let input = Array::from_slice(&ids, &[1, ids.len() as i32]);
         let reference = values(&float.forward(&input, None).unwrap());
         for (bits, bound) in [(8, 0.02), (4, 0.25)] {
-            let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits, group_size: 32 }) };
+            let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant::affine(bits, 32)) };
             let q = model::load(&dir, &options).unwrap();
             assert!(q.model.model.layers[0].self_attn.q_proj.as_ref().is_some_and(|p| p.quant.is_some()));
             let err = relative_error(&values(&q.model.forward(&input, None).unwrap()), &reference);
@@ -242,10 +242,10 @@ fn broken_directories_give_clear_errors() {
 fn quantized_checkpoints_round_trip_with_per_module_overrides() {
     use mlx_rs::module::ModuleParameters;
     let dir = fixture_dir(Family::Llama, "roundtrip");
-    let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits: 4, group_size: 32 }) };
+    let options = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant::affine(4, 32)) };
     let mut loaded = model::load(&dir, &options).unwrap();
     // mlx-lm's mixed recipes: one projection at 8 bits, the embeddings left in float.
-    let eight = Quant { bits: 8, group_size: 64 };
+    let eight = Quant::affine(8, 64);
     let down = loaded.model.model.layers[0].mlp.as_mut().and_then(|m| m.down_proj.as_mut()).expect("a dense layer");
     let dense = down.dense_weight(Dtype::Float32).unwrap();
     *down = host::nn::Linear::placeholder(down.in_dims, down.out_dims, false, None, Dtype::Float32).unwrap();
@@ -253,7 +253,7 @@ fn quantized_checkpoints_round_trip_with_per_module_overrides() {
     down.quantize(eight).unwrap();
     let embed = &mut loaded.model.model.embed_tokens;
     let q = embed.quant.unwrap();
-    let dense = q.dequantize(&embed.weight, (*embed.scales).as_ref().unwrap(), (*embed.biases).as_ref().unwrap(), Dtype::Float32).unwrap();
+    let dense = q.dequantize(&embed.weight, (*embed.scales).as_ref().unwrap(), (*embed.biases).as_ref(), Dtype::Float32).unwrap();
     *embed = host::nn::Embedding::placeholder(dense.shape()[0], embed.dims, None, Dtype::Float32).unwrap();
     *embed.weight = dense;
     let plan = loaded.quantization.as_mut().unwrap();
@@ -267,20 +267,20 @@ fn quantized_checkpoints_round_trip_with_per_module_overrides() {
     }
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["quantization"]["bits"], 4);
-    assert_eq!(config["quantization"]["model.layers.0.mlp.down_proj"], serde_json::json!({"group_size": 64, "bits": 8}));
+    assert_eq!(config["quantization"]["model.layers.0.mlp.down_proj"], serde_json::json!({"group_size": 64, "bits": 8, "mode": "affine"}));
     assert_eq!(config["quantization"]["model.embed_tokens"], false);
     assert_eq!(config["quantization_config"], config["quantization"]);
 
     let reloaded = model::load(&out, &f32_options()).unwrap();
     assert_eq!(reloaded.model.model.layers[0].mlp.as_ref().and_then(|m| m.down_proj.as_ref()).and_then(|d| d.quant), Some(eight));
     assert_eq!(reloaded.model.model.embed_tokens.quant, None);
-    assert_eq!(reloaded.model.model.layers[1].mlp.as_ref().and_then(|m| m.down_proj.as_ref()).and_then(|d| d.quant), Some(Quant { bits: 4, group_size: 32 }));
+    assert_eq!(reloaded.model.model.layers[1].mlp.as_ref().and_then(|m| m.down_proj.as_ref()).and_then(|d| d.quant), Some(Quant::affine(4, 32)));
     let ids = tokens(9, 6);
     let input = Array::from_slice(&ids, &[1, 9]);
     assert_eq!(values(&reloaded.model.forward(&input, None).unwrap()), values(&loaded.model.forward(&input, None).unwrap()));
     assert_eq!(reloaded.model.parameters().flatten().len(), loaded.model.parameters().flatten().len());
 
-    let again = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant { bits: 8, group_size: 64 }) };
+    let again = LoadOptions { dtype: Some(Dtype::Float32), quantize: Some(Quant::affine(8, 64)) };
     let err = model::load(&out, &again).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("already quantized"), "{err}");
 }

@@ -55,7 +55,7 @@ pub fn make(spec: KvCacheSpec) -> Box<dyn KvCache> {
         KvCacheSpec::Standard { step } => Box::new(StandardCache::new(step.max(1))),
         KvCacheSpec::Rotating { max_size, keep } => Box::new(RotatingCache::new(max_size, keep)),
         KvCacheSpec::Quantized { bits, group_size, start } => {
-            Box::new(QuantizedCache::new(Quant { bits: bits as i32, group_size: group_size as i32 }, start))
+            Box::new(QuantizedCache::new(Quant::affine(bits as i32, group_size as i32), start))
         }
     }
 }

@@ -30,6 +30,7 @@ impl QuantizedCache {
 
     fn quantize(&self, x: &Array) -> Result<[Array; 3], Exception> {
         let (w, s, b) = self.quant.quantize(x)?;
+        let b = b.ok_or_else(|| Exception::custom("the KV cache quantizes affine, which has biases"))?;
         let dtype = x.dtype();
         Ok([w, s.as_dtype(dtype)?, b.as_dtype(dtype)?])
     }

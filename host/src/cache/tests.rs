@@ -96,7 +96,7 @@ fn repeating_rows_shares_a_prompt_across_samples() {
 
 #[test]
 fn quantized_cache_switches_at_its_start() {
-    let mut cache = QuantizedCache::new(crate::nn::Quant { bits: 8, group_size: 32 }, 3);
+    let mut cache = QuantizedCache::new(crate::nn::Quant::affine(8, 32), 3);
     let head = |len: i32, v: f32| Array::from_slice(&vec![v; (len * 32) as usize], &[1, 1, len, 32]);
     let view = cache.update_and_fetch(head(2, 1.0), head(2, 1.0)).unwrap();
     assert!(matches!(view.tensors, KvTensors::Dense { .. }));

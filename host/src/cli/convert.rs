@@ -31,7 +31,7 @@ pub struct ConvertArgs {
 /// Converts a GGUF file into a model directory.
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let quantize = match args.quantize_bits {
-        Some(bits) => Some(Quant::checked(bits, args.group_size, "--quantize-bits/--group-size").map_err(anyhow::Error::msg)?),
+        Some(bits) => Some(Quant::checked(bits, args.group_size, host::nn::QuantMode::Affine, "--quantize-bits/--group-size").map_err(anyhow::Error::msg)?),
         None => None,
     };
     let done = gguf::convert(&args.gguf, &args.out, &ConvertOptions { dtype: args.dtype, quantize, own_reader: false })?;

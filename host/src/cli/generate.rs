@@ -135,7 +135,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let dir = hub::resolve(&args.model)?;
     let quantize = args
         .quantize_bits
-        .map(|bits| host::nn::Quant::checked(bits, args.quantize_group_size, "--quantize-bits"))
+        .map(|bits| host::nn::Quant::checked(bits, args.quantize_group_size, host::nn::QuantMode::Affine, "--quantize-bits"))
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let mut loaded = model::load(&dir, &LoadOptions { dtype: args.dtype, quantize })?;

@@ -216,7 +216,7 @@ impl RunConfig {
                 rule(crate::model::parse_dtype(dtype).is_some(), &["model", "dtype"], format!("`{dtype}`: expected float32, bfloat16 or float16"));
             }
             if let Some(q) = &m.quantize {
-                if let Err(message) = crate::nn::Quant::checked(q.bits, q.group_size, "quantize") {
+                if let Err(message) = q.quant() {
                     rule(false, &["model", "quantize"], message);
                 }
             }

@@ -219,14 +219,18 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizeConfig {
-    pub bits: i32,
-    #[serde(default = "QuantizeConfig::default_group_size")]
-    pub group_size: i32,
+    /// affine (default), mxfp4, nvfp4 or mxfp8.
+    #[serde(default)]
+    pub mode: crate::nn::QuantMode,
+    /// Default: the mode's (affine 4 bits in groups of 64; each microscaling mode has one width and group).
+    pub bits: Option<i32>,
+    pub group_size: Option<i32>,
 }
 
 impl QuantizeConfig {
-    fn default_group_size() -> i32 {
-        64
+    pub fn quant(&self) -> Result<crate::nn::Quant, String> {
+        let (bits, group_size) = self.mode.defaults();
+        crate::nn::Quant::checked(self.bits.unwrap_or(bits), self.group_size.unwrap_or(group_size), self.mode, "quantize")
     }
 }
 

@@ -90,7 +90,7 @@ fn plan_of(model: &mut model::CausalLm) -> Option<QuantizationPlan> {
         *counts.entry((q.bits, q.group_size)).or_default() += 1;
     }
     let (&(bits, group_size), _) = counts.iter().max_by_key(|(_, n)| **n)?;
-    let default = Quant { bits, group_size };
+    let default = Quant::affine(bits, group_size);
     let overrides = modules.into_iter().filter(|(_, q)| *q != Some(default)).collect();
     Some(QuantizationPlan { default, overrides })
 }
@@ -217,7 +217,7 @@ pub fn convert(file: &Path, out: &Path, options: &ConvertOptions) -> Result<Conv
         .filter_map(|t| arch::hf_name(&arch.name, &t.name)?.strip_suffix(".weight").map(str::to_owned))
         .collect();
     let left_float: Vec<String> = match options.quantize {
-        Some(q) => loaded.model.quantize(q)?,
+        Some(q) => loaded.model.quantize(q)?.into_iter().filter(|(_, q)| q.is_none()).map(|(p, _)| p).collect(),
         None => decoded.clone(),
     };
     let dequantized = decoded.iter().filter(|m| left_float.contains(m)).count();

@@ -194,7 +194,7 @@ pub fn set_dropout_key(model: &mut CausalLm, key: Option<&Array>) -> Result<(), 
 pub fn fuse(model: &mut CausalLm, dequantize: bool) -> Result<(), mlx_rs::error::Exception> {
     let dtype: Dtype = model.dtype();
     for (_, mut layer) in model.adaptable_mut() {
-        layer.fuse(dequantize)?;
+        layer.fuse(dequantize, dtype)?;
         if dequantize {
             layer.dequantize(dtype)?;
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::nn::{Quant, RmsNorm, RopeScaling};
+use crate::nn::{Quant, QuantMode, RmsNorm, RopeScaling};
 
 /// A single id or a list of ids (`eos_token_id` is either).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -80,8 +80,10 @@ pub struct HfArgs {
     pub mlp_only_layers: Option<Vec<i32>>,
     pub moe_intermediate_size: Option<i32>,
     pub norm_topk_prob: Option<bool>,
-    /// Mixtral's expert count.
+    /// Mixtral's and gpt-oss's expert count.
     pub num_local_experts: Option<i32>,
+    /// gpt-oss: the clamp of its experts' SwiGLU (transformers' `swiglu_limit`, default 7).
+    pub swiglu_limit: Option<f32>,
     /// mlx-lm's quantization block: `{group_size, bits, [mode], <module path>: {group_size, bits} | false}`.
     pub quantization: Option<serde_json::Map<String, serde_json::Value>>,
     /// Transformers' mirror of the same block, used when `quantization` is absent.
@@ -101,13 +103,30 @@ fn default_rope_theta() -> f64 {
     10000.0
 }
 
-/// Sparse feed-forward blocks: a router over `experts` SwiGLU experts of width `intermediate`, on the layers
+/// Sparse feed-forward blocks: a router over `experts` gated experts of width `intermediate`, on the layers
 /// `sparse` marks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoeConfig {
     pub routing: crate::nn::Routing,
     pub intermediate: i32,
     pub sparse: Vec<bool>,
+    /// Bias on the router and on every expert projection (gpt-oss).
+    pub bias: bool,
+    pub activation: crate::nn::ExpertActivation,
+    /// The checkpoint's names for the router and the stacked experts.
+    pub names: MoeNames,
+    /// How `host quantize` packs the router (mlx-lm's `quant_predicate`: 8-bit affine for Qwen3-MoE and
+    /// gpt-oss); None: like every other layer.
+    pub router_quant: Option<Quant>,
+}
+
+/// Parameter names of a sparse block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoeNames {
+    /// `gate` and `switch_mlp` (mlx-lm's Qwen3-MoE and Mixtral).
+    GateSwitchMlp,
+    /// `router` and `experts` (gpt-oss).
+    RouterExperts,
 }
 
 /// Where a layer's norms sit around its two sublayers.
@@ -196,6 +215,9 @@ pub struct TransformerConfig {
     pub moe: Option<MoeConfig>,
     /// The feed-forward block is named `block_sparse_moe` (Mixtral) instead of `mlp`.
     pub block_sparse_moe: bool,
+    /// A learned logit per query head that joins every softmax as an extra "key" with no value (gpt-oss's
+    /// `self_attn.sinks`): attention can put weight on nothing.
+    pub attention_sinks: bool,
 }
 
 impl TransformerConfig {
@@ -250,6 +272,7 @@ impl HfArgs {
             final_softcap: None,
             moe: None,
             block_sparse_moe: false,
+            attention_sinks: false,
         })
     }
 
@@ -285,29 +308,62 @@ impl HfArgs {
                 high_freq_factor: number("high_freq_factor", Some(4.0))?,
                 original_max_position_embeddings: number("original_max_position_embeddings", Some(8192.0))?,
             }),
-            other => Err(format!("rope_scaling type `{other}` is not supported (default, linear, llama3)")),
+            "yarn" => Ok(RopeScaling::Yarn {
+                factor: number("factor", None)?,
+                // transformers' fallback, then mlx-lm's.
+                original_max_position_embeddings: number(
+                    "original_max_position_embeddings",
+                    Some(self.max_position_embeddings.unwrap_or(4096.0)),
+                )?,
+                beta_fast: number("beta_fast", Some(32.0))?,
+                beta_slow: number("beta_slow", Some(1.0))?,
+                mscale: number("mscale", Some(1.0))?,
+                mscale_all_dim: number("mscale_all_dim", Some(0.0))?,
+                attention_factor: scaling.get("attention_factor").and_then(|v| v.as_f64()),
+                truncate: match scaling.get("truncate") {
+                    None => true,
+                    Some(v) => v.as_bool().ok_or("rope_scaling.truncate must be true or false")?,
+                },
+            }),
+            other => Err(format!("rope_scaling type `{other}` is not supported (default, linear, llama3, yarn)")),
         }
     }
 
     /// The checkpoint's quantization: the default and per-module overrides (`None` = that module is float).
+    /// mlx-lm's `quantization` block, or transformers' `quantization_config` (its own block, or an MXFP4/MXFP8
+    /// export's `quant_method`).
     pub fn quantization(&self) -> Result<Option<QuantizationPlan>, String> {
-        let Some(block) = self.quantization.as_ref().or(self.quantization_config.as_ref()) else { return Ok(None) };
+        let (block, key) = match (&self.quantization, &self.quantization_config) {
+            (Some(b), _) => (b, "quantization"),
+            (None, Some(b)) => (b, "quantization_config"),
+            (None, None) => return Ok(None),
+        };
+        if let Some(method) = block.get("quant_method").and_then(|m| m.as_str()) {
+            let mode = match method {
+                "mxfp4" => QuantMode::Mxfp4,
+                "mxfp8" => QuantMode::Mxfp8,
+                other => return Err(format!("{key}.quant_method `{other}` is not supported (mxfp4, mxfp8; or an MLX `quantization` block)")),
+            };
+            let (bits, group_size) = mode.defaults();
+            return Ok(Some(QuantizationPlan { default: Quant { bits, group_size, mode }, overrides: BTreeMap::new() }));
+        }
         let int = |v: &serde_json::Value, key: &str, what: &str| {
             v.get(key).and_then(|x| x.as_i64()).map(|x| x as i32).ok_or_else(|| format!("{what}: `{key}` missing"))
         };
+        // A module's mode: its own `mode` key, else affine (what mlx's `to_quantized` defaults to).
+        let mode = |v: &serde_json::Value, what: &str| match v.get("mode") {
+            None => Ok(QuantMode::Affine),
+            Some(serde_json::Value::String(m)) => QuantMode::parse(m, what),
+            Some(other) => Err(format!("{what}.mode: expected a string, found {other}")),
+        };
         let root = serde_json::Value::Object(block.clone());
-        if let Some(mode) = block.get("mode").and_then(|m| m.as_str()) {
-            if mode != "affine" {
-                return Err(format!("quantization mode `{mode}` is not supported (affine)"));
-            }
-        }
-        let default = Quant::checked(int(&root, "bits", "quantization")?, int(&root, "group_size", "quantization")?, "quantization")?;
+        let default = Quant::checked(int(&root, "bits", key)?, int(&root, "group_size", key)?, mode(&root, key)?, key)?;
         let mut overrides = BTreeMap::new();
         for (path, value) in block {
             match value {
                 serde_json::Value::Object(_) => {
-                    let what = format!("quantization.{path}");
-                    overrides.insert(path.clone(), Some(Quant::checked(int(value, "bits", &what)?, int(value, "group_size", &what)?, &what)?));
+                    let what = format!("{key}.{path}");
+                    overrides.insert(path.clone(), Some(Quant::checked(int(value, "bits", &what)?, int(value, "group_size", &what)?, mode(value, &what)?, &what)?));
                 }
                 serde_json::Value::Bool(false) => {
                     overrides.insert(path.clone(), None);
@@ -328,7 +384,12 @@ pub struct QuantizationPlan {
 }
 
 impl QuantizationPlan {
-    pub fn for_module(&self, path: &str) -> Option<Quant> {
-        self.overrides.get(path).copied().unwrap_or(Some(self.default))
+    /// A module's settings: its override, else what its tensors show (`inferred`), else the default: the
+    /// order of mlx-lm's loader, whose default can be wrong for modules the map does not name.
+    pub fn for_module(&self, path: &str, inferred: Option<Quant>) -> Option<Quant> {
+        match self.overrides.get(path) {
+            Some(q) => *q,
+            None => Some(inferred.unwrap_or(self.default)),
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::{
 use mlx_rs::{module::ModuleParameters, transforms::eval, Array, Dtype};
 
 use super::{family, supported_model_types, CausalLm, HfArgs, Misshaped, ModelError, QuantizationPlan, WeightMismatch};
-use crate::nn::Quant;
+use crate::nn::{Quant, QuantMode};
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -134,6 +134,20 @@ fn stack_experts(weights: &mut HashMap<String, Array>) -> Result<(), String> {
     Ok(())
 }
 
+/// How the module at `path` was packed, from its tensors (mlx-lm's `infer_quant_config`): group size from the
+/// scales' width, bits from the packed width, the mode from the scales' dtype. None when the shapes fit no
+/// mode MLX packs (the check against the model then names the tensor).
+fn inferred_quant(weights: &HashMap<String, Array>, path: &str, in_dims: i32) -> Option<Quant> {
+    let (w, s) = (weights.get(&format!("{path}.weight"))?, weights.get(&format!("{path}.scales"))?);
+    let (groups, packed) = (*s.shape().last()?, *w.shape().last()?);
+    if groups <= 0 || in_dims <= 0 || in_dims % groups != 0 || (packed * 32) % in_dims != 0 {
+        return None;
+    }
+    let (group_size, bits) = (in_dims / groups, packed * 32 / in_dims);
+    let mode = QuantMode::infer(bits, group_size, s.dtype())?;
+    Quant::checked(bits, group_size, mode, path).ok()
+}
+
 /// Every tensor of a model directory's safetensors files (one, or the shards of an index).
 pub fn read_weights(dir: &Path) -> Result<HashMap<String, Array>, ModelError> {
     let mut weights = HashMap::new();
@@ -201,6 +215,9 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
     }
     weights.retain(|name, _| !name.contains("rotary_emb.inv_freq"));
     stack_experts(&mut weights).map_err(|message| ModelError::Config { path: config_path.clone(), message })?;
+    if let Some(sanitize) = super::sanitizer(&args.model_type) {
+        sanitize(&mut weights, &config).map_err(|message| ModelError::file(dir, message))?;
+    }
     if config.tie_word_embeddings {
         weights.retain(|name, _| !name.starts_with("lm_head."));
     }
@@ -214,7 +231,13 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
             message: "the checkpoint has quantized tensors (*.scales) but config.json has no `quantization`".into(),
         });
     }
-    let quant_for = |path: &str, _in_dims: i32| if scaled.contains(path) { plan.as_ref().and_then(|p| p.for_module(path)) } else { None };
+    let quant_for = |path: &str, in_dims: i32| {
+        if scaled.contains(path) {
+            plan.as_ref().and_then(|p| p.for_module(path, inferred_quant(&weights, path, in_dims)))
+        } else {
+            None
+        }
+    };
     let mut model = CausalLm::new(config, &quant_for, dtype)?;
 
     let mismatch = check(&model, &weights);
@@ -223,7 +246,8 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
     }
     let mut cast: HashMap<Rc<str>, Array> = HashMap::with_capacity(weights.len());
     for (name, w) in weights {
-        let w = if w.dtype() == Dtype::Uint32 { w } else { w.as_dtype(dtype)? };
+        // Packed weights and microscaling scales are integer codes, kept as stored.
+        let w = if matches!(w.dtype(), Dtype::Uint32 | Dtype::Uint8) { w } else { w.as_dtype(dtype)? };
         cast.insert(Rc::from(name), w);
     }
     model.update_flattened(cast);
@@ -237,8 +261,8 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
         }
         (Some(plan), None) => Some(plan),
         (None, Some(quant)) => {
-            let skipped = model.quantize(quant)?;
-            Some(QuantizationPlan { default: quant, overrides: skipped.into_iter().map(|p| (p, None)).collect() })
+            let overrides = model.quantize(quant)?;
+            Some(QuantizationPlan { default: quant, overrides })
         }
         (None, None) => None,
     };

@@ -4,8 +4,8 @@
 //! the experts apart as `w1` (gate), `w3` (up) and `w2` (down); they are stacked on load into mlx-lm's
 //! `block_sparse_moe.switch_mlp.*`. Reference: transformers' `modeling_mixtral.py`, mlx-lm's `models/mixtral.py`.
 
-use super::args::{HfArgs, MoeConfig, TransformerConfig};
-use crate::nn::Routing;
+use super::args::{HfArgs, MoeConfig, MoeNames, TransformerConfig};
+use crate::nn::{ExpertActivation, Routing};
 
 pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     let mut c = super::mistral::config(args)?;
@@ -18,6 +18,10 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
         routing: Routing { experts, top_k, normalize: false, softmax_after_top_k: true },
         intermediate: c.intermediate_size,
         sparse: vec![true; c.num_hidden_layers as usize],
+        bias: false,
+        activation: ExpertActivation::Swiglu,
+        names: MoeNames::GateSwitchMlp,
+        router_quant: None,
     });
     c.block_sparse_moe = true;
     Ok(c)

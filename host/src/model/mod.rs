@@ -6,6 +6,7 @@ mod error;
 mod gemma2;
 mod gemma3;
 mod gemma3_text;
+mod gpt_oss;
 mod granite;
 pub mod hub;
 mod llama;
@@ -21,9 +22,11 @@ mod save;
 mod smollm3;
 mod transformer;
 
+use std::collections::BTreeMap;
+
 use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
 
-pub use args::{Activation, HfArgs, MoeConfig, NormPlacement, QkNorm, QuantizationPlan, RopeParams, TokenIds, TransformerConfig};
+pub use args::{Activation, HfArgs, MoeConfig, MoeNames, NormPlacement, QkNorm, QuantizationPlan, RopeParams, TokenIds, TransformerConfig};
 pub use error::{Misshaped, ModelError, WeightMismatch};
 pub use load::{default_dtype, fingerprint, load, read_weights, LoadOptions, LoadedModel};
 pub use save::{save, save_parts};
@@ -40,6 +43,7 @@ type FamilyFn = fn(&HfArgs) -> Result<TransformerConfig, String>;
 const FAMILIES: &[(&str, FamilyFn)] = &[
     ("gemma2", gemma2::config),
     ("gemma3_text", gemma3_text::config),
+    ("gpt_oss", gpt_oss::config),
     ("granite", granite::config),
     ("llama", llama::config),
     ("mistral", mistral::config),
@@ -51,6 +55,15 @@ const FAMILIES: &[(&str, FamilyFn)] = &[
     ("mixtral", mixtral::config),
     ("smollm3", smollm3::config),
 ];
+
+/// Rewrites a family's checkpoint tensors into the names and layout its parameters have.
+type SanitizeFn = fn(&mut std::collections::HashMap<String, Array>, &TransformerConfig) -> Result<(), String>;
+
+const SANITIZERS: &[(&str, SanitizeFn)] = &[("gpt_oss", gpt_oss::sanitize)];
+
+fn sanitizer(model_type: &str) -> Option<SanitizeFn> {
+    SANITIZERS.iter().find(|(name, _)| *name == model_type).map(|(_, f)| *f)
+}
 
 /// A dtype by name (`float32`, `bfloat16`, `float16`, or f32/bf16/f16).
 pub fn parse_dtype(name: &str) -> Option<Dtype> {
@@ -166,14 +179,23 @@ impl CausalLm {
                 }
             }
             let Some((block, m)) = transformer::ffn_of(&mut layer.mlp, &mut layer.block_sparse_moe) else { continue };
-            for (name, l) in [("gate_proj", m.gate_proj.as_mut()), ("up_proj", m.up_proj.as_mut()), ("gate_up_proj", m.gate_up_proj.as_mut()), ("down_proj", m.down_proj.as_mut()), ("gate", m.gate.as_mut())] {
+            let linears = [
+                ("gate_proj", m.gate_proj.as_mut()),
+                ("up_proj", m.up_proj.as_mut()),
+                ("gate_up_proj", m.gate_up_proj.as_mut()),
+                ("down_proj", m.down_proj.as_mut()),
+                ("gate", m.gate.as_mut()),
+                ("router", m.router.as_mut()),
+            ];
+            for (name, l) in linears {
                 if let Some(l) = l {
                     out.push((format!("model.layers.{i}.{block}.{name}"), AdaptedLayer::Linear(l)));
                 }
             }
-            if let Some(s) = m.switch_mlp.as_mut() {
+            for (experts, s) in [("switch_mlp", m.switch_mlp.as_mut()), ("experts", m.experts.as_mut())] {
+                let Some(s) = s else { continue };
                 for (name, l) in [("gate_proj", &mut s.gate_proj), ("up_proj", &mut s.up_proj), ("down_proj", &mut s.down_proj)] {
-                    out.push((format!("model.layers.{i}.{block}.switch_mlp.{name}"), AdaptedLayer::Switch(l)));
+                    out.push((format!("model.layers.{i}.{block}.{experts}.{name}"), AdaptedLayer::Switch(l)));
                 }
             }
         }
@@ -194,23 +216,41 @@ impl CausalLm {
             .collect()
     }
 
+    /// Every quantizable module by path with how it is quantized now (None: float), the embeddings included.
+    pub fn module_quants(&mut self) -> Vec<(String, Option<Quant>)> {
+        let mut out: Vec<(String, Option<Quant>)> = self.adaptable_mut().into_iter().map(|(p, l)| (p, l.quant())).collect();
+        out.push(("model.embed_tokens".to_owned(), self.model.embed_tokens.quant));
+        out
+    }
+
     /// Quantizes every linear and switch layer whose input width the group size divides, the embeddings and
-    /// the output projection included (mlx-lm's default). Returns the paths left in float.
-    pub fn quantize(&mut self, quant: Quant) -> Result<Vec<String>, Exception> {
-        let mut skipped = Vec::new();
+    /// the output projection included (mlx-lm's default), routers at 8 bits (affine, groups of 64) where the
+    /// family's mlx-lm `quant_predicate` says so. Returns the modules that differ from `quant`: float ones
+    /// (None) and routers.
+    pub fn quantize(&mut self, quant: Quant) -> Result<BTreeMap<String, Option<Quant>>, Exception> {
+        let router_quant = self.config.moe.as_ref().and_then(|m| m.router_quant);
+        let mut differ = BTreeMap::new();
         for (path, mut layer) in self.adaptable_mut() {
-            if quant.fits(layer.in_dims()) {
-                layer.quantize(quant)?;
+            let is_router = path.ends_with(".gate") || path.ends_with(".router");
+            let q = match router_quant {
+                Some(r) if is_router => r,
+                _ => quant,
+            };
+            if q.fits(layer.in_dims()) {
+                layer.quantize(q)?;
+                if q != quant {
+                    differ.insert(path, Some(q));
+                }
             } else {
-                skipped.push(path);
+                differ.insert(path, None);
             }
         }
         let embed = &mut self.model.embed_tokens;
         if quant.fits(embed.dims) {
             embed.quantize(quant)?;
         } else {
-            skipped.push("model.embed_tokens".to_owned());
+            differ.insert("model.embed_tokens".to_owned(), None);
         }
-        Ok(skipped)
+        Ok(differ)
     }
 }

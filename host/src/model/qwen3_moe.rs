@@ -5,8 +5,8 @@
 //! (`mlp.experts.{e}.gate_proj.weight`); they are stacked on load into mlx-lm's `mlp.switch_mlp.*`.
 //! Reference: transformers' `modeling_qwen3_moe.py`, mlx-lm's `models/qwen3_moe.py`.
 
-use super::args::{HfArgs, MoeConfig, TransformerConfig};
-use crate::nn::Routing;
+use super::args::{HfArgs, MoeConfig, MoeNames, TransformerConfig};
+use crate::nn::{ExpertActivation, Quant, Routing};
 
 pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     let mut c = super::qwen3::config(args)?;
@@ -26,6 +26,10 @@ pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
         routing: Routing { experts, top_k, normalize: args.norm_topk_prob.unwrap_or(false), softmax_after_top_k: false },
         intermediate: need(args.moe_intermediate_size, "moe_intermediate_size")?,
         sparse,
+        bias: false,
+        activation: ExpertActivation::Swiglu,
+        names: MoeNames::GateSwitchMlp,
+        router_quant: Some(Quant::affine(8, 64)),
     });
     Ok(c)
 }

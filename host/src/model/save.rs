@@ -26,17 +26,23 @@ const TOKENIZER_FILES: &[&str] = &[
     "added_tokens.json",
 ];
 
-fn quantization_json(plan: &QuantizationPlan) -> Value {
+/// mlx-lm's block: the default, then every module that differs from it (float ones as `false`), each with its
+/// `mode` (a module entry without one would load as affine).
+fn quantization_json(model: &CausalLm, plan: &QuantizationPlan) -> Value {
     let mut block = serde_json::Map::new();
     block.insert("group_size".into(), json!(plan.default.group_size));
     block.insert("bits".into(), json!(plan.default.bits));
-    block.insert("mode".into(), json!("affine"));
-    for (path, q) in &plan.overrides {
+    block.insert("mode".into(), json!(plan.default.mode.name()));
+    // What the model holds now, not what the plan said on load: fused, quantized or dequantized layers and
+    // modules whose settings were inferred from their tensors are all written as they are.
+    // (A clone: the traversal is the mutable one the adapters use; arrays are shared, not copied.)
+    for (path, q) in model.clone().module_quants() {
         let v = match q {
-            Some(q) => json!({"group_size": q.group_size, "bits": q.bits}),
+            Some(q) if q == plan.default => continue,
+            Some(q) => json!({"group_size": q.group_size, "bits": q.bits, "mode": q.mode.name()}),
             None => Value::Bool(false),
         };
-        block.insert(path.clone(), v);
+        block.insert(path, v);
     }
     Value::Object(block)
 }
@@ -66,7 +72,7 @@ pub fn save_parts(
     config.remove("quantization");
     config.remove("quantization_config");
     if let Some(plan) = quantization {
-        let block = quantization_json(plan);
+        let block = quantization_json(model, plan);
         config.insert("quantization".into(), block.clone());
         config.insert("quantization_config".into(), block);
     }

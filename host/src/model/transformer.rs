@@ -5,14 +5,14 @@ use mlx_rs::{
     error::Exception,
     fast::{self, ScaledDotProductAttentionMask},
     macros::ModuleParameters,
-    module::ModuleParameters as _,
+    module::{ModuleParameters as _, Param},
     ops,
     ops::indexing::IndexOp,
     Array, Dtype,
 };
 
 use super::{
-    args::{Activation, NormPlacement, QkNorm, TransformerConfig},
+    args::{Activation, MoeNames, NormPlacement, QkNorm, TransformerConfig},
     QuantizeFn,
 };
 use crate::{
@@ -37,6 +37,9 @@ pub struct Attention {
     pub q_norm: Option<RmsNorm>,
     #[param]
     pub k_norm: Option<RmsNorm>,
+    /// Per query head, a logit added to every softmax's denominator (gpt-oss), [heads].
+    #[param]
+    pub sinks: Param<Option<Array>>,
     /// Whether q_norm/k_norm span the whole projection (OLMo 2) rather than each head.
     pub qk_norm_whole: bool,
     pub heads: i32,
@@ -63,11 +66,16 @@ pub struct Mlp {
     /// Absent in a sparse block.
     #[param]
     pub down_proj: Option<Linear>,
-    /// A sparse block's router (`gate`, one logit per expert) and experts (`switch_mlp`).
+    /// A sparse block's router (`gate`, one logit per expert) and experts (`switch_mlp`), or the same under
+    /// gpt-oss's names (`router`, `experts`).
     #[param]
     pub gate: Option<Linear>,
     #[param]
     pub switch_mlp: Option<SwitchGlu>,
+    #[param]
+    pub router: Option<Linear>,
+    #[param]
+    pub experts: Option<SwitchGlu>,
     pub routing: Option<Routing>,
     pub activation: Activation,
 }
@@ -135,6 +143,7 @@ impl Attention {
             o_proj: linear("o_proj", c.num_attention_heads * d, h, c.o_bias)?,
             q_norm: norm(c.num_attention_heads)?,
             k_norm: norm(c.num_key_value_heads)?,
+            sinks: Param::new(c.attention_sinks.then(|| Array::zeros::<f32>(&[c.num_attention_heads]).and_then(|s| s.as_dtype(dtype))).transpose()?),
             qk_norm_whole: c.qk_norm == QkNorm::Whole,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
@@ -200,16 +209,17 @@ impl Attention {
             None => (q, k),
         };
         let scale = self.scale;
+        let sinks = (*self.sinks).as_ref();
         let out = match cache {
             Some(cache) => {
                 let view = cache.update_and_fetch(k, v)?;
                 match view.tensors {
                     KvTensors::Dense { keys, values } => match self.softcap {
-                        Some(cap) => softcapped_attention(&q, &keys, &values, scale, &view.mask, cap, self.kv_heads)?,
-                        None => dense_attention(&q, &keys, &values, scale, &view.mask)?,
+                        Some(cap) => softcapped_attention(&q, &keys, &values, scale, &view.mask, cap, self.kv_heads, sinks)?,
+                        None => dense_attention(&q, &keys, &values, scale, &view.mask, sinks)?,
                     },
                     KvTensors::Quantized { keys, values, quant } => {
-                        quantized_attention(&q, &keys, &values, scale, &view.mask, quant, self.kv_heads, self.softcap)?
+                        quantized_attention(&q, &keys, &values, scale, &view.mask, quant, self.kv_heads, self.softcap, sinks)?
                     }
                 }
             }
@@ -223,8 +233,8 @@ impl Attention {
                     _ => AttentionMask::None,
                 };
                 match self.softcap {
-                    Some(cap) => softcapped_attention(&q, &k, &v, scale, &mask, cap, self.kv_heads)?,
-                    None => dense_attention(&q, &k, &v, scale, &mask)?,
+                    Some(cap) => softcapped_attention(&q, &k, &v, scale, &mask, cap, self.kv_heads, sinks)?,
+                    None => dense_attention(&q, &k, &v, scale, &mask, sinks)?,
                 }
             }
         };
@@ -243,10 +253,10 @@ fn on_cpu() -> bool {
     !matches!(mlx_rs::Device::try_default().and_then(|d| d.get_type()), Ok(mlx_rs::DeviceType::Gpu))
 }
 
-fn dense_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask) -> Result<Array, Exception> {
+fn dense_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask, sinks: Option<&Array>) -> Result<Array, Exception> {
     let (queries, keys) = (q.shape()[2], k.shape()[2]);
     if queries <= QUERY_BLOCK || matches!(mask, AttentionMask::None) || !on_cpu() {
-        return sdpa(q, k, v, scale, mask);
+        return sdpa(q, k, v, scale, mask, sinks);
     }
     let mut blocks = Vec::new();
     for start in (0..queries).step_by(QUERY_BLOCK as usize) {
@@ -258,16 +268,17 @@ fn dense_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: &Attention
             AttentionMask::Array(m) => AttentionMask::Array(m.index((.., .., start..end, ..visible))),
             _ => AttentionMask::Causal,
         };
-        blocks.push(sdpa(&qb, &kb, &vb, scale, &mb)?);
+        // Each query's softmax is whole within its block, so a sink joins it there as in one call.
+        blocks.push(sdpa(&qb, &kb, &vb, scale, &mb, sinks)?);
     }
     ops::concatenate(&blocks, 2)
 }
 
-fn sdpa(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask) -> Result<Array, Exception> {
+fn sdpa(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask, sinks: Option<&Array>) -> Result<Array, Exception> {
     match mask {
-        AttentionMask::None => fast::scaled_dot_product_attention(q, k, v, scale, None, None),
-        AttentionMask::Causal => fast::scaled_dot_product_attention(q, k, v, scale, ScaledDotProductAttentionMask::Causal, None),
-        AttentionMask::Array(m) => fast::scaled_dot_product_attention(q, k, v, scale, m, None),
+        AttentionMask::None => fast::scaled_dot_product_attention(q, k, v, scale, None, sinks),
+        AttentionMask::Causal => fast::scaled_dot_product_attention(q, k, v, scale, ScaledDotProductAttentionMask::Causal, sinks),
+        AttentionMask::Array(m) => fast::scaled_dot_product_attention(q, k, v, scale, m, sinks),
     }
 }
 
@@ -298,16 +309,37 @@ fn masked(scores: Array, visible: Option<Array>) -> Result<Array, Exception> {
     ops::select(&visible, &scores, Array::from_f32(lowest).as_dtype(scores.dtype())?)
 }
 
+/// The softmax over the last axis of scores [B, kv_heads, repeats, L, S], with each query head's sink logit
+/// (`sinks` [heads]) joining it as one more column that has no value: what the fused kernel computes.
+fn softmax_with_sinks(scores: &Array, sinks: Option<&Array>) -> Result<Array, Exception> {
+    let Some(sinks) = sinks else { return ops::softmax_axis(scores, -1, true) };
+    let s = scores.shape();
+    let (b, kv, rep, l, keys) = (s[0], s[1], s[2], s[3], s[4]);
+    let column = ops::broadcast_to(sinks.as_dtype(scores.dtype())?.reshape(&[1, kv, rep, 1, 1])?, &[b, kv, rep, l, 1])?;
+    let probs = ops::softmax_axis(&ops::concatenate(&[scores.clone(), column], -1)?, -1, true)?;
+    Ok(probs.index((.., .., .., .., ..keys)))
+}
+
 /// Attention with explicit scores, soft-capped before the mask and softmax (mlx-lm's gemma2 order):
 /// q·scale, s = q·kᵀ, cap·tanh(s/cap), mask, softmax, ·v; query heads grouped over their KV head.
-fn softcapped_attention(q: &Array, k: &Array, v: &Array, scale: f32, mask: &AttentionMask, cap: f32, kv_heads: i32) -> Result<Array, Exception> {
+#[allow(clippy::too_many_arguments)]
+fn softcapped_attention(
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    mask: &AttentionMask,
+    cap: f32,
+    kv_heads: i32,
+    sinks: Option<&Array>,
+) -> Result<Array, Exception> {
     let s = q.shape();
     let (b, heads, l, d) = (s[0], s[1], s[2], s[3]);
     let q = q.multiply(Array::from_f32(scale).as_dtype(q.dtype())?)?.reshape(&[b, kv_heads, heads / kv_heads, l, d])?;
     let (k, v) = (k.expand_dims(2)?, v.expand_dims(2)?);
     let scores = crate::nn::softcap(&q.matmul(k.swap_axes(-1, -2)?)?, cap)?;
     let scores = masked(scores, visible(mask, l, k.shape()[3])?)?;
-    let probs = ops::softmax_axis(&scores, -1, true)?;
+    let probs = softmax_with_sinks(&scores, sinks)?;
     probs.matmul(&v)?.reshape(&[b, heads, l, d])
 }
 
@@ -323,6 +355,7 @@ fn quantized_attention(
     quant: Quant,
     kv_heads: i32,
     softcap: Option<f32>,
+    sinks: Option<&Array>,
 ) -> Result<Array, Exception> {
     let s = q.shape();
     let (b, heads, l, d) = (s[0], s[1], s[2], s[3]);
@@ -335,7 +368,7 @@ fn quantized_attention(
         scores = crate::nn::softcap(&scores, cap)?;
     }
     let scores = masked(scores, visible(mask, l, keys[0].shape()[2])?)?;
-    let probs = ops::softmax_axis(&scores, -1, true)?;
+    let probs = softmax_with_sinks(&scores, sinks)?;
     let out = ops::quantized_matmul(&probs, &v[0], &v[1], &v[2], false, quant.group_size, quant.bits)?;
     out.reshape(&[b, heads, l, d])
 }
@@ -345,14 +378,26 @@ impl Mlp {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let linear = |name: &str, a: i32, b: i32| Linear::placeholder(a, b, c.mlp_bias, quant(&format!("{prefix}.{name}"), a), dtype);
         if let Some(moe) = c.moe.as_ref().filter(|m| m.sparse.get(index).copied().unwrap_or(false)) {
-            let experts = |name: &str, in_dims: i32| quant(&format!("{prefix}.switch_mlp.{name}"), in_dims);
+            let (router_name, experts_name) = match moe.names {
+                MoeNames::GateSwitchMlp => ("gate", "switch_mlp"),
+                MoeNames::RouterExperts => ("router", "experts"),
+            };
+            let quant_of = |name: &str, in_dims: i32| quant(&format!("{prefix}.{experts_name}.{name}"), in_dims);
+            let router = Linear::placeholder(h, moe.routing.experts, moe.bias, quant(&format!("{prefix}.{router_name}"), h), dtype)?;
+            let experts = SwitchGlu::placeholder(moe.routing.experts, h, moe.intermediate, moe.bias, moe.activation, &quant_of, dtype)?;
+            let (gate, switch_mlp, router, experts) = match moe.names {
+                MoeNames::GateSwitchMlp => (Some(router), Some(experts), None, None),
+                MoeNames::RouterExperts => (None, None, Some(router), Some(experts)),
+            };
             return Ok(Mlp {
                 gate_proj: None,
                 up_proj: None,
                 gate_up_proj: None,
                 down_proj: None,
-                gate: Some(Linear::placeholder(h, moe.routing.experts, false, quant(&format!("{prefix}.gate"), h), dtype)?),
-                switch_mlp: Some(SwitchGlu::placeholder(moe.routing.experts, h, moe.intermediate, &experts, dtype)?),
+                gate,
+                switch_mlp,
+                router,
+                experts,
                 routing: Some(moe.routing),
                 activation: c.activation,
             });
@@ -365,13 +410,16 @@ impl Mlp {
             down_proj: Some(linear("down_proj", i, h)?),
             gate: None,
             switch_mlp: None,
+            router: None,
+            experts: None,
             routing: None,
             activation: c.activation,
         })
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
-        if let (Some(router), Some(experts), Some(routing)) = (&self.gate, &self.switch_mlp, &self.routing) {
+        let (router, experts) = (self.gate.as_ref().or(self.router.as_ref()), self.switch_mlp.as_ref().or(self.experts.as_ref()));
+        if let (Some(router), Some(experts), Some(routing)) = (router, experts, &self.routing) {
             // Each token's chosen experts, weighted by their routing scores (mlx-lm's sparse block).
             let (inds, scores) = routing.route(&router.forward(x)?)?;
             let y = experts.forward(x, &inds)?;
@@ -547,6 +595,24 @@ mod tests {
     }
 
     #[test]
+    fn sinks_in_explicit_scores_equal_the_fused_kernel() {
+        // Softcapped attention with a cap so large that cap·tanh(s/cap) = s to float precision: only the sink
+        // handling differs between the two paths. Without sinks the fused result must differ (they matter).
+        let key = random::key(4).unwrap();
+        let keys3 = random::split(&key, 3).unwrap();
+        let (b, heads, kv_heads, l, d) = (2, 4, 2, 5, 8);
+        let q = random::normal::<f32>(&[b, heads, l, d], None, None, &key).unwrap();
+        let k = random::normal::<f32>(&[b, kv_heads, l, d], None, None, &keys3.0).unwrap();
+        let v = random::normal::<f32>(&[b, kv_heads, l, d], None, None, &keys3.1).unwrap();
+        let sinks = Array::from_slice(&[0.5f32, -1.0, 2.0, 0.0], &[4]);
+        let fused = sdpa(&q, &k, &v, 0.35, &AttentionMask::Causal, Some(&sinks)).unwrap();
+        let explicit = softcapped_attention(&q, &k, &v, 0.35, &AttentionMask::Causal, 1e6, kv_heads, Some(&sinks)).unwrap();
+        assert!(max_diff(&fused, &explicit) < 1e-5, "{}", max_diff(&fused, &explicit));
+        let without = sdpa(&q, &k, &v, 0.35, &AttentionMask::Causal, None).unwrap();
+        assert!(max_diff(&fused, &without) > 1e-2);
+    }
+
+    #[test]
     fn query_blocks_give_the_same_attention() {
         let key = random::key(3).unwrap();
         let (b, heads, kv_heads, d) = (2, 4, 2, 16);
@@ -556,14 +622,14 @@ mod tests {
         let k = random::normal::<f32>(&[b, kv_heads, keys, d], None, None, &random::split(&key, 2).unwrap().0).unwrap();
         let v = random::normal::<f32>(&[b, kv_heads, keys, d], None, None, &random::split(&key, 2).unwrap().1).unwrap();
         let scale = 0.25;
-        let whole = sdpa(&q, &k, &v, scale, &AttentionMask::Causal).unwrap();
-        let blocked = dense_attention(&q, &k, &v, scale, &AttentionMask::Causal).unwrap();
+        let whole = sdpa(&q, &k, &v, scale, &AttentionMask::Causal, None).unwrap();
+        let blocked = dense_attention(&q, &k, &v, scale, &AttentionMask::Causal, None).unwrap();
         assert!(max_diff(&whole, &blocked) < 1e-5);
         // With an explicit mask (row 1 left-padded by 7 slots).
         let positions: Vec<usize> = (0..keys as usize).collect();
         let mask = crate::cache::AttentionMask::build(queries as usize, &positions, 20, None, 0, &[0, 7]).unwrap();
-        let whole = sdpa(&q, &k, &v, scale, &mask).unwrap();
-        let blocked = dense_attention(&q, &k, &v, scale, &mask).unwrap();
+        let whole = sdpa(&q, &k, &v, scale, &mask, None).unwrap();
+        let blocked = dense_attention(&q, &k, &v, scale, &mask, None).unwrap();
         assert!(max_diff(&whole, &blocked) < 1e-5);
     }
 }

@@ -40,10 +40,18 @@ impl AdaptedLayer<'_> {
         }
     }
 
-    pub fn fuse(&mut self, dequantize: bool) -> Result<(), Exception> {
+    pub fn fuse(&mut self, dequantize: bool, compute: Dtype) -> Result<(), Exception> {
         match self {
-            AdaptedLayer::Linear(l) => l.fuse(dequantize),
-            AdaptedLayer::Switch(s) => s.fuse(dequantize),
+            AdaptedLayer::Linear(l) => l.fuse(dequantize, compute),
+            AdaptedLayer::Switch(s) => s.fuse(dequantize, compute),
+        }
+    }
+
+    /// How the layer is quantized (None: float).
+    pub fn quant(&self) -> Option<Quant> {
+        match self {
+            AdaptedLayer::Linear(l) => l.quant,
+            AdaptedLayer::Switch(s) => s.quant,
         }
     }
 

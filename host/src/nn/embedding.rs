@@ -14,20 +14,23 @@ pub struct Embedding {
     pub biases: Param<Option<Array>>,
     pub quant: Option<Quant>,
     pub dims: i32,
+    /// What quantized rows come back as (microscaling scales carry no float dtype).
+    pub dtype: Dtype,
 }
 
 impl Embedding {
     pub fn placeholder(vocab: i32, dims: i32, quant: Option<Quant>, dtype: Dtype) -> Result<Self, Exception> {
         let (weight, scales, biases) = quant::placeholder_matrix(vocab, dims, quant, dtype)?;
-        Ok(Embedding { weight: Param::new(weight), scales: Param::new(scales), biases: Param::new(biases), quant, dims })
+        Ok(Embedding { weight: Param::new(weight), scales: Param::new(scales), biases: Param::new(biases), quant, dims, dtype })
     }
 
     /// Rows for `ids` (any shape) → ids.shape + [dims].
     pub fn forward(&self, ids: &Array) -> Result<Array, Exception> {
-        match (&self.quant, &*self.scales, &*self.biases) {
-            (Some(q), Some(s), Some(b)) => {
+        match (&self.quant, &*self.scales) {
+            (Some(q), Some(s)) => {
                 let rows = |a: &Array| a.take_axis(ids, 0);
-                q.dequantize(&rows(&self.weight)?, &rows(s)?, &rows(b)?, s.dtype())
+                let biases = (*self.biases).as_ref().map(rows).transpose()?;
+                q.dequantize(&rows(&self.weight)?, &rows(s)?, biases.as_ref(), self.dtype)
             }
             _ => self.weight.take_axis(ids, 0),
         }

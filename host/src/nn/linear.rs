@@ -179,12 +179,13 @@ impl Linear {
     }
 
     /// Merges the adapter into the weight (mlx-lm's `fuse`): a float layer stays float; a quantized one is
-    /// re-quantized with its own settings unless `dequantize`. The layer has no adapter afterwards.
-    pub fn fuse(&mut self, dequantize: bool) -> Result<(), Exception> {
+    /// re-quantized with its own settings (mode included) unless `dequantize`. The layer has no adapter afterwards.
+    pub fn fuse(&mut self, dequantize: bool, compute: Dtype) -> Result<(), Exception> {
         let (Some(adapter), Some(a), Some(b)) = (self.adapter.take(), (*self.lora_a).clone(), (*self.lora_b).clone()) else {
             return Ok(());
         };
-        let dtype = (*self.scales).as_ref().map_or_else(|| self.weight.dtype(), |s| s.dtype());
+        // A quantized weight comes back in the model's compute dtype (microscaling scales are 8-bit codes).
+        let dtype = if self.quant.is_some() { compute } else { self.weight.dtype() };
         let mut fused = self.adapted_weight(&adapter, &a, &b)?;
         if let Some(m) = &*self.m {
             let norm = row_norms(&fused)?;

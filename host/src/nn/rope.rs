@@ -13,6 +13,52 @@ pub enum RopeScaling {
     /// Phi-3's LongRoPE ("su"): per-pair periods stretched by `factors`, and the rotated features of q and k
     /// multiplied by `mscale` (so scores by mscale²).
     LongRope { factors: Vec<f64>, mscale: f64 },
+    /// YaRN (gpt-oss, DeepSeek): high frequencies kept, low ones interpolated by `factor`, a linear ramp
+    /// between the dimensions that turn `beta_fast` and `beta_slow` times over the original context, and q
+    /// and k scaled by mscale = get(factor, mscale) / get(factor, mscale_all_dim), get(s, m) = 0.1·m·ln s + 1
+    /// (or `attention_factor` when the config gives it). `truncate` rounds the ramp's ends to whole
+    /// dimensions (transformers' default; gpt-oss sets it false).
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        mscale: f64,
+        mscale_all_dim: f64,
+        attention_factor: Option<f64>,
+        truncate: bool,
+    },
+}
+
+/// YaRN's per-pair periods and q/k scale for `dims` rotated features (transformers'
+/// `_compute_yarn_parameters`, in float32 as mlx-lm computes them).
+fn yarn(dims: i32, base: f64, scaling: &RopeScaling) -> (Vec<f32>, f32) {
+    let RopeScaling::Yarn { factor, original_max_position_embeddings: old, beta_fast, beta_slow, mscale, mscale_all_dim, attention_factor, truncate } =
+        *scaling
+    else {
+        return (Vec::new(), 1.0);
+    };
+    let d = f64::from(dims);
+    // The dimension whose pair turns `rotations` times over the original context.
+    let dim_of = |rotations: f64| d * (old / (rotations * 2.0 * PI)).ln() / (2.0 * base.ln());
+    let (mut low, mut high) = (dim_of(beta_fast), dim_of(beta_slow));
+    if truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, high) = (low.max(0.0), high.min(d - 1.0));
+    let high = if low == high { high + 0.001 } else { high };
+    let get = |s: f64, m: f64| if s <= 1.0 { 1.0 } else { 0.1 * m * s.ln() + 1.0 };
+    let scale = attention_factor.unwrap_or_else(|| get(factor, mscale) / get(factor, mscale_all_dim));
+    let periods = (0..dims / 2)
+        .map(|i| {
+            let extra = (base as f32).powf(2.0 * i as f32 / dims as f32);
+            let inter = factor as f32 * extra;
+            // 1 for the high-frequency pairs kept as they are, 0 for the interpolated ones.
+            let keep = 1.0 - ((i as f32 - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
+            inter * extra / (inter * keep + extra * (1.0 - keep))
+        })
+        .collect();
+    (periods, scale as f32)
 }
 
 /// Rotary position embedding over the first `dims` features of each head (non-traditional: pairs (i, i+d/2)).
@@ -37,6 +83,10 @@ impl Rope {
                 let periods: Vec<f32> =
                     (0..dims / 2).map(|i| factors[i as usize] as f32 * (base as f32).powf(2.0 * i as f32 / dims as f32)).collect();
                 Rope { dims, base: base as f32, scale: 1.0, periods: Some(Array::from_slice(&periods, &[dims / 2])), mscale: *mscale as f32 }
+            }
+            RopeScaling::Yarn { .. } => {
+                let (periods, mscale) = yarn(dims, base, scaling);
+                Rope { dims, base: base as f32, scale: 1.0, periods: Some(Array::from_slice(&periods, &[dims / 2])), mscale }
             }
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
                 let periods: Vec<f32> = (0..dims / 2)
@@ -110,6 +160,42 @@ mod tests {
         let expected = by_hand(&x, len, d, offset, period);
         for (g, e) in y.as_slice::<f32>().iter().zip(&expected) {
             assert!((f64::from(*g) - e).abs() < 2e-4, "{scaling:?}: {g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn yarn_periods_and_scale_match_hand_computed_values() {
+        // dims 16, base 10000, factor 4, original context 64, betas 32 / 1. The pair turning r times:
+        // 16·ln(64 / 2πr) / (2 ln 10000): r = 32 → −0.9943, r = 1 → 2.0160. Truncated: ramp over [0, 3];
+        // not: over [0, 2.0160] (the low end clamped at 0).
+        let scaling = |truncate| RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 64.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: 1.0,
+            mscale_all_dim: 0.0,
+            attention_factor: None,
+            truncate,
+        };
+        let base = |i: usize| 10000f64.powf(2.0 * i as f64 / 16.0);
+        for (truncate, high) in [(true, 3.0), (false, 2.016_0)] {
+            let (periods, mscale) = yarn(16, 10000.0, &scaling(truncate));
+            // 0.1·ln 4 + 1, over get(4, 0) = 1.
+            assert!((mscale - 1.138_629).abs() < 1e-6, "{mscale}");
+            for (i, p) in periods.iter().enumerate() {
+                let keep = 1.0 - (i as f64 / high).clamp(0.0, 1.0);
+                // period = 4·b / (4·keep + (1 − keep)): b at keep = 1, 4b at keep = 0.
+                let want = 4.0 * base(i) / (4.0 * keep + 1.0 - keep);
+                assert!((f64::from(*p) / want - 1.0).abs() < 2e-4, "truncate {truncate}, pair {i}: {p} vs {want}");
+            }
+        }
+        // The scale multiplies q and k before rotation.
+        let x: Vec<f32> = (0..16).map(|i| i as f32 / 8.0 - 1.0).collect();
+        let rope = Rope::new(16, 10000.0, &scaling(true));
+        let y = rope.forward(&Array::from_slice(&x, &[1, 1, 1, 16]), 0).unwrap();
+        for (g, e) in y.as_slice::<f32>().iter().zip(&x) {
+            assert!((g - e * 1.138_629).abs() < 1e-5, "{g} vs {e}");
         }
     }
 

@@ -25,6 +25,9 @@ pub struct SwitchLinear {
     pub scales: Param<Option<Array>>,
     #[param]
     pub biases: Param<Option<Array>>,
+    /// One output bias per expert, [experts, out] (gpt-oss).
+    #[param]
+    pub bias: Param<Option<Array>>,
     #[param]
     pub lora_a: Param<Option<Array>>,
     #[param]
@@ -37,12 +40,14 @@ pub struct SwitchLinear {
 }
 
 impl SwitchLinear {
-    pub fn placeholder(experts: i32, in_dims: i32, out_dims: i32, quant: Option<Quant>, dtype: Dtype) -> Result<Self, Exception> {
+    pub fn placeholder(experts: i32, in_dims: i32, out_dims: i32, bias: bool, quant: Option<Quant>, dtype: Dtype) -> Result<Self, Exception> {
         let (weight, scales, biases) = super::quant::placeholder_rows(&[experts, out_dims], in_dims, quant, dtype)?;
+        let bias = bias.then(|| Array::zeros::<f32>(&[experts, out_dims]).and_then(|b| b.as_dtype(dtype))).transpose()?;
         Ok(SwitchLinear {
             weight: Param::new(weight),
             scales: Param::new(scales),
             biases: Param::new(biases),
+            bias: Param::new(bias),
             lora_a: Param::new(None),
             lora_b: Param::new(None),
             quant,
@@ -55,9 +60,25 @@ impl SwitchLinear {
 
     /// `x` [..., 1, in] through the experts `indices` [...] (broadcast against x's batch dimensions).
     pub fn forward(&self, x: &Array, indices: &Array, sorted: bool) -> Result<Array, Exception> {
-        let y = match (self.quant, &*self.scales, &*self.biases) {
-            (Some(q), Some(s), Some(b)) => ops::gather_qmm(x, &*self.weight, s, b, None, indices, true, q.group_size, q.bits, sorted)?,
+        let y = match (self.quant, &*self.scales) {
+            (Some(q), Some(s)) => mlx_ext::gather_qmm(
+                x,
+                &self.weight,
+                s,
+                (*self.biases).as_ref(),
+                None,
+                Some(indices),
+                true,
+                q.group_size,
+                q.bits,
+                q.mode.name(),
+                sorted,
+            )?,
             _ => ops::gather_mm(x, self.weight.swap_axes(-1, -2)?, None, indices, sorted)?,
+        };
+        let y = match &*self.bias {
+            Some(bias) => y.add(bias.take_axis(indices, 0)?.expand_dims(-2)?)?,
+            None => y,
         };
         match (&self.adapter, &*self.lora_a, &*self.lora_b) {
             (Some(adapter), Some(a), Some(b)) if adapter.enabled => {
@@ -95,11 +116,12 @@ impl SwitchLinear {
 
     /// Merges the adapter into each expert's weight (W + scale · B A, mlx-lm's `LoRASwitchLinear.fuse`); a
     /// quantized layer is re-quantized with its own settings unless `dequantize`. No adapter afterwards.
-    pub fn fuse(&mut self, dequantize: bool) -> Result<(), Exception> {
+    pub fn fuse(&mut self, dequantize: bool, compute: Dtype) -> Result<(), Exception> {
         let (Some(adapter), Some(a), Some(b)) = (self.adapter.take(), (*self.lora_a).clone(), (*self.lora_b).clone()) else {
             return Ok(());
         };
-        let dtype = (*self.scales).as_ref().map_or_else(|| self.weight.dtype(), |s| s.dtype());
+        // A quantized weight comes back in the model's compute dtype (microscaling scales are 8-bit codes).
+        let dtype = if self.quant.is_some() { compute } else { self.weight.dtype() };
         let update = b.multiply(Array::from_f32(adapter.scale))?.matmul(&a)?;
         let quant = self.quant;
         *self.weight = self.dense_weight(dtype)?.add(update.as_dtype(dtype)?)?;
@@ -125,7 +147,33 @@ impl SwitchLinear {
     }
 }
 
-/// SwiGLU experts: down(silu(gate(x)) · up(x)) with each token's chosen experts.
+/// The experts' gated activation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExpertActivation {
+    /// silu(gate) · up.
+    Swiglu,
+    /// gpt-oss's clamped variant: (clip(up, ±limit) + 1) · g·σ(alpha·g) with g = min(gate, limit).
+    SwigluClamped { alpha: f32, limit: f32 },
+}
+
+impl ExpertActivation {
+    pub fn apply(self, gate: &Array, up: &Array) -> Result<Array, Exception> {
+        // Plain ops (mlx-rs's nn::silu compiles a closure per call).
+        match self {
+            ExpertActivation::Swiglu => gate.multiply(ops::sigmoid(gate)?)?.multiply(up),
+            ExpertActivation::SwigluClamped { alpha, limit } => {
+                let dt = gate.dtype();
+                let lim = Array::from_f32(limit).as_dtype(dt)?;
+                let g = ops::minimum(gate, &lim)?;
+                let u = ops::clip(up, (&lim.negative()?, &lim))?;
+                let glu = g.multiply(ops::sigmoid(&g.multiply(Array::from_f32(alpha).as_dtype(dt)?)?)?)?;
+                u.add(Array::from_f32(1.0).as_dtype(dt)?)?.multiply(&glu)
+            }
+        }
+    }
+}
+
+/// Gated experts: down(act(gate(x), up(x))) with each token's chosen experts.
 #[derive(Debug, Clone, ModuleParameters)]
 pub struct SwitchGlu {
     #[param]
@@ -134,17 +182,28 @@ pub struct SwitchGlu {
     pub up_proj: SwitchLinear,
     #[param]
     pub down_proj: SwitchLinear,
+    pub activation: ExpertActivation,
 }
 
 /// Token-expert pairs from which they are sorted by expert (mlx-lm's threshold).
 const SORT_FROM: usize = 64;
 
 impl SwitchGlu {
-    pub fn placeholder(experts: i32, hidden: i32, intermediate: i32, quant: &dyn Fn(&str, i32) -> Option<Quant>, dtype: Dtype) -> Result<Self, Exception> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn placeholder(
+        experts: i32,
+        hidden: i32,
+        intermediate: i32,
+        bias: bool,
+        activation: ExpertActivation,
+        quant: &dyn Fn(&str, i32) -> Option<Quant>,
+        dtype: Dtype,
+    ) -> Result<Self, Exception> {
         Ok(SwitchGlu {
-            gate_proj: SwitchLinear::placeholder(experts, hidden, intermediate, quant("gate_proj", hidden), dtype)?,
-            up_proj: SwitchLinear::placeholder(experts, hidden, intermediate, quant("up_proj", hidden), dtype)?,
-            down_proj: SwitchLinear::placeholder(experts, intermediate, hidden, quant("down_proj", intermediate), dtype)?,
+            gate_proj: SwitchLinear::placeholder(experts, hidden, intermediate, bias, quant("gate_proj", hidden), dtype)?,
+            up_proj: SwitchLinear::placeholder(experts, hidden, intermediate, bias, quant("up_proj", hidden), dtype)?,
+            down_proj: SwitchLinear::placeholder(experts, intermediate, hidden, bias, quant("down_proj", intermediate), dtype)?,
+            activation,
         })
     }
 
@@ -168,8 +227,7 @@ impl SwitchGlu {
         };
         let up = self.up_proj.forward(&x, &idx, sort)?;
         let gate = self.gate_proj.forward(&x, &idx, sort)?;
-        // Activations as plain ops (mlx-rs's nn::silu compiles a closure per call).
-        let activated = gate.multiply(ops::sigmoid(&gate)?)?.multiply(&up)?;
+        let activated = self.activation.apply(&gate, &up)?;
         let mut out = self.down_proj.forward(&activated, &idx, sort)?;
         if let Some(inverse) = inverse {
             out = out.take_axis(&inverse, 0)?;
@@ -245,7 +303,7 @@ mod tests {
         // 3 experts, hidden 4, width 6; each token's two experts computed one matrix product at a time.
         let key = random::key(5).unwrap();
         let w = |shape: &[i32], k: u32| random::normal::<f32>(shape, None, Some(0.5), &key.add(Array::from_slice(&[k, 0], &[2])).unwrap()).unwrap();
-        let mut glu = SwitchGlu::placeholder(3, 4, 6, &|_, _| None, Dtype::Float32).unwrap();
+        let mut glu = SwitchGlu::placeholder(3, 4, 6, false, ExpertActivation::Swiglu, &|_, _| None, Dtype::Float32).unwrap();
         *glu.gate_proj.weight = w(&[3, 6, 4], 1);
         *glu.up_proj.weight = w(&[3, 6, 4], 2);
         *glu.down_proj.weight = w(&[3, 4, 6], 3);

@@ -11,7 +11,6 @@ use crate::{
     config::{RunConfig, TrainMode},
     lora::{self, LoraSettings},
     model::{self, hub, CausalLm, LoadOptions},
-    nn::Quant,
     plugins::Registry,
     text::TextTokenizer,
 };
@@ -35,7 +34,7 @@ pub fn load_policy(config: &RunConfig, registry: &Registry) -> Result<Policy, Tr
     let model_cfg = config.model.as_ref().ok_or_else(|| missing("model"))?;
     let dir = hub::resolve(&model_cfg.path)?;
     let dtype = model_cfg.dtype.as_deref().and_then(model::parse_dtype);
-    let quantize = model_cfg.quantize.map(|q| Quant { bits: q.bits, group_size: q.group_size });
+    let quantize = model_cfg.quantize.map(|q| q.quant()).transpose().map_err(TrainError::Config)?;
     let load_options = LoadOptions { dtype, quantize };
     let mut loaded = model::load(&dir, &load_options)?;
     let tokenizer = TextTokenizer::load(&dir)?;
