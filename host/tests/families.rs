@@ -477,3 +477,31 @@ fn every_quantization_mode_round_trips_and_fuses_in_its_own_format() {
     assert!(err.contains("mxfp4 packs 4 bits in groups of 32"), "{err}");
     assert!(QuantMode::parse("int4", "--mode").unwrap_err().contains("unknown quantization mode `int4`"));
 }
+
+/// Settings the mixture-of-experts families do not implement are refused naming the key, and so are
+/// checkpoint quantizations other than MLX's and MXFP4/MXFP8.
+#[test]
+fn moe_settings_and_quantizations_not_implemented_are_refused_by_key() {
+    let resolve = |extra: serde_json::Value| {
+        let mut c = serde_json::json!({
+            "model_type": "mixtral", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+            "num_attention_heads": 2, "vocab_size": 512, "num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 32
+        });
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let args: model::HfArgs = serde_json::from_value(c).unwrap();
+        model::family_config(&args).and_then(|_| args.quantization().map(|_| ()))
+    };
+    assert!(resolve(serde_json::json!({"router_jitter_noise": 0.0})).is_ok());
+    let err = resolve(serde_json::json!({"router_jitter_noise": 0.1})).unwrap_err();
+    assert!(err.contains("router_jitter_noise"), "{err}");
+    let err = resolve(serde_json::json!({"model_type": "gpt_oss", "hidden_act": "gelu"})).unwrap_err();
+    assert!(err.contains("hidden_act `gelu`"), "{err}");
+    let err = resolve(serde_json::json!({"num_experts_per_tok": 5})).unwrap_err();
+    assert!(err.contains("num_experts_per_tok (5)"), "{err}");
+    let err = resolve(serde_json::json!({"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}})).unwrap_err();
+    assert!(err.contains("quant_method `gptq` is not supported"), "{err}");
+    let err = resolve(serde_json::json!({"quantization": {"bits": 4, "group_size": 32, "mode": "fp4"}})).unwrap_err();
+    assert!(err.contains("unknown quantization mode `fp4`"), "{err}");
+    let err = resolve(serde_json::json!({"model_type": "gpt_oss", "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "truncate": "no"}})).unwrap_err();
+    assert!(err.contains("rope_scaling.truncate"), "{err}");
+}

@@ -82,6 +82,8 @@ pub struct HfArgs {
     pub norm_topk_prob: Option<bool>,
     /// Mixtral's and gpt-oss's expert count.
     pub num_local_experts: Option<i32>,
+    /// Mixtral's multiplicative router noise during training (transformers); only 0 is implemented.
+    pub router_jitter_noise: Option<f64>,
     /// gpt-oss: the clamp of its experts' SwiGLU (transformers' `swiglu_limit`, default 7).
     pub swiglu_limit: Option<f32>,
     /// mlx-lm's quantization block: `{group_size, bits, [mode], <module path>: {group_size, bits} | false}`.

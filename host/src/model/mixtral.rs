@@ -9,6 +9,9 @@ use crate::nn::{ExpertActivation, Routing};
 
 pub fn config(args: &HfArgs) -> Result<TransformerConfig, String> {
     let mut c = super::mistral::config(args)?;
+    if let Some(noise) = args.router_jitter_noise.filter(|n| *n != 0.0) {
+        return Err(format!("router_jitter_noise = {noise}: training-time router noise is not implemented (set it to 0)"));
+    }
     let experts = args.num_local_experts.ok_or("mixtral needs `num_local_experts`")?;
     let top_k = args.num_experts_per_tok.ok_or("mixtral needs `num_experts_per_tok`")?;
     if experts < 1 || top_k < 1 || top_k > experts {
