@@ -125,4 +125,16 @@ inline void report(char* err, size_t cap, const char* what) {
   }
 }
 
+// Runs an entry point's body: 0 on success, 1 with MLX's message in `err` when it throws.
+template <class F>
+int guarded(char* err, size_t cap, F&& body) {
+  try {
+    body();
+    return 0;
+  } catch (const std::exception& e) {
+    report(err, cap, e.what());
+    return 1;
+  }
+}
+
 } // namespace mlx_ext

@@ -27,7 +27,7 @@ extern "C" int mlx_ext_quantize(
     mlx_stream stream,
     char* err,
     size_t cap) {
-  try {
+  return guarded(err, cap, [&] {
     auto parts = mx::quantize(mlx_array_get_(w), group_size, bits, mode, std::nullopt, mlx_stream_get_(stream));
     if (parts.size() < 2) {
       throw std::runtime_error("quantize returned fewer than two arrays");
@@ -37,11 +37,7 @@ extern "C" int mlx_ext_quantize(
     if (parts.size() > 2) {
       mlx_array_set_(*biases_out, std::move(parts[2]));
     }
-    return 0;
-  } catch (const std::exception& e) {
-    report(err, cap, e.what());
-    return 1;
-  }
+  });
 }
 
 extern "C" int mlx_ext_dequantize(
@@ -55,23 +51,20 @@ extern "C" int mlx_ext_dequantize(
     mlx_stream stream,
     char* err,
     size_t cap) {
-  try {
-    mx::array y = mx::dequantize(
-        mlx_array_get_(w),
-        mlx_array_get_(scales),
-        maybe(biases),
-        group_size,
-        bits,
-        mode,
-        std::nullopt,
-        std::nullopt,
-        mlx_stream_get_(stream));
-    mlx_array_set_(*res, std::move(y));
-    return 0;
-  } catch (const std::exception& e) {
-    report(err, cap, e.what());
-    return 1;
-  }
+  return guarded(err, cap, [&] {
+    mlx_array_set_(
+        *res,
+        mx::dequantize(
+            mlx_array_get_(w),
+            mlx_array_get_(scales),
+            maybe(biases),
+            group_size,
+            bits,
+            mode,
+            std::nullopt,
+            std::nullopt,
+            mlx_stream_get_(stream)));
+  });
 }
 
 extern "C" int mlx_ext_quantized_matmul(
@@ -87,23 +80,20 @@ extern "C" int mlx_ext_quantized_matmul(
     mlx_stream stream,
     char* err,
     size_t cap) {
-  try {
-    mx::array y = mx::quantized_matmul(
-        mlx_array_get_(x),
-        mlx_array_get_(w),
-        mlx_array_get_(scales),
-        maybe(biases),
-        transpose != 0,
-        group_size,
-        bits,
-        mode,
-        mlx_stream_get_(stream));
-    mlx_array_set_(*res, std::move(y));
-    return 0;
-  } catch (const std::exception& e) {
-    report(err, cap, e.what());
-    return 1;
-  }
+  return guarded(err, cap, [&] {
+    mlx_array_set_(
+        *res,
+        mx::quantized_matmul(
+            mlx_array_get_(x),
+            mlx_array_get_(w),
+            mlx_array_get_(scales),
+            maybe(biases),
+            transpose != 0,
+            group_size,
+            bits,
+            mode,
+            mlx_stream_get_(stream)));
+  });
 }
 
 extern "C" int mlx_ext_gather_qmm(
@@ -122,24 +112,21 @@ extern "C" int mlx_ext_gather_qmm(
     mlx_stream stream,
     char* err,
     size_t cap) {
-  try {
-    mx::array y = mx::gather_qmm(
-        mlx_array_get_(x),
-        mlx_array_get_(w),
-        mlx_array_get_(scales),
-        maybe(biases),
-        maybe(lhs_indices),
-        maybe(rhs_indices),
-        transpose != 0,
-        group_size,
-        bits,
-        mode,
-        sorted_indices != 0,
-        mlx_stream_get_(stream));
-    mlx_array_set_(*res, std::move(y));
-    return 0;
-  } catch (const std::exception& e) {
-    report(err, cap, e.what());
-    return 1;
-  }
+  return guarded(err, cap, [&] {
+    mlx_array_set_(
+        *res,
+        mx::gather_qmm(
+            mlx_array_get_(x),
+            mlx_array_get_(w),
+            mlx_array_get_(scales),
+            maybe(biases),
+            maybe(lhs_indices),
+            maybe(rhs_indices),
+            transpose != 0,
+            group_size,
+            bits,
+            mode,
+            sorted_indices != 0,
+            mlx_stream_get_(stream)));
+  });
 }

@@ -159,3 +159,27 @@ fn bad_shapes_are_errors_not_crashes() {
     assert!(quantized_matmul_t(&x, &w, &s, &b, 64, 4).is_err());
     assert!(matmul_t(&x, &normal(&[8, 64], 62)).is_err());
 }
+
+/// The mode-named ops reach MLX's microscaling formats: mxfp4 packs 8 weights per uint32 with one uint8 scale
+/// per 32 and no biases, dequantizes to within the format's step, and MLX's refusal of a group size the mode
+/// does not use comes back as an error with its message. The bound: the OCP scale s = 2^(⌊log2 max⌋ − 2) puts
+/// a group's largest magnitude in [4s, 8s). Below 6s, rounding to E2M1's grid (widest gap 4s..6s) errs by at
+/// most s ≤ max/4; above it the clip at 6s errs by under 2s, and there max ≥ 6s makes 2s ≤ max/3.
+#[test]
+fn mode_named_quantization_reaches_mxfp4_and_reports_mlx_errors() {
+    let w = mlx_rs::random::normal::<f32>(&[8, 64], None, None, &mlx_rs::random::key(1).unwrap()).unwrap();
+    let p = mlx_ext::quantize(&w, 32, 4, "mxfp4").unwrap();
+    assert_eq!((p.weight.shape(), p.scales.shape(), p.scales.dtype()), (&[8, 8][..], &[8, 2][..], mlx_rs::Dtype::Uint8));
+    assert!(p.biases.is_none());
+    let back = mlx_ext::dequantize(&p.weight, &p.scales, None, 32, 4, "mxfp4").unwrap();
+    let err = back.subtract(&w).unwrap().abs().unwrap().max(None).unwrap().item::<f32>();
+    let top = w.abs().unwrap().max(None).unwrap().item::<f32>();
+    assert!(err > 0.0 && err <= top / 3.0, "{err} vs max {top}");
+    let x = mlx_rs::random::normal::<f32>(&[3, 64], None, None, &mlx_rs::random::key(2).unwrap()).unwrap();
+    let y = mlx_ext::quantized_matmul(&x, &p.weight, &p.scales, None, true, 32, 4, "mxfp4").unwrap();
+    let want = x.matmul(back.t()).unwrap();
+    assert!(y.subtract(&want).unwrap().abs().unwrap().max(None).unwrap().item::<f32>() < 1e-4);
+    let refused = mlx_ext::quantize(&w, 64, 4, "mxfp4").err().map(|e| e.what().to_owned()).unwrap_or_default();
+    assert!(refused.contains("32"), "{refused}");
+    assert!(mlx_ext::quantize(&w, 32, 4, "int4").is_err());
+}

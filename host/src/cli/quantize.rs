@@ -37,9 +37,7 @@ fn parse_mode(name: &str) -> Result<QuantMode, String> {
 
 /// Quantizes every linear layer (and the embeddings) whose width the group size divides, as mlx_lm.convert.
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
-    let (bits, group_size) = args.mode.defaults();
-    let quant = Quant::checked(args.bits.unwrap_or(bits), args.group_size.unwrap_or(group_size), args.mode, "--mode/--bits/--group-size")
-        .map_err(anyhow::Error::msg)?;
+    let quant = Quant::with_defaults(args.mode, args.bits, args.group_size, "--mode/--bits/--group-size").map_err(anyhow::Error::msg)?;
     let dir = hub::resolve(&args.model)?;
     let loaded = model::load(&dir, &LoadOptions { dtype: args.dtype, quantize: Some(quant) })?;
     let skipped = loaded.quantization.as_ref().map_or(0, |p| p.overrides.len());

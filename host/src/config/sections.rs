@@ -229,8 +229,7 @@ pub struct QuantizeConfig {
 
 impl QuantizeConfig {
     pub fn quant(&self) -> Result<crate::nn::Quant, String> {
-        let (bits, group_size) = self.mode.defaults();
-        crate::nn::Quant::checked(self.bits.unwrap_or(bits), self.group_size.unwrap_or(group_size), self.mode, "quantize")
+        crate::nn::Quant::with_defaults(self.mode, self.bits, self.group_size, "quantize")
     }
 }
 

@@ -83,12 +83,12 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> GgufError + '_ {
 
 /// Which modules carry quantization after conversion, as config.json's block describes them.
 fn plan_of(model: &mut model::CausalLm) -> Option<QuantizationPlan> {
-    let mut modules: Vec<(String, Option<Quant>)> = model.linears_mut().into_iter().map(|(p, l)| (p, l.quant)).collect();
-    modules.push(("model.embed_tokens".to_owned(), model.model.embed_tokens.quant));
+    let modules = model.module_quants();
     let mut counts: BTreeMap<(i32, i32), usize> = BTreeMap::new();
     for q in modules.iter().filter_map(|(_, q)| *q) {
         *counts.entry((q.bits, q.group_size)).or_default() += 1;
     }
+    // GGUF's block types repack into affine only.
     let (&(bits, group_size), _) = counts.iter().max_by_key(|(_, n)| **n)?;
     let default = Quant::affine(bits, group_size);
     let overrides = modules.into_iter().filter(|(_, q)| *q != Some(default)).collect();

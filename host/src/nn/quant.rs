@@ -98,6 +98,12 @@ impl Quant {
         Ok(Quant { bits, group_size, mode })
     }
 
+    /// [`Quant::checked`] with the mode's own bits and group size where they are not given.
+    pub fn with_defaults(mode: QuantMode, bits: Option<i32>, group_size: Option<i32>, what: &str) -> Result<Quant, String> {
+        let (b, g) = mode.defaults();
+        Self::checked(bits.unwrap_or(b), group_size.unwrap_or(g), mode, what)
+    }
+
     /// Columns of the packed uint32 weight for `in_dims` inputs.
     pub fn packed_dims(&self, in_dims: i32) -> i32 {
         in_dims * self.bits / 32
