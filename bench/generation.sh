@@ -4,7 +4,8 @@
 #
 #   bench/generation.sh [PYTHON_WITH_MLX_LM]        (default: python3)
 #   FAMILY=llama (any `host fixture --family`), FOURBIT=1 (0: float32 only; mlx-lm 0.32.2 cannot run 4-bit
-#   experts on mlx 0.32.2, so MoE families take FOURBIT=0)
+#   experts on mlx 0.32.2, so MoE families take FOURBIT=0), PRESET=small, DTYPE=f32 (bf16 on a GPU),
+#   HOST=<a prebuilt host binary> (default: cargo build --release)
 #
 # The Python needs mlx==0.32.2, mlx-cpu==0.32.2 and mlx-lm==0.32.2; bench/blas.sh gives its MLX our BLAS
 # (or refuses to compare).
@@ -17,16 +18,22 @@ RUNS=${RUNS:-3}
 WORK=${WORK:-target/bench}
 mkdir -p "$WORK"
 
-cargo build --release -p host >&2
-HOST=target/release/host
+if [ -z "${HOST:-}" ]; then
+  cargo build --release -p host >&2
+  HOST=target/release/host
+fi
 source bench/blas.sh
 same_blas "$HOST" "$PYTHON"
 FAMILY=${FAMILY:-llama}
-MODELS=("small-$FAMILY")
-[ -d "$WORK/small-$FAMILY" ] || $HOST fixture --family "$FAMILY" --preset small --out "$WORK/small-$FAMILY" --seed 0 >&2
+PRESET=${PRESET:-small}
+DTYPE=${DTYPE:-f32}
+BASE="$PRESET-$FAMILY"
+[ "$DTYPE" = f32 ] || BASE="$BASE-$DTYPE"
+MODELS=("$BASE")
+[ -d "$WORK/$BASE" ] || $HOST fixture --family "$FAMILY" --preset "$PRESET" --dtype "$DTYPE" --out "$WORK/$BASE" --seed 0 >&2
 if [ "${FOURBIT:-1}" = 1 ]; then
-  [ -d "$WORK/small-$FAMILY-4bit" ] || $HOST quantize --model "$WORK/small-$FAMILY" --out "$WORK/small-$FAMILY-4bit" --bits 4 --group-size 64 >&2
-  MODELS+=("small-$FAMILY-4bit")
+  [ -d "$WORK/$BASE-4bit" ] || $HOST quantize --model "$WORK/$BASE" --out "$WORK/$BASE-4bit" --bits 4 --group-size 64 >&2
+  MODELS+=("$BASE-4bit")
 fi
 
 # A fixed prompt of PROMPT_TOKENS ids (the same ids for both tools; the model's vocabulary is 8192).

@@ -87,20 +87,27 @@ fn cached_decoding_equals_the_full_forward_for_every_family() {
 
 /// Runs `sections` (everything but [model] and [output]) on a fresh fixture of `family`; the metrics records.
 fn run(family: Family, name: &str, sections: &str, steps: u64) -> Vec<serde_json::Value> {
+    try_run(family, name, sections, steps).unwrap_or_else(|e| panic!("{family:?} {name}: {e}"))
+}
+
+/// [`run`], its error as text.
+fn try_run(family: Family, name: &str, sections: &str, steps: u64) -> Result<Vec<serde_json::Value>, String> {
     let dir = temp(&format!("{family:?}-{name}"));
     fixture::write(&dir.join("model"), family, Preset::Tiny, 5).unwrap();
+    // A trailing `[train]` table in `sections` joins the one written here.
+    let (sections, train_keys) = sections.split_once("[train]\n").unwrap_or((sections, ""));
     let text = format!(
-        "[model]\npath = {:?}\n{sections}\n[train]\nsteps = {steps}\nsave_every = {steps}\nseed = 2\n[output]\ndir = {:?}\n",
+        "[model]\npath = {:?}\n{sections}\n[train]\nsteps = {steps}\nsave_every = {steps}\nseed = 2\n{train_keys}\n[output]\ndir = {:?}\n",
         dir.join("model").display().to_string(),
         dir.join("run").display().to_string()
     );
     let path = dir.join("run.toml");
     std::fs::write(&path, text).unwrap();
     let mut registry = Registry::builtin().unwrap();
-    let cfg = RunConfig::load(&path, &[] as &[Override], &mut registry).unwrap();
-    let outcome = train::run(&cfg, &registry, None).unwrap_or_else(|e| panic!("{family:?} {name}: {e}"));
+    let cfg = RunConfig::load(&path, &[] as &[Override], &mut registry).map_err(|e| e.to_string())?;
+    let outcome = train::run(&cfg, &registry, None).map_err(|e| e.to_string())?;
     assert_eq!(outcome.steps, steps, "{family:?} {name}");
-    std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    Ok(std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 fn losses(log: &[serde_json::Value]) -> Vec<f64> {
@@ -167,6 +174,60 @@ fn grpo_samples_scores_and_steps_for_every_family() {
             assert!(r["loss"].as_f64().unwrap().is_finite(), "{family:?}: {r}");
         }
     }
+}
+
+/// The routers' load-balancing loss joins the training loss times `router_aux_loss_coef` and is logged as
+/// `router_aux_loss`, in SFT (with and without checkpointed layers), DPO and GRPO.
+#[test]
+fn moe_training_adds_the_weighted_router_loss_and_logs_it() {
+    let sft = |extra: &str| {
+        format!(
+            "[lora]\nrank = 8\nscale = 20.0\n[data]\ntrain = {:?}\nmask = \"prompt\"\nbatch_size = 4\npad_multiple = 8\ncache = {{ kind = \"none\" }}\n[optimizer]\nlr = 3e-3\n[train]\n{extra}",
+            data("sft")
+        )
+    };
+    let first = |log: &[serde_json::Value], key: &str| log[0][key].as_f64().unwrap_or_else(|| panic!("no {key} in {}", log[0]));
+    for family in [Family::Qwen3Moe, Family::Mixtral, Family::GptOss] {
+        let plain = run(family, "aux0", &sft("router_aux_loss_coef = 0.0"), 2);
+        let routed = run(family, "aux1", &sft("router_aux_loss_coef = 0.5"), 2);
+        assert!(plain[0].get("router_aux_loss").is_none(), "off by default: {}", plain[0]);
+        let aux = first(&routed, "router_aux_loss");
+        // Two experts per token: exactly 2 when balanced, up to 2·E/… when not; a random router is near 2.
+        assert!((1.5..4.0).contains(&aux), "{family:?}: {aux}");
+        // Step 1 starts from the same weights: the losses differ by exactly 0.5 × the router loss.
+        let (l0, l1) = (first(&plain, "loss"), first(&routed, "loss"));
+        assert!((l1 - l0 - 0.5 * aux).abs() < 1e-5, "{family:?}: {l1} - {l0} vs 0.5 × {aux}");
+        // Checkpointed layers compute the same loss and the same update (Mixtral: both layers sparse).
+        if family != Family::Mixtral {
+            continue;
+        }
+        let ckpt = run(family, "aux-ckpt", &sft("router_aux_loss_coef = 0.5\ngradient_checkpointing = \"on\""), 2);
+        for key in ["loss", "router_aux_loss"] {
+            for step in 0..2 {
+                let (a, b) = (routed[step][key].as_f64().unwrap(), ckpt[step][key].as_f64().unwrap());
+                assert!((a - b).abs() < 1e-5, "{family:?} step {} {key}: {a} vs {b}", step + 1);
+            }
+        }
+    }
+    let dpo = format!(
+        "[lora]\nrank = 8\nscale = 20.0\n[data]\ntrain = {:?}\nbatch_size = 4\npad_multiple = 8\ncache = {{ kind = \"none\" }}\n[loss]\nkind = \"dpo\"\nbeta = 0.1\n[optimizer]\nlr = 2e-3\n[train]\nrouter_aux_loss_coef = 0.01",
+        data("preference")
+    );
+    let log = run(Family::Qwen3Moe, "aux-dpo", &dpo, 2);
+    // Step 1: DPO's ln 2 plus 0.01 × the router loss.
+    assert!((first(&log, "loss") - std::f64::consts::LN_2 - 0.01 * first(&log, "router_aux_loss")).abs() < 1e-4, "{}", log[0]);
+    let grpo = format!(
+        "[lora]\nrank = 4\nscale = 20.0\n[data]\ntrain = {:?}\nbatch_size = 2\nmax_seq_length = 96\n[rollout]\nnum_generations = 4\nmax_tokens = 8\n[[reward]]\nkind = \"length_penalty\"\nper_token = 0.01\n[loss]\nkind = \"grpo\"\n[optimizer]\nlr = 1e-3\n[train]\nrouter_aux_loss_coef = 0.01",
+        data("grpo")
+    );
+    let log = run(Family::GptOss, "aux-grpo", &grpo, 2);
+    assert!(log.iter().all(|r| r["router_aux_loss"].as_f64().is_some_and(|a| a > 1.0)), "{log:?}");
+
+    // A dense model has no router: the setting is refused, not ignored.
+    let err = try_run(Family::Smollm3, "aux-dense", &sft("router_aux_loss_coef = 0.5"), 1).unwrap_err();
+    assert!(err.contains("router_aux_loss_coef") && err.contains("no mixture-of-experts"), "{err}");
+    let err = try_run(Family::Mixtral, "aux-negative", &sft("router_aux_loss_coef = -1.0"), 1).unwrap_err();
+    assert!(err.contains("router_aux_loss_coef") && err.contains("positive"), "{err}");
 }
 
 #[test]

@@ -153,6 +153,29 @@ fn quantization_modes_match_mlx_lm() {
     }
 }
 
+#[test]
+#[ignore = "needs MLX_LM_PYTHON, a python with mlx-lm (CI provides one)"]
+fn router_load_balancing_loss_matches_the_transformers_formula_on_mlx_lm_router_logits() {
+    // Two rows, the second right-padded by three positions that must not count. Qwen3-MoE's fixture has a
+    // dense layer beside its sparse ones (mlp_only_layers), so only sparse layers may enter the means.
+    let ids: [[i32; 9]; 2] = [IDS, [9, 8, 7, 6, 5, 4, 0, 0, 0]];
+    let real: [[f32; 9]; 2] = [[1.0; 9], [1., 1., 1., 1., 1., 1., 0., 0., 0.]];
+    for family in [Family::Qwen3Moe, Family::Mixtral, Family::GptOss] {
+        let dir = std::env::temp_dir().join(format!("mlx-lm-router-{}-{family:?}", std::process::id()));
+        fixture::write(&dir, family, Preset::Tiny, 21).unwrap();
+        let m = load(&dir);
+        let tokens = Array::from_slice(ids.as_flattened(), &[2, 9]);
+        let mask = Array::from_slice(real.as_flattened(), &[2, 9]);
+        let (_, aux) = m.model.forward_routed(&tokens, None, Some(&mask)).unwrap();
+        let ours = aux.expect("a sparse model has a router loss").item_exact::<f32>();
+        let want: f64 = serde_json::from_slice(&python("router_aux_loss.py", &[dir.to_str().unwrap(), &format!("{ids:?}"), &format!("{real:?}")])).unwrap();
+        eprintln!("{family:?}: router loss {ours} vs {want}");
+        // Means of float32 softmaxes over 15 positions: ~1e-7 apart. Counting a padded position moves it by
+        // ~1e-2 (one of 15 tokens), as does averaging per layer instead of over the concatenated layers.
+        assert!((f64::from(ours) - want).abs() < 1e-5 * want, "{family:?}: {ours} vs {want}");
+    }
+}
+
 /// Our greedy tokens after `IDS` with a KV cache policy, and how many of them to compare: up to (not
 /// including) the first step whose top two logits (from one uncached forward) are within 1e-4 of each other,
 /// where float rounding (~1e-7 between the two implementations) could legitimately pick either.

@@ -186,6 +186,11 @@ impl RunConfig {
             rule(t.max_grad_norm.is_none_or(|n| n > 0.0), &["train", "max_grad_norm"], "must be positive".into());
             rule(t.memory_budget_gb.is_none_or(|m| m > 0.0), &["train", "memory_budget_gb"], "must be positive".into());
             rule(
+                t.router_aux_loss_coef.is_finite() && t.router_aux_loss_coef >= 0.0,
+                &["train", "router_aux_loss_coef"],
+                "must be 0 (off) or positive".into(),
+            );
+            rule(
                 t.checkpoint_layers.is_none() || t.gradient_checkpointing == Checkpointing::On,
                 &["train", "checkpoint_layers"],
                 "goes with gradient_checkpointing = \"on\" (\"auto\" chooses the count itself)".into(),

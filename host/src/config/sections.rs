@@ -77,6 +77,12 @@ pub struct TrainConfig {
     /// With `mode = "full"`: train only the last N transformer layers (mlx-lm's `num_layers`); unset trains
     /// every weight, embeddings, norms and output head included.
     pub last_n_layers: Option<usize>,
+    /// Weight of the routers' load-balancing loss added to a mixture-of-experts model's training loss
+    /// (Switch Transformer's, as transformers' `load_balancing_loss_func` computes it over the real tokens);
+    /// 0 leaves it out. The checkpoint's own `router_aux_loss_coef` is not applied (transformers applies it
+    /// only with `output_router_logits`), so training a MoE model is the same with or without it.
+    #[serde(default)]
+    pub router_aux_loss_coef: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +154,7 @@ impl Default for TrainConfig {
             mode: TrainMode::Lora,
             split_head: SplitHead::Auto,
             last_n_layers: None,
+            router_aux_loss_coef: 0.0,
         }
     }
 }

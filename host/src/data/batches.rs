@@ -82,6 +82,9 @@ pub struct Batch {
     pub targets: Array,
     /// [B, T] float32, 1 where a target is supervised (never on padding).
     pub mask: Array,
+    /// [B, T] float32, 1 at every non-padding input position (prompt included): what the routers' load
+    /// balancing averages over.
+    pub real: Array,
     pub rows: usize,
     /// Non-padding input positions.
     pub real_tokens: usize,
@@ -144,12 +147,14 @@ pub fn collate(examples: &[&Example], pad_multiple: usize, pad_id: u32) -> Batch
     let mut inputs = vec![pad_id as i32; rows * width];
     let mut targets = vec![pad_id as i32; rows * width];
     let mut mask = vec![0f32; rows * width];
+    let mut present = vec![0f32; rows * width];
     let (mut real, mut supervised) = (0, 0);
     for (r, e) in examples.iter().enumerate() {
         let n = e.tokens.len();
         for j in 0..n.saturating_sub(1) {
             inputs[r * width + j] = e.tokens[j] as i32;
             targets[r * width + j] = e.tokens[j + 1] as i32;
+            present[r * width + j] = 1.0;
             if e.supervised[j + 1] {
                 mask[r * width + j] = 1.0;
                 supervised += 1;
@@ -162,6 +167,7 @@ pub fn collate(examples: &[&Example], pad_multiple: usize, pad_id: u32) -> Batch
         inputs: Array::from_slice(&inputs, &shape),
         targets: Array::from_slice(&targets, &shape),
         mask: Array::from_slice(&mask, &shape),
+        real: Array::from_slice(&present, &shape),
         rows,
         real_tokens: real,
         padded_tokens: rows * width,
@@ -216,6 +222,7 @@ mod tests {
         assert_eq!(b.inputs.as_slice::<i32>(), &[1, 2, 3, 0, 5, 0, 0, 0]);
         assert_eq!(b.targets.as_slice::<i32>(), &[2, 3, 4, 0, 6, 0, 0, 0]);
         assert_eq!(b.mask.as_slice::<f32>(), &[0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(b.real.as_slice::<f32>(), &[1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
         assert_eq!((b.real_tokens, b.padded_tokens, b.supervised), (4, 8, 3));
     }
 

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     cache::{AttentionMask, KvCache, KvTensors},
-    nn::{Embedding, Linear, Quant, RmsNorm, Rope, Routing, SwitchGlu},
+    nn::{Embedding, Linear, Quant, RmsNorm, Rope, RouterLoad, Routing, SwitchGlu},
 };
 
 #[derive(Debug, Clone, ModuleParameters)]
@@ -418,13 +418,30 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Array) -> Result<Array, Exception> {
+        Ok(self.forward_routed(x, None)?.0)
+    }
+
+    /// Whether this is a sparse (mixture-of-experts) block.
+    pub fn is_sparse(&self) -> bool {
+        self.routing.is_some()
+    }
+
+    /// [`Mlp::forward`], and for a sparse block given `real` (`[B, L]`, 1 at non-padding positions) its
+    /// routing statistics over those positions.
+    pub fn forward_routed(&self, x: &Array, real: Option<&Array>) -> Result<(Array, Option<RouterLoad>), Exception> {
         let (router, experts) = (self.gate.as_ref().or(self.router.as_ref()), self.switch_mlp.as_ref().or(self.experts.as_ref()));
         if let (Some(router), Some(experts), Some(routing)) = (router, experts, &self.routing) {
             // Each token's chosen experts, weighted by their routing scores (mlx-lm's sparse block).
-            let (inds, scores) = routing.route(&router.forward(x)?)?;
+            let logits = router.forward(x)?;
+            let (inds, scores) = routing.route(&logits)?;
+            let load = real.map(|real| RouterLoad::of_layer(&logits, &inds, real)).transpose()?;
             let y = experts.forward(x, &inds)?;
-            return y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, None)?.as_dtype(y.dtype());
+            return Ok((y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, None)?.as_dtype(y.dtype())?, load));
         }
+        Ok((self.forward_dense(x)?, None))
+    }
+
+    fn forward_dense(&self, x: &Array) -> Result<Array, Exception> {
         // Activations as plain ops: mlx-rs's `nn::silu`/`gelu_approximate` compile a fresh closure on every
         // call, which retraces.
         let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
@@ -493,6 +510,11 @@ impl Layer {
     }
 
     pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
+        Ok(self.forward_routed(x, cache, None)?.0)
+    }
+
+    /// [`Layer::forward`], with a sparse block's routing statistics over `real` (see [`Mlp::forward_routed`]).
+    pub fn forward_routed(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>, real: Option<&Array>) -> Result<(Array, Option<RouterLoad>), Exception> {
         // The multiplier in the activations' dtype, as mlx-lm's Python scalar: bf16 stays bf16.
         let residual = |x: &Array, r: Array| {
             if self.residual_multiplier == 1.0 {
@@ -508,35 +530,48 @@ impl Layer {
         match self.norms {
             NormPlacement::Pre => {
                 let h = residual(x, self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache)?)?;
-                residual(&h, self.ffn()?.forward(&self.post_attention_layernorm.forward(&h)?)?)
+                let (fed, load) = self.ffn()?.forward_routed(&self.post_attention_layernorm.forward(&h)?, real)?;
+                Ok((residual(&h, fed)?, load))
             }
             NormPlacement::Post => {
                 let h = residual(x, self.post_attention_layernorm.forward(&self.self_attn.forward(x, cache)?)?)?;
-                residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &self.ffn()?.forward(&h)?)?)
+                let (fed, load) = self.ffn()?.forward_routed(&h, real)?;
+                Ok((residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &fed)?)?, load))
             }
             NormPlacement::Sandwich => {
                 let attended = self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache)?;
                 let h = residual(x, self.post_attention_layernorm.forward(&attended)?)?;
-                let fed = self.ffn()?.forward(&apply(self.pre_feedforward_layernorm.as_ref(), &h)?)?;
-                residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &fed)?)
+                let (fed, load) = self.ffn()?.forward_routed(&apply(self.pre_feedforward_layernorm.as_ref(), &h)?, real)?;
+                Ok((residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &fed)?)?, load))
             }
         }
     }
 
     /// [`Layer::forward`] without a cache, its activations recomputed in the backward pass. The layer's
     /// trainable parameters go in as inputs so their gradients flow through the checkpoint.
-    pub fn forward_checkpointed(&self, x: &Array) -> Result<Array, Exception> {
+    /// The real-token mask goes in as an input too, so the checkpoint holds no array of the outer graph.
+    pub fn forward_checkpointed(&self, x: &Array, real: Option<&Array>) -> Result<(Array, Option<RouterLoad>), Exception> {
         let params = self.trainable_parameters().flatten();
         let mut names: Vec<std::rc::Rc<str>> = params.keys().cloned().collect();
         names.sort();
         let mut inputs = vec![x.clone()];
+        inputs.extend(real.cloned());
+        let first_param = inputs.len();
         inputs.extend(names.iter().map(|n| params[n].clone()));
         let mut layer = self.clone();
         let out = crate::nn::checkpointed(&inputs, move |args| {
-            layer.update_flattened(names.iter().cloned().zip(args[1..].iter().cloned()).collect());
-            Ok(vec![layer.forward(&args[0], None)?])
+            layer.update_flattened(names.iter().cloned().zip(args[first_param..].iter().cloned()).collect());
+            let real = (first_param == 2).then(|| &args[1]);
+            let (h, load) = layer.forward_routed(&args[0], None, real)?;
+            Ok(std::iter::once(h).chain(load.and_then(RouterLoad::layer_parts).into_iter().flatten()).collect())
         })?;
-        out.into_iter().next().ok_or_else(|| Exception::custom("checkpointed layer returned nothing"))
+        let mut out = out.into_iter();
+        let h = out.next().ok_or_else(|| Exception::custom("checkpointed layer returned nothing"))?;
+        let load = match (out.next(), out.next()) {
+            (Some(counts), Some(probs)) => Some(RouterLoad::of_one_layer(counts, probs)),
+            _ => None,
+        };
+        Ok((h, load))
     }
 }
 
@@ -553,6 +588,27 @@ impl Decoder {
 
     /// Final hidden states [B, L, hidden] for token ids [B, L].
     pub fn forward(&self, tokens: &Array, caches: Option<&mut [Box<dyn KvCache>]>) -> Result<Array, Exception> {
+        Ok(self.forward_routed(tokens, caches, None)?.0)
+    }
+
+    /// Whether any layer has a sparse (mixture-of-experts) block.
+    pub fn has_sparse_layers(&self) -> bool {
+        self.layers.iter().any(|l| l.ffn().is_ok_and(Mlp::is_sparse))
+    }
+
+    /// [`Decoder::forward`], and given `real` (`[B, L]`, 1 at non-padding positions) the routers'
+    /// load-balancing loss over those positions (see [`RouterLoad`]); None without sparse layers.
+    pub fn forward_routed(&self, tokens: &Array, caches: Option<&mut [Box<dyn KvCache>]>, real: Option<&Array>) -> Result<(Array, Option<Array>), Exception> {
+        let mut total: Option<RouterLoad> = None;
+        let mut add = |load: Option<RouterLoad>| -> Result<(), Exception> {
+            if let Some(load) = load {
+                total = Some(match total.take() {
+                    Some(t) => t.merge(load)?,
+                    None => load,
+                });
+            }
+            Ok(())
+        };
         let mut h = self.embed_tokens.forward(tokens)?;
         if self.embedding_multiplier != 1.0 {
             h = h.multiply(Array::from_f32(self.embedding_multiplier).as_dtype(h.dtype())?)?;
@@ -563,7 +619,9 @@ impl Decoder {
                     return Err(Exception::custom(format!("{} caches for {} layers", caches.len(), self.layers.len())));
                 }
                 for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-                    h = layer.forward(&h, Some(cache))?;
+                    let (next, load) = layer.forward_routed(&h, Some(cache), real)?;
+                    add(load)?;
+                    h = next;
                 }
             }
             None => {
@@ -576,11 +634,17 @@ impl Decoder {
                 };
                 let end = first.saturating_add(self.checkpoint_layers);
                 for (i, layer) in self.layers.iter().enumerate() {
-                    h = if (first..end).contains(&i) { layer.forward_checkpointed(&h)? } else { layer.forward(&h, None)? };
+                    let (next, load) = if (first..end).contains(&i) { layer.forward_checkpointed(&h, real)? } else { layer.forward_routed(&h, None, real)? };
+                    add(load)?;
+                    h = next;
                 }
             }
         }
-        self.norm.forward(&h)
+        let aux = match (total, real) {
+            (Some(load), Some(real)) => Some(load.loss(&real.sum(None)?)?),
+            _ => None,
+        };
+        Ok((self.norm.forward(&h)?, aux))
     }
 }
 

@@ -8,6 +8,7 @@ mod linear;
 mod norm;
 mod quant;
 mod rope;
+mod router_load;
 mod softcap;
 mod switch;
 
@@ -18,5 +19,6 @@ pub use linear::{Adapter, AdapterSpec, Linear};
 pub use norm::RmsNorm;
 pub use quant::{Quant, QuantMode};
 pub use rope::{Rope, RopeScaling};
+pub use router_load::RouterLoad;
 pub use softcap::softcap;
 pub use switch::{ExpertActivation, Routing, SwitchGlu, SwitchLinear};

@@ -168,7 +168,7 @@ pub fn run(
         for b in &batches {
             // Rows when the loss averages per completion (grpo, or dr_grpo's fixed length), else completion tokens.
             let weight = needs.share(b.rows(), total_rows, b.completion_tokens(), total_tokens);
-            stepper.micro(step_args(b, needs, first_pass)?, weight)?;
+            stepper.micro(step_args(b, needs, first_pass)?, &b.real, weight)?;
             real += b.report.real_tokens;
             padded += b.report.padded_tokens;
         }

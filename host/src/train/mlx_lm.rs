@@ -95,8 +95,8 @@ pub fn plan(config: &RunConfig) -> Result<Plan, TrainError> {
     if data.skip_bad_rows || data.cache.kind != "disk" || data.pad_multiple != 32 || data.max_batch_tokens.is_some() {
         return Err(unsupported("[data] skip_bad_rows, cache, pad_multiple or max_batch_tokens (mlx-lm tokenizes and batches its own way)"));
     }
-    if t.max_grad_norm.is_some() || t.early_stopping_patience.is_some() || t.memory_budget_gb.is_some() {
-        return Err(unsupported("max_grad_norm, early_stopping_patience or memory_budget_gb"));
+    if t.max_grad_norm.is_some() || t.early_stopping_patience.is_some() || t.memory_budget_gb.is_some() || t.router_aux_loss_coef != 0.0 {
+        return Err(unsupported("max_grad_norm, early_stopping_patience, memory_budget_gb or router_aux_loss_coef"));
     }
     if lora.mapper.kind == "regex" || !matches!(lora.mapper.kind.as_str(), "all_linear" | "short_names") {
         return Err(unsupported(&format!("the `{}` LoRA target mapper (mlx-lm takes module keys per layer)", lora.mapper.kind)));

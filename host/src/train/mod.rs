@@ -391,7 +391,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         for b in &micro_batches.batches {
             let weight = micro_batches.weight(b, needs);
             let args = batch_arrays(b, needs, &mut stepper.ts.0, source.as_ref())?;
-            stepper.micro(args, weight)?;
+            stepper.micro(args, &b.real, weight)?;
             real += b.real_tokens;
             padded += b.padded_tokens;
         }

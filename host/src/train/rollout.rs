@@ -82,6 +82,8 @@ pub struct RolloutBatch {
     pub targets: Array,
     /// `[B, T]` 1 on completion targets.
     pub mask: Array,
+    /// `[B, T]` 1 at non-padding inputs.
+    pub real: Array,
     /// `[B]` combined rewards, advantages (float32) and group ids (int32).
     pub rewards: Array,
     pub advantages: Array,
@@ -181,6 +183,7 @@ impl Rollouts<'_> {
             inputs: rows_batch.inputs,
             targets: rows_batch.targets,
             mask: rows_batch.mask,
+            real: rows_batch.real,
             rewards: f32s(&report.rewards),
             advantages: f32s(&report.advantages),
             group_ids: Array::from_slice(&group_ids, &[rows as i32]),

@@ -23,7 +23,7 @@ use sdk::Loss;
 
 use super::{
     inputs::{loss_inputs, Needs},
-    step::{head_logps, MicroArgs, TrainState},
+    step::{self, head_logps, MicroArgs, TrainState},
 };
 use crate::{lora, model::CausalLm};
 
@@ -46,11 +46,12 @@ pub fn micro_split(
     needs: Needs,
     dropout: bool,
     entropy: bool,
+    router_coef: Option<f32>,
     metric_names: Rc<RefCell<Vec<String>>>,
     chunk: usize,
 ) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
     move |(model, (_, (_, (grads, rng)))), args| {
-        let MicroArgs { weight, view, loss_key } = MicroArgs::take(args, needs, dropout, model, rng)?;
+        let MicroArgs { weight, view, loss_key, real } = MicroArgs::take(args, needs, dropout, router_coef.is_some(), model, rng)?;
 
         // (1) Hidden states, without a gradient graph.
         let hidden = mlx_rs::stop_gradient(&model.model.forward(&view[0], None)?)?;
@@ -123,14 +124,24 @@ pub fn micro_split(
         let dh = mlx_rs::stop_gradient(&ops::concatenate(&dh, 1)?.reshape(&[b, t, h])?)?;
         dh.eval()?;
 
-        // (5) The body's gradient: that of Σ h · dL/dh.
+        // (5) The body's gradient: that of Σ h · dL/dh (plus the weighted router loss, which the body alone
+        // computes).
         let inputs = view[0].clone();
         let surrogate = move |m: &mut CausalLm, _: &[Array]| -> Result<Vec<Array>, Exception> {
-            let h = m.model.forward(&inputs, None)?;
-            Ok(vec![h.multiply(&dh)?.sum(None)?])
+            let (h, router_loss) = m.model.forward_routed(&inputs, None, real.as_ref())?;
+            let mut out = vec![h.multiply(&dh)?.sum(None)?];
+            if let Some(coef) = router_coef {
+                let aux = router_loss.ok_or_else(|| Exception::custom("router_aux_loss_coef is set but the model has no router"))?;
+                out[0] = out[0].add(aux.multiply(Array::from_f32(coef))?)?;
+                out.push(mlx_rs::stop_gradient(&aux)?);
+            }
+            Ok(out)
         };
         let mut vg = nn::value_and_grad(surrogate);
-        let (_, mut body_grads) = vg(model, &[][..])?;
+        let (surrogate_values, mut body_grads) = vg(model, &[][..])?;
+        if let Some(coef) = router_coef {
+            step::add_router_loss(&mut values, &mut metric_names.borrow_mut(), coef, surrogate_values.into_iter().nth(1))?;
+        }
         for ((name, _), g) in head_params.iter().zip(head_grads) {
             if let Some(g) = g {
                 let total = match body_grads.get(name) {
@@ -167,6 +178,12 @@ mod tests {
 
     /// The accumulated gradient of one micro-step with a 0.5 weight, by name.
     fn gradient(model: CausalLm, split: Option<usize>, entropy: bool) -> (Vec<(String, Vec<f32>)>, Vec<f32>) {
+        gradient_routed(model, split, entropy, None)
+    }
+
+    /// [`gradient`], with the routers' load-balancing loss weighted by `router` (row 2 ends in two padding
+    /// positions, which it must not see).
+    fn gradient_routed(model: CausalLm, split: Option<usize>, entropy: bool, router: Option<f32>) -> (Vec<(String, Vec<f32>)>, Vec<f32>) {
         let registry = Registry::builtin().unwrap();
         let loss: Rc<dyn sdk::Loss> = Rc::from(registry.loss("sft", &sdk::toml::Table::new()).unwrap());
         let needs = crate::train::inputs::Needs::of("sft", loss.requirements()).unwrap();
@@ -177,10 +194,13 @@ mod tests {
         let inputs = Array::from_slice(&[5i32, 17, 99, 200, 33, 41, 7, 300, 2, 8, 9, 10, 11, 12, 13, 14, 15, 16], &[2, 9]);
         let targets = Array::from_slice(&[17i32, 99, 200, 33, 41, 7, 300, 2, 3, 9, 10, 11, 12, 13, 14, 15, 16, 1], &[2, 9]);
         let mask = Array::from_slice(&[0f32, 0., 1., 1., 1., 1., 1., 1., 1., 0., 1., 1., 1., 1., 1., 1., 0., 0.], &[2, 9]);
-        let args = vec![inputs, targets, mask, Array::from_f32(0.5)];
+        let mut args = vec![inputs, targets, mask, Array::from_f32(0.5)];
+        if router.is_some() {
+            args.push(Array::from_slice(&[1f32, 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0.], &[2, 9]));
+        }
         let values = match split {
-            Some(chunk) => micro_split(loss, needs, false, entropy, names, chunk)(&mut ts, &args).unwrap(),
-            None => step::micro(loss, needs, false, entropy, names)(&mut ts, &args).unwrap(),
+            Some(chunk) => micro_split(loss, needs, false, entropy, router, names, chunk)(&mut ts, &args).unwrap(),
+            None => step::micro(loss, needs, false, entropy, router, names)(&mut ts, &args).unwrap(),
         };
         let (n, v) = ts.1 .1 .1 .0.values();
         let grads = n.iter().zip(v).map(|(n, v)| (n.to_string(), v.as_dtype(Dtype::Float32).unwrap().to_vec_exact::<f32>().unwrap())).collect();
@@ -234,5 +254,25 @@ mod tests {
             loaded.model
         };
         assert_same(&gradient(full_model(), None, false), &gradient(full_model(), Some(4), false), "full, chunks of 4");
+
+        // Full fine-tuning of a Qwen3-MoE with the router loss: the split head adds it (and its gradient,
+        // which reaches the routers only through the body) as the one graph does.
+        fixture::write(&dir.join("moe"), Family::Qwen3Moe, Preset::Tiny, 3).unwrap();
+        let moe_model = || {
+            let mut loaded = model::load(&dir.join("moe"), &opts).unwrap();
+            FullTuning::apply(&mut loaded, None).unwrap();
+            loaded.model
+        };
+        let plain = gradient(moe_model(), None, true);
+        let routed = gradient_routed(moe_model(), None, true, Some(0.5));
+        assert_same(&routed, &gradient_routed(moe_model(), Some(4), true, Some(0.5)), "MoE with the router loss, chunks of 4");
+        // [loss, entropy, router_aux_loss]: the loss gained 0.5 × the router loss (the micro-batch weight scales
+        // the gradient, not the returned values).
+        assert_eq!(routed.1.len(), plain.1.len() + 1);
+        let aux = routed.1[routed.1.len() - 1];
+        assert!(aux > 0.0, "{aux}");
+        assert!((routed.1[0] - (plain.1[0] + 0.5 * aux)).abs() < 1e-5, "{} vs {} + 0.5·{aux}", routed.1[0], plain.1[0]);
+        let router_grad = |g: &(Vec<(String, Vec<f32>)>, Vec<f32>)| g.0.iter().find(|(n, _)| n.ends_with("mlp.gate.weight")).unwrap().1.clone();
+        assert_ne!(router_grad(&plain), router_grad(&routed), "the router loss reaches the routers");
     }
 }

@@ -33,9 +33,33 @@ pub const LOGIT_CHUNK_ELEMENTS: usize = 1 << 26;
 
 /// [`token_logps`], and with `entropy` also each position's predictive entropy −Σ p log p (`[B, T]`).
 pub fn logps_and_entropy(model: &CausalLm, inputs: &Array, targets: &Array, entropy: bool) -> Result<(Array, Option<Array>), Exception> {
-    let hidden = model.model.forward(inputs, None)?;
+    let (logps, h, _) = logps_entropy_and_router_loss(model, inputs, targets, entropy, None)?;
+    Ok((logps, h))
+}
+
+/// [`logps_and_entropy`], and given `real` (`[B, T]`, 1 at non-padding inputs) the routers' load-balancing
+/// loss over those positions (None without sparse layers).
+pub fn logps_entropy_and_router_loss(
+    model: &CausalLm,
+    inputs: &Array,
+    targets: &Array,
+    entropy: bool,
+    real: Option<&Array>,
+) -> Result<(Array, Option<Array>, Option<Array>), Exception> {
+    let (hidden, router_loss) = model.model.forward_routed(inputs, None, real)?;
     let chunk = (LOGIT_CHUNK_ELEMENTS / model.config.vocab_size.max(1) as usize).max(1);
-    logps_from_hidden(model, &hidden, targets, entropy, chunk)
+    let (logps, h) = logps_from_hidden(model, &hidden, targets, entropy, chunk)?;
+    Ok((logps, h, router_loss))
+}
+
+/// Adds `coef` × the router loss to the step's loss (`values[0]`) and the unscaled router loss to its metrics,
+/// named `router_aux_loss`.
+pub(super) fn add_router_loss(values: &mut Vec<Array>, names: &mut Vec<String>, coef: f32, router_loss: Option<Array>) -> Result<(), Exception> {
+    let aux = router_loss.ok_or_else(|| Exception::custom("router_aux_loss_coef is set but the model has no router"))?;
+    values[0] = values[0].add(aux.multiply(Array::from_f32(coef))?)?;
+    values.push(mlx_rs::stop_gradient(&aux)?);
+    names.push("router_aux_loss".to_owned());
+    Ok(())
 }
 
 /// Log-probs (and entropies) of `targets` from final hidden states `[B, T, H]`, through the output head
@@ -155,9 +179,10 @@ impl Updatable for GradBuffer {
 pub type TrainState = (CausalLm, (TrainOptimizer, (LearningRate, (GradBuffer, RandomState))));
 
 /// Micro-step. Args: inputs, targets, mask, weight (this micro-batch's share of the step), then the
-/// loss's optional inputs (see [`super::inputs`]). Returns the loss followed by the loss plugin's metrics
-/// (their names land in `metric_names` when traced), and with `entropy` the mean predictive entropy over the
-/// mask, named `entropy`.
+/// loss's optional inputs (see [`super::inputs`]), and last, with `router_coef`, the real-token mask. Returns
+/// the loss followed by the loss plugin's metrics (their names land in `metric_names` when traced), with
+/// `entropy` the mean predictive entropy over the mask, named `entropy`, and with `router_coef` the routers'
+/// load-balancing loss (added to the loss times the coefficient), named `router_aux_loss`.
 ///
 /// Old-policy log-probs come as a pair (stored log-probs, flag): with the flag 1 the step uses its own
 /// log-probs without gradient, so the first pass over fresh rollouts has a ratio of exactly 1.
@@ -166,15 +191,16 @@ pub fn micro(
     needs: Needs,
     dropout: bool,
     entropy: bool,
+    router_coef: Option<f32>,
     metric_names: Rc<RefCell<Vec<String>>>,
 ) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
     move |(model, (_, (_, (grads, rng)))), args| {
-        let MicroArgs { weight, view, loss_key } = MicroArgs::take(args, needs, dropout, model, rng)?;
+        let MicroArgs { weight, view, loss_key, real } = MicroArgs::take(args, needs, dropout, router_coef.is_some(), model, rng)?;
         let weight = &weight;
         let loss = loss.clone();
         let names = metric_names.clone();
         let f = move |m: &mut CausalLm, view: &[Array]| -> Result<Vec<Array>, Exception> {
-            let (logps, h) = logps_and_entropy(m, &view[0], &view[1], entropy)?;
+            let (logps, h, router_loss) = logps_entropy_and_router_loss(m, &view[0], &view[1], entropy, real.as_ref())?;
             let mut old = None;
             let inputs = loss_inputs(needs, view, &logps, loss_key.as_ref(), &mut old)?;
             let out = loss.forward(&inputs).map_err(|e| Exception::custom(e.to_string()))?;
@@ -186,6 +212,9 @@ pub fn micro(
                 let tokens = ops::maximum(mask.sum(None)?, Array::from_f32(1.0))?;
                 values.push(mlx_rs::stop_gradient(&h.multiply(mask)?.sum(None)?.divide(&tokens)?)?);
                 metric_names.push("entropy".to_owned());
+            }
+            if let Some(coef) = router_coef {
+                add_router_loss(&mut values, &mut metric_names, coef, router_loss)?;
             }
             *names.borrow_mut() = metric_names;
             Ok(values)
@@ -201,15 +230,21 @@ pub fn micro(
 }
 
 /// A micro-step's arguments taken apart: its weight, the rest (`view`: inputs, targets, mask, the loss's
-/// inputs), and this step's PRNG draws (the dropout key is set on the model's adapters; the loss's key kept).
+/// inputs), this step's PRNG draws (the dropout key is set on the model's adapters; the loss's key kept), and
+/// with `routed` the real-token mask (the last argument).
 pub(super) struct MicroArgs {
     pub weight: Array,
     pub view: Vec<Array>,
     pub loss_key: Option<Array>,
+    pub real: Option<Array>,
 }
 
 impl MicroArgs {
-    pub fn take(args: &[Array], needs: Needs, dropout: bool, model: &mut CausalLm, rng: &mut RandomState) -> Result<MicroArgs, Exception> {
+    pub fn take(args: &[Array], needs: Needs, dropout: bool, routed: bool, model: &mut CausalLm, rng: &mut RandomState) -> Result<MicroArgs, Exception> {
+        let (args, real) = match (routed, args.split_last()) {
+            (true, Some((real, rest))) => (rest, Some(real.clone())),
+            _ => (args, None),
+        };
         if args.len() < 4 {
             return Err(Exception::custom("micro step takes inputs, targets, mask, weight and the loss's inputs"));
         }
@@ -219,7 +254,7 @@ impl MicroArgs {
             lora::set_dropout_key(model, Some(&key))?;
         }
         let loss_key = if needs.rng { Some(rng.next_key()?) } else { None };
-        Ok(MicroArgs { weight: args[3].clone(), view, loss_key })
+        Ok(MicroArgs { weight: args[3].clone(), view, loss_key, real })
     }
 }
 

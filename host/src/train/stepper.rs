@@ -39,6 +39,8 @@ pub struct Stepper {
     split: StepFn,
     split_head: SplitHead,
     vocab: usize,
+    /// The router loss is on: micro-batches carry their real-token mask.
+    routed: bool,
     apply: StepFn,
     loss: f64,
     metrics: Vec<f64>,
@@ -54,14 +56,19 @@ impl Stepper {
         let metric_names = Rc::new(RefCell::new(Vec::new()));
         let dropout = config.lora.as_ref().is_some_and(|l| l.dropout > 0.0);
         let max_norm = config.train.max_grad_norm.map(|n| n as f32);
-        let split = Box::new(split_head::micro_split(loss.clone(), needs, dropout, entropy, metric_names.clone(), (SPLIT_CHUNK_ELEMENTS / vocab.max(1)).max(1)));
-        let micro = step::micro(loss, needs, dropout, entropy, metric_names.clone());
+        let router_coef = (config.train.router_aux_loss_coef > 0.0).then_some(config.train.router_aux_loss_coef as f32);
+        if router_coef.is_some() && !ts.0.model.has_sparse_layers() {
+            return Err(TrainError::Config("[train] router_aux_loss_coef: the model has no mixture-of-experts layers, so there is no router to balance".into()));
+        }
+        let chunk = (SPLIT_CHUNK_ELEMENTS / vocab.max(1)).max(1);
+        let split = Box::new(split_head::micro_split(loss.clone(), needs, dropout, entropy, router_coef, metric_names.clone(), chunk));
+        let micro = step::micro(loss, needs, dropout, entropy, router_coef, metric_names.clone());
         let (micro, apply): (StepFn, StepFn) = if compiled {
             (Box::new(compile_with_state(micro, None)), Box::new(compile_with_state(step::apply(max_norm), None)))
         } else {
             (Box::new(micro), Box::new(step::apply(max_norm)))
         };
-        Ok(Stepper { ts, metric_names, micro, split, split_head: config.train.split_head, vocab, apply, loss: 0.0, metrics: Vec::new() })
+        Ok(Stepper { ts, metric_names, micro, split, split_head: config.train.split_head, vocab, routed: router_coef.is_some(), apply, loss: 0.0, metrics: Vec::new() })
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -69,9 +76,12 @@ impl Stepper {
     }
 
     /// One micro-batch: `args` are inputs, targets, mask and the loss's inputs (see [`super::inputs`]);
-    /// `weight` is its share of the step.
-    pub fn micro(&mut self, mut args: Vec<Array>, weight: f32) -> Result<(), TrainError> {
+    /// `real` marks its non-padding inputs; `weight` is its share of the step.
+    pub fn micro(&mut self, mut args: Vec<Array>, real: &Array, weight: f32) -> Result<(), TrainError> {
         args.insert(3, Array::from_f32(weight));
+        if self.routed {
+            args.push(real.clone());
+        }
         let logits = args[0].size() * self.vocab;
         let split = splits(self.split_head, logits);
         let values = if split { (self.split)(&mut self.ts, &args[..])? } else { (self.micro)(&mut self.ts, &args[..])? };
