@@ -268,3 +268,47 @@ fn an_interrupted_grpo_run_resumes_to_the_same_adapters_and_samples() {
     let rewards = |out: &str| records(&dir.join(out)).iter().map(|r| get(r, "reward")).collect::<Vec<f64>>();
     assert_eq!(rewards("straight"), rewards("split"));
 }
+
+/// A reward written in Python (`kind = "command"` with the repository's helper) scores every completion with
+/// the row's columns; when its process dies mid-run, the run stops with an error naming the reward and a
+/// checkpoint of the last finished step, and resuming from it with the reward fixed gives the run that never
+/// failed.
+#[test]
+fn a_python_reward_scores_rollouts_and_a_crash_stops_the_run_with_a_checkpoint_to_resume_from() {
+    let dir = temp("python-reward");
+    // len(completion) % 3 plus a tenth of the row's answer: checks the text and the column both arrive.
+    let scorer = |crash: &str| {
+        format!(
+            "import os\nfrom host_plugin import serve_reward\ncalls = 0\ndef score(prompts, completions, answer, **columns):\n    global calls\n    calls += 1\n{crash}    return [len(c) % 3 + int(a) / 10 for c, a in zip(completions, answer)]\nserve_reward(score)\n"
+        )
+    };
+    std::fs::write(dir.join("good.py"), scorer("")).unwrap();
+    std::fs::write(dir.join("crashes.py"), scorer("    if calls == 2:\n        os._exit(7)\n")).unwrap();
+    let rewards = |script: &str| format!("[[reward]]\nkind = \"command\"\nname = \"py\"\ncommand = [\"python3\", {:?}]", dir.join(script).display().to_string());
+    let registry = Registry::builtin().unwrap();
+    let config = |script: &str, out: &str| {
+        let path = fixture_config_with(&format!("python-{out}"), "", 3, &rewards(script));
+        let o: Override = format!("output.dir={:?}", dir.join(out).display().to_string()).parse().unwrap();
+        RunConfig::load(&path, &[o], &mut Registry::builtin().unwrap()).unwrap()
+    };
+
+    train::run(&config("good.py", "straight"), &registry, None).unwrap();
+    let lines = std::fs::read_to_string(dir.join("straight/completions.jsonl")).unwrap();
+    for line in lines.lines() {
+        let c: serde_json::Value = serde_json::from_str(line).unwrap();
+        // Line L of the prompts holds "What is L-1 + 1?" with answer L.
+        let answer = c["prompt_line"].as_f64().unwrap();
+        let want = (c["completion"].as_str().unwrap().chars().count() % 3) as f64 + answer / 10.0;
+        assert!((c["rewards"]["py"].as_f64().unwrap() - want).abs() < 1e-12, "{c}");
+    }
+    assert!(records(&dir.join("straight"))[0].get("rewards/py/mean").is_some());
+
+    // The second batch's call kills the child: step 2 never happens, step 1 is saved.
+    let crashing = config("crashes.py", "split");
+    let err = train::run(&crashing, &registry, None).unwrap_err().to_string();
+    assert!(err.starts_with("step 2: reward `py`:") && err.contains("exit status: 7") && err.contains("checkpoint"), "{err}");
+    assert_eq!(records(&dir.join("split")).len(), 1, "one step finished");
+    let fixed = config("good.py", "split");
+    assert_eq!(train::run(&fixed, &registry, Some(&train::Resume::Latest)).unwrap().steps, 3);
+    assert_eq!(adapters(&dir.join("straight")), adapters(&dir.join("split")));
+}

@@ -328,6 +328,11 @@ impl RunConfig {
             for (i, r) in rewards.iter().enumerate() {
                 let at = i.to_string();
                 check_plugin(&source, &["reward", &at], &r.plugin, registry.reward(&r.plugin.kind, &r.plugin.config).err(), &mut problems);
+                if let Some(name) = &r.name {
+                    if rewards[..i].iter().any(|o| o.name.as_ref() == Some(name)) {
+                        problems.push(source.problem(&["reward", &at, "name"], format!("`{name}` names an earlier reward too; names must be unique")));
+                    }
+                }
             }
         }
         if let Ok(Some(r)) = &rollout {

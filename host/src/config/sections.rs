@@ -480,6 +480,8 @@ pub struct RewardEntry {
     pub plugin: PluginTable,
     /// Default 1.
     pub weight: f64,
+    /// The name in metrics and logs (`rewards/<name>/mean`); default the kind (`kind_<i>` when repeated).
+    pub name: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for RewardEntry {
@@ -491,7 +493,12 @@ impl<'de> Deserialize<'de> for RewardEntry {
             Some(toml::Value::Integer(n)) => n as f64,
             Some(v) => return Err(de::Error::custom(format!("`weight` must be a number, got {v}"))),
         };
-        Ok(RewardEntry { plugin: PluginTable::from_table(table)?, weight })
+        let name = match table.remove("name") {
+            None => None,
+            Some(toml::Value::String(n)) if !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) => Some(n),
+            Some(v) => return Err(de::Error::custom(format!("`name` must be a non-empty string of letters, digits, `_`, `-` or `.`, got {v}"))),
+        };
+        Ok(RewardEntry { plugin: PluginTable::from_table(table)?, weight, name })
     }
 }
 
@@ -499,6 +506,9 @@ impl Serialize for RewardEntry {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut table = self.plugin.to_table();
         table.insert("weight".to_owned(), toml::Value::Float(self.weight));
+        if let Some(name) = &self.name {
+            table.insert("name".to_owned(), toml::Value::String(name.clone()));
+        }
         table.serialize(s)
     }
 }

@@ -2,6 +2,7 @@
 //! links, and the linker drops crates nothing names; naming each here keeps them (inventory issue #50).
 
 use plugin_cache_policies as _;
+use plugin_command as _;
 use plugin_lora_targets as _;
 use plugin_losses as _;
 use plugin_rewards as _;
@@ -26,4 +27,6 @@ pub const EXPECTED: &[(sdk::PluginKind, &str)] = &[
     (sdk::PluginKind::DataCachePolicy, "lazy"),
     (sdk::PluginKind::DataCachePolicy, "disk"),
     (sdk::PluginKind::Loss, "sft"),
+    (sdk::PluginKind::Reward, "exact_answer"),
+    (sdk::PluginKind::Reward, "command"),
 ];

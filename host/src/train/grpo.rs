@@ -147,7 +147,17 @@ pub fn run(
         let fresh = batches.is_empty() || uses == rollout_cfg.num_iterations;
         let mut times = RolloutTimes::default();
         if fresh {
-            (batches, times) = produce(&mut rollouts, &mut stepper.ts.0, &mut feeder, &rollout_cfg, train_cfg.grad_accumulation_steps as usize, source.as_ref(), train_cfg.seed, state.step)?;
+            let produced = produce(&mut rollouts, &mut stepper.ts.0, &mut feeder, &rollout_cfg, train_cfg.grad_accumulation_steps as usize, source.as_ref(), train_cfg.seed, state.step);
+            (batches, times) = match produced {
+                // A failed reward (a crashed child, a wrong answer) stops the run with the last finished step
+                // saved, so fixing the reward and resuming loses nothing.
+                Err(TrainError::Reward(message)) => {
+                    bar.abandon();
+                    let checkpoint = session::save_checkpoint(config, &tuning, &mut stepper.ts, &state, &adapter_extra)?;
+                    return Err(TrainError::RewardFailed { step: state.step + 1, message, checkpoint });
+                }
+                other => other?,
+            };
             uses = 0;
             for b in &batches {
                 write_completions(&mut completions_log, &completions_path, state.step + 1, b)?;
@@ -277,10 +287,16 @@ pub fn run(
 /// Metric keys of the reward functions: their plugin names, numbered when one is used twice.
 fn reward_names(config: &RunConfig) -> Vec<String> {
     let kinds: Vec<&str> = config.reward.iter().map(|r| r.plugin.kind.as_str()).collect();
-    kinds
+    config
+        .reward
         .iter()
+        .zip(&kinds)
         .enumerate()
-        .map(|(i, k)| if kinds.iter().filter(|o| *o == k).count() > 1 { format!("{k}_{i}") } else { (*k).to_owned() })
+        .map(|(i, (r, k))| match &r.name {
+            Some(name) => name.clone(),
+            None if kinds.iter().filter(|o| *o == k).count() > 1 => format!("{k}_{i}"),
+            None => (*k).to_owned(),
+        })
         .collect()
 }
 

@@ -64,6 +64,11 @@ pub enum TrainError {
     Config(String),
     #[error("step {step}: the loss is {value}; stopped without applying it, checkpoint at {}", checkpoint.display())]
     NonFinite { step: u64, value: f64, checkpoint: PathBuf },
+    /// A reward function failed (crashed, timed out, returned the wrong shape); the message names it.
+    #[error("{0}")]
+    Reward(String),
+    #[error("step {step}: {message}; stopped, checkpoint of the last finished step at {}", checkpoint.display())]
+    RewardFailed { step: u64, message: String, checkpoint: PathBuf },
 }
 
 impl From<mlx_rs::error::Exception> for TrainError {

@@ -150,12 +150,12 @@ impl Rollouts<'_> {
         let batch = RewardBatch { prompts: &prompt_texts, completions: &completion_texts, completion_ids: &ids, rows: &row_texts };
         let mut per_function = Vec::with_capacity(self.rewards.len());
         for r in self.rewards.iter_mut() {
-            let scores = r.plugin.score(&batch).map_err(|e| TrainError::Config(format!("reward `{}`: {e}", r.name)))?;
+            let scores = r.plugin.score(&batch).map_err(|e| TrainError::Reward(format!("reward `{}`: {e}", r.name)))?;
             if scores.len() != rows {
-                return Err(TrainError::Config(format!("reward `{}` returned {} scores for {rows} completions", r.name, scores.len())));
+                return Err(TrainError::Reward(format!("reward `{}` returned {} scores for {rows} completions", r.name, scores.len())));
             }
             if let Some(bad) = scores.iter().flatten().find(|v| !v.is_finite()) {
-                return Err(TrainError::Config(format!("reward `{}` returned {bad}; return None for \"not applicable\"", r.name)));
+                return Err(TrainError::Reward(format!("reward `{}` returned {bad}; return None for \"not applicable\"", r.name)));
             }
             per_function.push((r.name.clone(), scores));
         }
