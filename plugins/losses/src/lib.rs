@@ -12,7 +12,7 @@ mod simpo;
 mod tests;
 
 pub use dpo::{Dpo, DpoType};
-pub use grpo::{Grpo, GrpoType};
+pub use grpo::{Grpo, GrpoConfig, GrpoType, ImportanceLevel};
 pub use kto::Kto;
 pub use orpo::Orpo;
 pub use sft::Sft;

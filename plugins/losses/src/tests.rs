@@ -168,7 +168,11 @@ mod grpo {
     };
 
     use super::{close, metric};
-    use crate::{Grpo, GrpoType};
+    use crate::{Grpo, GrpoConfig, GrpoType, ImportanceLevel};
+
+    fn grpo(loss_type: GrpoType, epsilon: f32, epsilon_high: Option<f32>, beta: f32, max_completion_length: Option<usize>) -> Result<Grpo, sdk::PluginError> {
+        Grpo::new(GrpoConfig { loss_type, epsilon, epsilon_high, beta, max_completion_length, ..GrpoConfig::default() })
+    }
 
     fn a(v: &[f32]) -> Array {
         Array::from_slice(v, &[3, 3])
@@ -217,7 +221,7 @@ mod grpo {
             (GrpoType::DrGrpo, Some(8), 0.04, -0.152_931_193_094_471_9),
         ];
         for (kind, length, beta, expected) in cases {
-            let loss = Grpo::new(kind, 0.2, Some(0.28), beta, length).unwrap();
+            let loss = grpo(kind, 0.2, Some(0.28), beta, length).unwrap();
             assert_eq!(loss.requirements().reference, beta > 0.0, "β = 0 runs no reference");
             // Means per completion (grpo) or over a fixed B × length (dr_grpo) weigh micro-batches by rows.
             assert_eq!(loss.requirements().row_mean, matches!(kind, GrpoType::Grpo | GrpoType::DrGrpo), "{kind:?}");
@@ -236,7 +240,7 @@ mod grpo {
     #[test]
     fn on_the_first_iteration_the_ratio_is_one_and_nothing_is_clipped() {
         let b = batch();
-        let loss = Grpo::new(GrpoType::Bnpo, 0.2, None, 0.0, None).unwrap();
+        let loss = grpo(GrpoType::Bnpo, 0.2, None, 0.0, None).unwrap();
         let out = run(&loss, &b, &b.logp, &b.logp);
         assert_eq!(metric(&out, "ratio"), 1.0);
         assert_eq!(metric(&out, "clip_ratio/region_mean"), 0.0);
@@ -247,7 +251,7 @@ mod grpo {
     #[test]
     fn clipped_tokens_get_no_gradient() {
         let b = batch();
-        let loss = Grpo::new(GrpoType::Bnpo, 0.2, Some(0.28), 0.0, None).unwrap();
+        let loss = grpo(GrpoType::Bnpo, 0.2, Some(0.28), 0.0, None).unwrap();
         let mut vg = value_and_grad(|x: &[Array]| -> Result<Vec<Array>, Exception> { Ok(vec![run(&loss, &b, &x[0], &b.old).loss]) });
         let (_, g) = vg(&[b.logp.clone()]).unwrap();
         // −A·ρ/7 where the unclipped term is the minimum, 0 where clipping wins or the mask is 0.
@@ -257,11 +261,61 @@ mod grpo {
         }
     }
 
+    // GSPO: one weight per completion, exp of its tokens' mean log-ratio: row 0 exp(−0.1/3) = 0.967216, row 1
+    // exp(0.3/2) = 1.161834, row 2 exp(0.4/2) = 1.221403, the last clipped to 1.2 with A = 2 (ε_high = ε = 0.2).
+    // Per-token losses, constant over a completion: −0.5·0.967216, +1.161834, −2·1.2.
+    #[test]
+    fn sequence_level_weights_equal_gspo_by_hand() {
+        let b = batch();
+        let gspo = |loss_type| Grpo::new(GrpoConfig { loss_type, importance_sampling_level: ImportanceLevel::Sequence, ..GrpoConfig::default() }).unwrap();
+        let out = run(&gspo(GrpoType::Grpo), &b, &b.logp, &b.old);
+        close(out.loss.item_exact(), -0.573_924_602_504_239_9);
+        let out = run(&gspo(GrpoType::Dapo), &b, &b.logp, &b.old);
+        // (3·−0.483608 + 2·1.161834 + 2·−2.4) / 7
+        close(out.loss.item_exact(), -0.561_022_237_895_206_1);
+        // Row 2's weight counts for both its tokens.
+        close(metric(&out, "clip_ratio/high_mean"), 2.0 / 7.0);
+        close(metric(&out, "clip_ratio/low_mean"), 0.0);
+        close(metric(&out, "ratio"), 1.095_446_043_317_560_3);
+        // The gradient reaches every token of an unclipped completion equally: d/dlogp_t of −A·w·n/7 with
+        // w = exp(Σ m·r / n) is −A·w·m_t/7 (token-level weights would give each token its own ratio).
+        let loss = gspo(GrpoType::Dapo);
+        let mut vg = value_and_grad(|x: &[Array]| -> Result<Vec<Array>, Exception> { Ok(vec![run(&loss, &b, &x[0], &b.old).loss]) });
+        let (_, g) = vg(&[b.logp.clone()]).unwrap();
+        let (g0, g1) = (-0.069_086_864_320_143_28f32, 0.165_976_320_389_754_7f32);
+        let expected = [g0, g0, g0, g1, g1, 0.0, 0.0, 0.0, 0.0];
+        for (x, e) in g[0].as_slice::<f32>().iter().zip(expected) {
+            assert!((x - e).abs() < 1e-6, "{:?}", g[0]);
+        }
+    }
+
+    #[test]
+    fn the_kl_log_ratio_clip_keeps_k3_finite_when_the_policy_drifts() {
+        // One token 100 nats below the reference: exp(100) overflows float32.
+        let (logp, old, reference, mask) = (Array::from_slice(&[-1.0f32], &[1, 1]), Array::from_slice(&[-1.0f32], &[1, 1]), Array::from_slice(&[99.0f32], &[1, 1]), Array::from_slice(&[1.0f32], &[1, 1]));
+        let advantages = Array::from_slice(&[0.0f32], &[1]);
+        let forward = |clip: Option<f32>| {
+            let loss = Grpo::new(GrpoConfig { beta: 0.1, kl_log_ratio_clip: clip, ..GrpoConfig::default() }).unwrap();
+            let mut inputs = LossInputs::new(&logp, &mask);
+            inputs.old_logps = Some(&old);
+            inputs.advantages = Some(&advantages);
+            inputs.reference_logps = Some(&reference);
+            loss.forward(&inputs).unwrap()
+        };
+        assert!(!forward(None).loss.item_exact::<f32>().is_finite());
+        // d clipped to 10: k3 = e¹⁰ − 10 − 1; the loss is β·k3 (A = 0). float32 holds 22015.47 to ~2e-3.
+        let out = forward(Some(10.0));
+        assert!((metric(&out, "kl") - 22_015.466).abs() < 1e-2, "{}", metric(&out, "kl"));
+        assert!((out.loss.item_exact::<f32>() - 2_201.546_6).abs() < 1e-3);
+        assert!(Grpo::new(GrpoConfig { kl_log_ratio_clip: Some(10.0), ..GrpoConfig::default() }).is_err(), "no KL term to clip with β = 0");
+        assert!(Grpo::new(GrpoConfig { beta: 0.1, kl_log_ratio_clip: Some(-1.0), ..GrpoConfig::default() }).is_err());
+    }
+
     #[test]
     fn settings_that_do_not_apply_are_refused() {
-        assert!(Grpo::new(GrpoType::DrGrpo, 0.2, None, 0.0, None).is_err());
-        assert!(Grpo::new(GrpoType::Dapo, 0.2, None, 0.0, Some(8)).is_err());
-        assert!(Grpo::new(GrpoType::Dapo, 1.5, None, 0.0, None).is_err());
-        assert!(Grpo::new(GrpoType::Dapo, 0.2, None, -0.1, None).is_err());
+        assert!(grpo(GrpoType::DrGrpo, 0.2, None, 0.0, None).is_err());
+        assert!(grpo(GrpoType::Dapo, 0.2, None, 0.0, Some(8)).is_err());
+        assert!(grpo(GrpoType::Dapo, 1.5, None, 0.0, None).is_err());
+        assert!(grpo(GrpoType::Dapo, 0.2, None, -0.1, None).is_err());
     }
 }
