@@ -5,6 +5,21 @@ use std::{ffi::CStr, fs, time::Instant};
 
 use mlx_rs::{transforms::eval, Array, Device, DeviceType, Dtype};
 
+/// For training runs on a CUDA GPU: turns MLX's CUDA graphs off unless `MLX_USE_CUDA_GRAPHS` is set. MLX
+/// 0.32.2 keeps a lifetime count of graph-cache misses and throws ("Cache thrashing is happening") once it
+/// passes twice `MLX_CUDA_GRAPH_CACHE_SIZE` (400), which a training run with many batch shapes reaches:
+/// measured on an H200, a Qwen3-MoE LoRA run died at step ~150 of 200. Without graphs the same run was 5%
+/// faster (BENCHMARKS.md), while decoding is faster with them, so only `host run` does this. Must run before
+/// the first MLX computation (MLX reads the variable once). Returns what it set, for the log.
+pub fn training_cuda_graph_default() -> Option<&'static str> {
+    if std::env::var_os("MLX_USE_CUDA_GRAPHS").is_some() {
+        return None;
+    }
+    // SAFETY (of the environment write): called at the start of `host run`, before any other thread exists.
+    std::env::set_var("MLX_USE_CUDA_GRAPHS", "0");
+    Some("MLX_USE_CUDA_GRAPHS=0")
+}
+
 /// The version reported by the libmlx loaded into this process (not the headers we compiled against).
 pub fn mlx_version() -> String {
     // SAFETY: mlx_version writes a fresh string we own and free below.

@@ -20,6 +20,12 @@ pub struct RunArgs {
 
 /// Trains as the configuration says. Ctrl-C stops after the current step with a checkpoint.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Harmless on the CPU, where MLX never reads it.
+    if let Some(set) = host::runtime::training_cuda_graph_default() {
+        if matches!(host::runtime::default_device().kind, mlx_rs::DeviceType::Gpu) {
+            eprintln!("CUDA graphs off for training ({set}; set MLX_USE_CUDA_GRAPHS=1 to keep them)");
+        }
+    }
     let mut registry = Registry::builtin()?;
     let config = RunConfig::load(&args.config.config, &args.config.overrides, &mut registry)?;
     let resume = args.resume.map(|r| if r == "latest" { Resume::Latest } else { Resume::From(PathBuf::from(r)) });

@@ -258,6 +258,15 @@ weight = 0.5
     assert_eq!(err.problems[0].path, "reward.0.kind", "{err}");
     assert!(err.problems[0].message.contains("exact_answer, length_penalty, regex_format"), "{err}");
 
+    // Named rewards: the names are the metrics' keys, so a name used twice is refused at the second.
+    let named = good.replace("kind = \"exact_answer\"", "kind = \"exact_answer\"\nname = \"correct\"");
+    let config = load("rollout", &named, &[]).unwrap();
+    assert_eq!(config.reward[0].name.as_deref(), Some("correct"));
+    let twice = named.replace("weight = 0.5", "weight = 0.5\nname = \"correct\"");
+    let err = load("rollout", &twice, &[]).unwrap_err();
+    assert_eq!(err.problems[0].path, "reward.1.name", "{err}");
+    assert!(err.problems[0].message.contains("`correct` names an earlier reward too"), "{err}");
+
     let sft = "\
 [optimizer]
 lr = 1e-3

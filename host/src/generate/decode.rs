@@ -190,6 +190,8 @@ pub fn generate_groups(
         } else {
             None
         };
+        // Evaluated here so a backend failure is an error, not a panic inside `as_slice`.
+        mlx_rs::transforms::eval([&tokens, &logprobs])?;
         let values: Vec<i32> = tokens.as_slice::<i32>().to_vec();
         let lps: Vec<f32> = logprobs.as_slice::<f32>().to_vec();
         if first {

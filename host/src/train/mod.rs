@@ -216,8 +216,11 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io { path: path.to_owned(), message: e.to_string() }
 }
 
-fn scalar(a: &Array) -> f64 {
-    f64::from(a.item_exact::<f32>())
+/// A scalar result, evaluating it: an MLX failure here (an out-of-memory, a backend error) is an error of
+/// the step, not a panic.
+fn scalar(a: &Array) -> Result<f64, TrainError> {
+    a.eval()?;
+    a.try_item_exact::<f32>().map(f64::from).map_err(|e| TrainError::Mlx(e.to_string()))
 }
 
 /// The validation loss and metrics, adapters as they are, no dropout: each batch weighted as in training
@@ -233,13 +236,13 @@ fn evaluate(model: &mut crate::model::CausalLm, loss: &dyn Loss, needs: Needs, s
         let inputs = loss_inputs(needs, &args, &logps, needs.rng.then_some(&key), &mut old)?;
         let out = loss.forward(&inputs).map_err(|e| TrainError::Mlx(e.to_string()))?;
         let w = if needs.per_row() { b.units() } else { b.supervised } as f64;
-        total += scalar(&out.loss) * w;
+        total += scalar(&out.loss)? * w;
         weight += w;
         if metrics.is_empty() {
             metrics = out.metrics.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
         }
         for ((_, sum), (_, v)) in metrics.iter_mut().zip(&out.metrics) {
-            *sum += scalar(v) * w;
+            *sum += scalar(v)? * w;
         }
     }
     let weight = weight.max(1.0);

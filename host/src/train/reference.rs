@@ -70,6 +70,7 @@ pub struct ReferenceTable {
 fn split_rows(logps: &Array, lengths: &[usize]) -> Result<Vec<Vec<f32>>, Exception> {
     let width = logps.shape()[1] as usize;
     let flat = logps.as_dtype(mlx_rs::Dtype::Float32)?;
+    flat.eval()?;
     let values = flat.as_slice::<f32>();
     Ok(lengths.iter().enumerate().map(|(r, &n)| values[r * width..r * width + n.saturating_sub(1).min(width)].to_vec()).collect())
 }

@@ -85,10 +85,10 @@ impl Stepper {
         let logits = args[0].size() * self.vocab;
         let split = splits(self.split_head, logits);
         let values = if split { (self.split)(&mut self.ts, &args[..])? } else { (self.micro)(&mut self.ts, &args[..])? };
-        self.loss += scalar(&values[0]) * f64::from(weight);
+        self.loss += scalar(&values[0])? * f64::from(weight);
         self.metrics.resize(values.len() - 1, 0.0);
         for (m, v) in self.metrics.iter_mut().zip(&values[1..]) {
-            *m += scalar(v) * f64::from(weight);
+            *m += scalar(v)? * f64::from(weight);
         }
         Ok(())
     }
@@ -104,7 +104,7 @@ impl Stepper {
             return Err(TrainError::NonFinite { step: state.step + 1, value: loss, checkpoint });
         }
         let norm = (self.apply)(&mut self.ts, &[][..])?;
-        Ok(StepResult { loss, metrics, grad_norm: scalar(&norm[0]) })
+        Ok(StepResult { loss, metrics, grad_norm: scalar(&norm[0])? })
     }
 }
 
