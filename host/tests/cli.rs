@@ -145,7 +145,7 @@ fn the_shipped_training_configs_run() {
 
 /// The GRPO variants as shipped: `grpo-python` (its reward a Python script served by a child process) computes
 /// what `grpo`'s built-in rewards compute, so the two runs log the same rewards and train the same adapters;
-/// `gspo` reuses each batch of rollouts for a second step, on which its sequence weights leave 1.
+/// `dapo` logs its dynamic sampling, masking and overlong reward; `gspo` reuses each batch of rollouts for a second step, on which its sequence weights leave 1.
 #[test]
 fn the_shipped_grpo_variants_run_and_the_python_reward_trains_what_the_builtins_train() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -173,6 +173,13 @@ fn the_shipped_grpo_variants_run_and_the_python_reward_trains_what_the_builtins_
         assert!(b.get("rewards/python/mean").is_some(), "{b}");
     }
     assert_eq!(common::adapters(&builtin), common::adapters(&python));
+
+    let (_, dapo) = run("dapo");
+    for r in &dapo {
+        for key in ["dynamic_sampling/rounds", "dynamic_sampling/filled_groups", "completions/masked_tokens", "rewards/overlong/mean"] {
+            assert!(r[key].as_f64().is_some(), "{key}: {r}");
+        }
+    }
 
     let (_, gspo) = run("gspo");
     let (fresh, reused): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = gspo.iter().partition(|r| r["fresh_rollouts"] == serde_json::json!(true));

@@ -312,3 +312,66 @@ fn a_python_reward_scores_rollouts_and_a_crash_stops_the_run_with_a_checkpoint_t
     assert_eq!(train::run(&fixed, &registry, Some(&train::Resume::Latest)).unwrap().steps, 3);
     assert_eq!(adapters(&dir.join("straight")), adapters(&dir.join("split")));
 }
+
+/// The demo config with `overrides`, run for its steps into a fresh directory; the step records.
+fn demo_run(name: &str, overrides: &[&str]) -> Vec<serde_json::Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = temp(name);
+    let mut all: Vec<String> = vec![format!("output.dir={:?}", out.display().to_string()), "schedule.warmup_steps=1".into()];
+    all.extend(overrides.iter().map(|o| (*o).to_owned()));
+    let overrides: Vec<Override> = all.iter().map(|o| o.parse().unwrap()).collect();
+    let mut registry = Registry::builtin().unwrap();
+    let cfg = RunConfig::load_in(&root.join("configs/grpo.toml"), &overrides, &mut registry, &root).unwrap();
+    train::run(&cfg, &registry, None).unwrap();
+    records(&out)
+}
+
+/// DAPO's dynamic sampling on the demo model: micro-batches are topped up with prompts whose completions
+/// disagree, so a step that needed no filling trains on no group without spread; when the rounds run out
+/// (a reward that never varies), dropped groups fill the batch and it is logged.
+#[test]
+fn dynamic_sampling_trains_on_groups_with_spread_and_logs_its_rounds() {
+    let log = demo_run("dynamic", &["train.steps=4", "rollout.dynamic_sampling=true"]);
+    for r in &log {
+        let (rounds, dropped, filled) = (get(r, "dynamic_sampling/rounds"), get(r, "dynamic_sampling/dropped_groups"), get(r, "dynamic_sampling/filled_groups"));
+        assert!(rounds >= 1.0 && rounds <= 4.0, "{r}");
+        if filled == 0.0 {
+            assert_eq!(get(r, "frac_reward_zero_std"), 0.0, "{r}");
+        }
+        assert!(dropped == 0.0 || rounds > 1.0 || filled > 0.0, "a dropped group is replaced or filled: {r}");
+    }
+    // The untrained demo model often agrees with itself (a quarter of its groups): some step had to top up.
+    assert!(log.iter().any(|r| get(r, "dynamic_sampling/dropped_groups") > 0.0), "{log:?}");
+
+    // A reward that is the same for every completion: every round drops every group; the cap (2 rounds) ends
+    // the search and the dropped groups fill the batch.
+    let flat = demo_run(
+        "dynamic-flat",
+        &["train.steps=2", "rollout.dynamic_sampling=true", "rollout.max_sampling_rounds=2", "reward=[{kind = \"length_penalty\", per_token = 0.0}]"],
+    );
+    for r in &flat {
+        // Dropped: the groups of both rounds beyond the 8 that fill (the epoch's last batch has 6 prompts).
+        assert_eq!((get(r, "dynamic_sampling/rounds"), get(r, "dynamic_sampling/filled_groups")), (2.0, 8.0), "{r}");
+        assert!(get(r, "dynamic_sampling/dropped_groups") >= 6.0, "{r}");
+        assert_eq!(get(r, "frac_reward_zero_std"), 1.0);
+    }
+}
+
+/// With `mask_truncated_completions`, a completion cut off at `max_tokens` trains on nothing: when all are cut
+/// (3 tokens cannot hold the demo's answer and its EOS), the loss is exactly 0; at the shipped 8 tokens the
+/// masked tokens are exactly those of the completions without EOS (each `max_tokens` long).
+#[test]
+fn truncated_completions_can_be_masked_out_of_the_loss() {
+    let masked = demo_run("masked", &["train.steps=2", "rollout.max_tokens=3", "rollout.mask_truncated_completions=true"]);
+    for r in &masked {
+        assert_eq!(get(r, "completions/clipped_ratio"), 1.0, "{r}");
+        assert_eq!(get(r, "completions/masked_tokens"), get(r, "completion_tokens"), "{r}");
+        assert_eq!((get(r, "loss"), get(r, "grad_norm")), (0.0, 0.0), "{r}");
+    }
+    let some = demo_run("some-masked", &["train.steps=3", "rollout.mask_truncated_completions=true"]);
+    for r in &some {
+        let truncated = (get(r, "completions/clipped_ratio") * 64.0).round();
+        assert_eq!(get(r, "completions/masked_tokens"), 8.0 * truncated, "{r}");
+    }
+    assert!(demo_run("not-masked", &["train.steps=2"])[0].get("completions/masked_tokens").is_none());
+}

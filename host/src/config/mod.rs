@@ -343,6 +343,12 @@ impl RunConfig {
             };
             check(r.num_generations >= 2, "num_generations", "must be at least 2: advantages compare a prompt's completions");
             check(r.max_tokens >= 1, "max_tokens", "must be at least 1");
+            check(r.max_sampling_rounds >= 1, "max_sampling_rounds", "must be at least 1");
+            check(
+                r.max_sampling_rounds == RolloutConfig::default().max_sampling_rounds || r.dynamic_sampling,
+                "max_sampling_rounds",
+                "goes with dynamic_sampling = true",
+            );
             check(r.temperature > 0.0, "temperature", "must be positive: identical greedy samples have no advantages");
             check(r.num_iterations >= 1, "num_iterations", "must be at least 1");
             if let Err(message) = r.sampler().validate() {

@@ -390,6 +390,18 @@ pub struct RolloutConfig {
     /// A KvCachePolicy plugin for generation (default standard).
     #[serde(default = "RolloutConfig::default_cache")]
     pub cache: PluginTable,
+    /// Completions that hit `max_tokens` without EOS keep their rewards but train on none of their tokens
+    /// (TRL's `mask_truncated_completions`, DAPO's overlong filtering).
+    #[serde(default)]
+    pub mask_truncated_completions: bool,
+    /// DAPO's dynamic sampling: prompts whose completions all got the same reward are dropped and more
+    /// prompts sampled until each micro-batch has `batch_size` prompts with spread, for at most
+    /// `max_sampling_rounds` rounds (then dropped prompts fill the rest).
+    #[serde(default)]
+    pub dynamic_sampling: bool,
+    /// Sampling rounds per micro-batch under `dynamic_sampling` (default 4).
+    #[serde(default = "RolloutConfig::default_rounds")]
+    pub max_sampling_rounds: usize,
 }
 
 impl Default for RolloutConfig {
@@ -404,6 +416,9 @@ impl Default for RolloutConfig {
             scale_rewards: ScaleRewards::Group,
             num_iterations: 1,
             cache: Self::default_cache(),
+            mask_truncated_completions: false,
+            dynamic_sampling: false,
+            max_sampling_rounds: Self::default_rounds(),
         }
     }
 }
@@ -439,6 +454,10 @@ impl RolloutConfig {
 
     fn default_cache() -> PluginTable {
         PluginTable::named("standard")
+    }
+
+    fn default_rounds() -> usize {
+        4
     }
 }
 

@@ -256,7 +256,7 @@ weight = 0.5
 
     let err = load("rollout", &good.replace("kind = \"exact_answer\"", "kind = \"exact\""), &[]).unwrap_err();
     assert_eq!(err.problems[0].path, "reward.0.kind", "{err}");
-    assert!(err.problems[0].message.contains("exact_answer, length_penalty, regex_format"), "{err}");
+    assert!(err.problems[0].message.contains("exact_answer, length_penalty, overlong, regex_format"), "{err}");
 
     // Named rewards: the names are the metrics' keys, so a name used twice is refused at the second.
     let named = good.replace("kind = \"exact_answer\"", "kind = \"exact_answer\"\nname = \"correct\"");

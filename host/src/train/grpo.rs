@@ -131,6 +131,7 @@ pub fn run(
         scale: rollout_cfg.scale_rewards,
         rewards: &mut rewards,
         pad_multiple: data_cfg.pad_multiple,
+        mask_truncated: rollout_cfg.mask_truncated_completions,
     };
     let started = Instant::now();
     let _ = mlx_rs::memory::reset_peak_memory();
@@ -174,10 +175,11 @@ pub fn run(
         stepper.set_lr(lr);
         let total_rows: usize = batches.iter().map(RolloutBatch::rows).sum();
         let total_tokens: usize = batches.iter().map(RolloutBatch::completion_tokens).sum();
+        let trained_tokens: usize = batches.iter().map(RolloutBatch::trained_tokens).sum();
         let (mut real, mut padded) = (0, 0);
         for b in &batches {
             // Rows when the loss averages per completion (grpo, or dr_grpo's fixed length), else completion tokens.
-            let weight = needs.share(b.rows(), total_rows, b.completion_tokens(), total_tokens);
+            let weight = needs.share(b.rows(), total_rows, b.trained_tokens(), trained_tokens);
             stepper.micro(step_args(b, needs, first_pass)?, &b.real, weight)?;
             real += b.report.real_tokens;
             padded += b.report.padded_tokens;
@@ -195,11 +197,20 @@ pub fn run(
 
         let mut record = session::step_record(&state, &result, &stepper.metric_names.borrow(), lr, real, padded);
         record["completion_tokens"] = json!(total_tokens);
+        if rollout_cfg.mask_truncated_completions {
+            record["completions/masked_tokens"] = json!(total_tokens - trained_tokens);
+        }
         record["step_seconds"] = json!(seconds);
         record["fresh_rollouts"] = json!(fresh);
         let summary = summarize(&batches, &names, rollout_cfg.num_generations);
         for (k, v) in &summary {
             record[k] = json!(v);
+        }
+        if fresh && rollout_cfg.dynamic_sampling {
+            let sum = |f: fn(&rollout::Topped) -> usize| batches.iter().map(|b| f(&b.report.topped)).sum::<usize>();
+            record["dynamic_sampling/rounds"] = json!(sum(|t| t.rounds));
+            record["dynamic_sampling/dropped_groups"] = json!(sum(|t| t.dropped));
+            record["dynamic_sampling/filled_groups"] = json!(sum(|t| t.filled));
         }
         if fresh {
             let generated: usize = batches.iter().map(|b| b.report.stats.generated_tokens).sum();
@@ -327,8 +338,24 @@ fn produce(
     // Every micro-batch is sampled with the adapters in their sampling form, switched on once; the log-prob
     // forwards after it must compute exactly what the training step computes, so they run in the training form.
     lora::set_sampling(model, true)?;
-    let sampled: Result<Vec<RolloutBatch>, TrainError> =
-        (0..micro_batches).map(|micro| rollouts.run(model, &feeder.next_batch(), rollout_seed(seed, step, micro))).collect();
+    let sampled: Result<Vec<RolloutBatch>, TrainError> = (0..micro_batches)
+        .map(|micro| {
+            let prompts = feeder.next_batch();
+            let micro_seed = rollout_seed(seed, step, micro);
+            if !cfg.dynamic_sampling {
+                return rollouts.run(model, &prompts, micro_seed);
+            }
+            let first = rollouts.sample(model, &prompts, micro_seed)?;
+            let group = rollouts.group;
+            let (scored, topped) = rollout::top_up(first, prompts.len(), group, cfg.max_sampling_rounds, |round| {
+                let more = feeder.next_batch();
+                rollouts.sample(model, &more, SplitMix::new(micro_seed ^ (round as u64).wrapping_mul(0xa076_1d64_78bd_642f)).next())
+            })?;
+            let mut batch = rollouts.build(scored);
+            batch.report.topped = topped;
+            Ok(batch)
+        })
+        .collect();
     lora::set_sampling(model, false)?;
     let mut out = sampled?;
     times.sampling = t.elapsed().as_secs_f64();

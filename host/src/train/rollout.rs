@@ -73,6 +73,8 @@ pub struct Rollouts<'a> {
     pub scale: ScaleRewards,
     pub rewards: &'a mut [RewardFn],
     pub pad_multiple: usize,
+    /// Train on no token of a completion that hit `max_tokens` (DAPO's overlong filtering).
+    pub mask_truncated: bool,
 }
 
 /// One micro-batch of scored completions, ready for the step.
@@ -113,6 +115,10 @@ pub struct RolloutReport {
     /// Tokens in the rows (prompt + completion), and the padded batch size.
     pub real_tokens: usize,
     pub padded_tokens: usize,
+    /// Completion tokens the step trains on (all, unless truncated completions are masked).
+    pub trained_tokens: usize,
+    /// What dynamic sampling did (all zero without it).
+    pub topped: Topped,
 }
 
 impl RolloutBatch {
@@ -120,16 +126,127 @@ impl RolloutBatch {
         self.report.rewards.len()
     }
 
-    /// Completion tokens, the supervised targets.
+    /// Completion tokens sampled.
     pub fn completion_tokens(&self) -> usize {
         self.report.completion_lengths.iter().sum()
     }
+
+    /// Completion tokens the step trains on (the mask's ones).
+    pub fn trained_tokens(&self) -> usize {
+        self.report.trained_tokens
+    }
+}
+
+/// Sampled and scored completions of some prompts, in groups of `Rollouts::group` (a prompt's completions,
+/// consecutive), before advantages: what dynamic sampling filters and tops up.
+pub struct Scored<'p> {
+    pub prompts: Vec<&'p PromptRow>,
+    pub completions: Vec<Completion>,
+    pub texts: Vec<String>,
+    /// Per reward function, its scores (None: not applicable).
+    pub per_function: Vec<(String, Vec<Option<f64>>)>,
+    /// The weighted sum per completion.
+    pub rewards: Vec<f64>,
+    pub stats: GenerationStats,
+}
+
+impl<'p> Scored<'p> {
+    /// Whether prompt `g`'s completions got different rewards (a group without spread has zero advantages).
+    pub fn has_spread(&self, g: usize, group: usize) -> bool {
+        let r = &self.rewards[g * group..(g + 1) * group];
+        r.iter().any(|x| (x - r[0]).abs() > 1e-12)
+    }
+
+    /// Moves prompt `g`'s group (its prompt, completions and scores) to the end of `into`.
+    fn move_group(&self, g: usize, group: usize, into: &mut Scored<'p>) {
+        let rows = g * group..(g + 1) * group;
+        into.prompts.push(self.prompts[g]);
+        into.completions.extend(self.completions[rows.clone()].iter().cloned());
+        into.texts.extend(self.texts[rows.clone()].iter().cloned());
+        into.rewards.extend(&self.rewards[rows.clone()]);
+        if into.per_function.is_empty() {
+            into.per_function = self.per_function.iter().map(|(n, _)| (n.clone(), Vec::new())).collect();
+        }
+        for ((_, to), (_, from)) in into.per_function.iter_mut().zip(&self.per_function) {
+            to.extend(&from[rows.clone()]);
+        }
+    }
+
+    fn empty() -> Self {
+        Scored { prompts: Vec::new(), completions: Vec::new(), texts: Vec::new(), per_function: Vec::new(), rewards: Vec::new(), stats: GenerationStats::default() }
+    }
+}
+
+/// What dynamic sampling did for one micro-batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Topped {
+    /// Sampling rounds (1: no top-up was needed).
+    pub rounds: usize,
+    /// Groups without spread left out.
+    pub dropped: usize,
+    /// Groups without spread kept anyway because `max_sampling_rounds` ran out.
+    pub filled: usize,
+}
+
+/// DAPO's dynamic sampling for one micro-batch of `wanted` prompts: groups whose rewards have no spread are set
+/// aside and `next` supplies more scored prompts until `wanted` groups with spread are gathered or `rounds`
+/// rounds have been sampled; then set-aside groups fill what is missing (their advantages are 0), so the
+/// micro-batch always has `wanted` groups.
+pub fn top_up<'p>(
+    first: Scored<'p>,
+    wanted: usize,
+    group: usize,
+    rounds: usize,
+    mut next: impl FnMut(usize) -> Result<Scored<'p>, TrainError>,
+) -> Result<(Scored<'p>, Topped), TrainError> {
+    let mut kept = Scored::empty();
+    let mut spare = Scored::empty();
+    let mut report = Topped::default();
+    let mut round = first;
+    loop {
+        report.rounds += 1;
+        for g in 0..round.prompts.len() {
+            if kept.prompts.len() < wanted && round.has_spread(g, group) {
+                round.move_group(g, group, &mut kept);
+            } else if !round.has_spread(g, group) {
+                report.dropped += 1;
+                round.move_group(g, group, &mut spare);
+            }
+        }
+        add_stats(&mut kept.stats, &round.stats);
+        if kept.prompts.len() >= wanted || report.rounds >= rounds.max(1) {
+            break;
+        }
+        round = next(report.rounds)?;
+    }
+    let missing = wanted.saturating_sub(kept.prompts.len()).min(spare.prompts.len());
+    for g in 0..missing {
+        spare.move_group(g, group, &mut kept);
+    }
+    report.filled = missing;
+    report.dropped -= missing;
+    Ok((kept, report))
+}
+
+fn add_stats(into: &mut GenerationStats, s: &GenerationStats) {
+    into.rows += s.rows;
+    into.prompt_tokens += s.prompt_tokens;
+    into.prompt_seconds += s.prompt_seconds;
+    into.generated_tokens += s.generated_tokens;
+    into.decode_seconds += s.decode_seconds;
+    into.peak_memory_bytes = into.peak_memory_bytes.max(s.peak_memory_bytes);
 }
 
 impl Rollouts<'_> {
     /// Samples `group` completions for each prompt with the model as it is (adapters on, no dropout), scores
     /// them and builds the training rows.
     pub fn run(&mut self, model: &CausalLm, prompts: &[&PromptRow], seed: u64) -> Result<RolloutBatch, TrainError> {
+        let scored = self.sample(model, prompts, seed)?;
+        Ok(self.build(scored))
+    }
+
+    /// Samples `group` completions for each prompt and scores them.
+    pub fn sample<'p>(&mut self, model: &CausalLm, prompts: &[&'p PromptRow], seed: u64) -> Result<Scored<'p>, TrainError> {
         let mut caches = cache::for_layers(self.cache_policy, &model.attention_windows()).map_err(|e| TrainError::Config(format!("[rollout] cache: {e}")))?;
         let mut sampler = Sampler::new(self.sampler.clone(), seed)?;
         let options = GenerateOptions { max_tokens: self.max_tokens, eos_ids: self.tokenizer.eos_ids.clone(), ..Default::default() };
@@ -162,13 +279,32 @@ impl Rollouts<'_> {
         let weights: Vec<f64> = self.rewards.iter().map(|r| r.weight).collect();
         let scores: Vec<&[Option<f64>]> = per_function.iter().map(|(_, s)| s.as_slice()).collect();
         let rewards = combine(&scores, &weights);
+        Ok(Scored { prompts: prompts.to_vec(), completions, texts, per_function, rewards, stats })
+    }
+
+    /// Advantages and training rows of scored completions. With `mask_truncated`, completions that hit
+    /// `max_tokens` without EOS keep their rewards (and their share of the group's statistics) but train on none
+    /// of their tokens.
+    pub fn build(&self, scored: Scored<'_>) -> RolloutBatch {
+        let Scored { prompts, completions, texts, per_function, rewards, stats } = scored;
+        let g = self.group;
+        let rows = completions.len();
         let advantages = advantages(&rewards, g, self.scale);
-        let rows_batch = sequences(prompts, g, &completions, self.pad_multiple);
+        let mut rows_batch = sequences(&prompts, g, &completions, self.pad_multiple);
+        let ended_with_eos: Vec<bool> = completions.iter().map(|c| c.finish == crate::generate::FinishReason::Eos).collect();
+        let completion_lengths: Vec<usize> = completions.iter().map(|c| c.tokens.len()).collect();
+        let trained: Vec<bool> = ended_with_eos.iter().map(|&eos| eos || !self.mask_truncated).collect();
+        if trained.iter().any(|t| !t) {
+            let width = rows_batch.mask.shape()[1] as usize;
+            let keep: Vec<f32> = trained.iter().flat_map(|&t| std::iter::repeat_n(if t { 1.0 } else { 0.0 }, width)).collect();
+            rows_batch.mask = rows_batch.mask.multiply(Array::from_slice(&keep, &[rows as i32, width as i32])).unwrap_or(rows_batch.mask);
+        }
+        let trained_tokens = completion_lengths.iter().zip(&trained).filter(|(_, t)| **t).map(|(n, _)| n).sum();
         let report = RolloutReport {
-            completion_lengths: completions.iter().map(|c| c.tokens.len()).collect(),
-            ended_with_eos: completions.iter().map(|c| c.finish == crate::generate::FinishReason::Eos).collect(),
+            completion_lengths,
+            ended_with_eos,
             prompt_lines: (0..rows).map(|i| prompts[i / g].line).collect(),
-            prompts: prompt_texts.iter().map(|t| (*t).to_owned()).collect(),
+            prompts: (0..rows).map(|i| prompts[i / g].text.clone()).collect(),
             rewards,
             advantages,
             per_function,
@@ -176,10 +312,12 @@ impl Rollouts<'_> {
             stats,
             real_tokens: rows_batch.real_tokens,
             padded_tokens: rows_batch.padded_tokens,
+            trained_tokens,
+            topped: Topped::default(),
         };
         let f32s = |v: &[f64]| Array::from_slice(&v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), &[v.len() as i32]);
         let group_ids: Vec<i32> = (0..rows).map(|i| (i / g) as i32).collect();
-        Ok(RolloutBatch {
+        RolloutBatch {
             inputs: rows_batch.inputs,
             targets: rows_batch.targets,
             mask: rows_batch.mask,
@@ -190,7 +328,7 @@ impl Rollouts<'_> {
             reference: None,
             old_logps: None,
             report,
-        })
+        }
     }
 }
 
@@ -243,6 +381,45 @@ mod tests {
     fn rewards_sum_with_weights_over_the_functions_that_apply() {
         let scores: [&[Option<f64>]; 2] = [&[Some(1.0), None, Some(0.0)], &[Some(0.1), Some(0.1), None]];
         close(&combine(&scores, &[1.0, 2.0]), &[1.2, 0.2, 0.0]);
+    }
+
+    /// Scored groups of two completions with the given rewards; prompt i's line is `base + i`.
+    fn scored<'p>(prompts: &'p [PromptRow], rewards: &[f64]) -> Scored<'p> {
+        let c = Completion { tokens: vec![1], logprobs: vec![0.0], finish: FinishReason::Eos };
+        Scored {
+            prompts: prompts.iter().collect(),
+            completions: vec![c; rewards.len()],
+            texts: rewards.iter().map(|r| r.to_string()).collect(),
+            per_function: vec![("r".into(), rewards.iter().map(|&r| Some(r)).collect())],
+            rewards: rewards.to_vec(),
+            stats: GenerationStats { generated_tokens: rewards.len(), ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn dynamic_sampling_keeps_groups_with_spread_and_tops_up_from_more_prompts() {
+        let p = |line: usize| PromptRow { line, text: format!("p{line}"), tokens: vec![5], row: "{}".into() };
+        let first: Vec<PromptRow> = (1..=3).map(p).collect();
+        let second: Vec<PromptRow> = (11..=13).map(p).collect();
+        // Round 1: only prompt 2 has spread. Round 2: prompts 11 and 13 do.
+        let (kept, report) = top_up(scored(&first, &[1., 1., 0., 1., 0., 0.]), 3, 2, 4, |round| {
+            assert_eq!(round, 1);
+            Ok(scored(&second, &[1., 0., 2., 2., 0., 3.]))
+        })
+        .unwrap();
+        let lines: Vec<usize> = kept.prompts.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![2, 11, 13]);
+        assert_eq!(kept.rewards, vec![0., 1., 1., 0., 0., 3.]);
+        assert_eq!(kept.per_function[0].1.len(), 6);
+        assert_eq!(kept.texts, vec!["0", "1", "1", "0", "0", "3"]);
+        assert_eq!((report.rounds, report.dropped, report.filled), (2, 3, 0));
+        assert_eq!(kept.stats.generated_tokens, 12, "both rounds' sampling counted");
+
+        // With one round allowed, groups without spread fill the micro-batch (their advantages are 0).
+        let (kept, report) = top_up(scored(&first, &[1., 1., 0., 1., 0., 0.]), 3, 2, 1, |_| unreachable!()).unwrap();
+        let lines: Vec<usize> = kept.prompts.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![2, 1, 3]);
+        assert_eq!((report.rounds, report.dropped, report.filled), (1, 0, 2));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 mod exact_answer;
 mod length_penalty;
+mod overlong;
 mod regex_format;
 
 pub use exact_answer::ExactAnswer;
 pub use length_penalty::LengthPenalty;
+pub use overlong::Overlong;
 pub use regex_format::RegexFormat;
