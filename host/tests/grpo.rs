@@ -28,6 +28,11 @@ fn temp(name: &str) -> PathBuf {
     dir
 }
 
+/// Where [`temp`] put `name`, without clearing it.
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("host-grpo-{}-{name}", std::process::id()))
+}
+
 fn records(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -224,7 +229,9 @@ fn the_shipped_grpo_config_raises_the_mean_reward_on_the_demo_model() {
     let cfg = RunConfig::load_in(&root.join("configs/grpo.toml"), &overrides, &mut registry, &root).unwrap();
     let outcome = train::run(&cfg, &registry, None).unwrap();
     assert_eq!(outcome.steps, steps);
-    let log = records(&out);
+    let (log, evals): (Vec<serde_json::Value>, Vec<serde_json::Value>) = records(&out).into_iter().partition(|r| r.get("reward").is_some());
+    // [eval] every 25 steps and at the end.
+    assert_eq!(evals.iter().map(|r| get(r, "step")).collect::<Vec<f64>>(), vec![25.0, 50.0, 60.0]);
     let mean = |rows: &[serde_json::Value]| rows.iter().map(|r| get(r, "rewards/exact_answer/mean")).sum::<f64>() / rows.len() as f64;
     let (first, last) = (mean(&log[..15]), mean(&log[log.len() - 15..]));
     assert!(last > first + 0.2, "exact-answer reward: first 15 steps {first:.3}, last 15 {last:.3}");
@@ -326,12 +333,17 @@ fn demo_run(name: &str, overrides: &[&str]) -> Vec<serde_json::Value> {
     records(&out)
 }
 
+/// The step records of a log (grpo.toml's [eval] adds evaluation records beside them).
+fn steps(log: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    log.into_iter().filter(|r| r.get("reward").is_some()).collect()
+}
+
 /// DAPO's dynamic sampling on the demo model: micro-batches are topped up with prompts whose completions
 /// disagree, so a step that needed no filling trains on no group without spread; when the rounds run out
 /// (a reward that never varies), dropped groups fill the batch and it is logged.
 #[test]
 fn dynamic_sampling_trains_on_groups_with_spread_and_logs_its_rounds() {
-    let log = demo_run("dynamic", &["train.steps=4", "rollout.dynamic_sampling=true"]);
+    let log = steps(demo_run("dynamic", &["train.steps=4", "rollout.dynamic_sampling=true"]));
     for r in &log {
         let (rounds, dropped, filled) = (get(r, "dynamic_sampling/rounds"), get(r, "dynamic_sampling/dropped_groups"), get(r, "dynamic_sampling/filled_groups"));
         assert!(rounds >= 1.0 && rounds <= 4.0, "{r}");
@@ -345,10 +357,10 @@ fn dynamic_sampling_trains_on_groups_with_spread_and_logs_its_rounds() {
 
     // A reward that is the same for every completion: every round drops every group; the cap (2 rounds) ends
     // the search and the dropped groups fill the batch.
-    let flat = demo_run(
+    let flat = steps(demo_run(
         "dynamic-flat",
         &["train.steps=2", "rollout.dynamic_sampling=true", "rollout.max_sampling_rounds=2", "reward=[{kind = \"length_penalty\", per_token = 0.0}]"],
-    );
+    ));
     for r in &flat {
         // Dropped: the groups of both rounds beyond the 8 that fill (the epoch's last batch has 6 prompts).
         assert_eq!((get(r, "dynamic_sampling/rounds"), get(r, "dynamic_sampling/filled_groups")), (2.0, 8.0), "{r}");
@@ -362,16 +374,114 @@ fn dynamic_sampling_trains_on_groups_with_spread_and_logs_its_rounds() {
 /// masked tokens are exactly those of the completions without EOS (each `max_tokens` long).
 #[test]
 fn truncated_completions_can_be_masked_out_of_the_loss() {
-    let masked = demo_run("masked", &["train.steps=2", "rollout.max_tokens=3", "rollout.mask_truncated_completions=true"]);
+    let masked = steps(demo_run("masked", &["train.steps=2", "rollout.max_tokens=3", "rollout.mask_truncated_completions=true"]));
     for r in &masked {
         assert_eq!(get(r, "completions/clipped_ratio"), 1.0, "{r}");
         assert_eq!(get(r, "completions/masked_tokens"), get(r, "completion_tokens"), "{r}");
         assert_eq!((get(r, "loss"), get(r, "grad_norm")), (0.0, 0.0), "{r}");
     }
-    let some = demo_run("some-masked", &["train.steps=3", "rollout.mask_truncated_completions=true"]);
+    let some = steps(demo_run("some-masked", &["train.steps=3", "rollout.mask_truncated_completions=true"]));
     for r in &some {
         let truncated = (get(r, "completions/clipped_ratio") * 64.0).round();
         assert_eq!(get(r, "completions/masked_tokens"), 8.0 * truncated, "{r}");
     }
-    assert!(demo_run("not-masked", &["train.steps=2"])[0].get("completions/masked_tokens").is_none());
+    assert!(steps(demo_run("not-masked", &["train.steps=2"]))[0].get("completions/masked_tokens").is_none());
+}
+
+/// `[eval]`: greedy completions of held-out prompts every N steps and at the end, scored by the run's
+/// rewards and logged as `eval_*`; evaluating changes nothing about training (same adapters as without).
+#[test]
+fn validation_rollouts_score_held_out_prompts_without_changing_training() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let valid = root.join("data/grpo/valid.jsonl").display().to_string();
+    let eval = format!("eval={{prompts = {valid:?}, every = 2, max_prompts = 6, batch_size = 4}}");
+    let with = demo_run("eval", &["train.steps=5", &eval]);
+    let evals: Vec<&serde_json::Value> = with.iter().filter(|r| r.get("eval_reward").is_some()).collect();
+    // Steps 2 and 4, and the last one.
+    assert_eq!(evals.iter().map(|r| get(r, "step")).collect::<Vec<f64>>(), vec![2.0, 4.0, 5.0]);
+    for r in &evals {
+        assert_eq!(get(r, "eval_prompts"), 6.0, "{r}");
+        // One greedy completion per prompt; each scores exact_answer (0 or 1) + regex_format (0 or 0.1).
+        let (correct, format) = (get(r, "eval_rewards/exact_answer/mean"), get(r, "eval_rewards/regex_format/mean"));
+        assert!((get(r, "eval_reward") - (correct + format)).abs() < 1e-9, "{r}");
+        assert!((correct * 6.0 - (correct * 6.0).round()).abs() < 1e-9, "{r}");
+    }
+    let without = demo_run("no-eval", &["train.steps=5"]);
+    let losses = |log: &[serde_json::Value]| log.iter().filter_map(|r| r.get("loss").and_then(serde_json::Value::as_f64)).collect::<Vec<f64>>();
+    assert_eq!(losses(&with), losses(&without));
+    assert_eq!(adapters(&temp_path("eval")), adapters(&temp_path("no-eval")));
+
+    // A prompts file that is not there is named before anything loads.
+    let err = RunConfig::load(&root.join("configs/grpo.toml"), &["eval={prompts = \"/no/such.jsonl\"}".parse().unwrap()], &mut Registry::builtin().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("eval.prompts") && err.to_string().contains("is not a file"), "{err}");
+}
+
+/// A fixture turned into a reward model: its config says `Qwen2ForSequenceClassification` with one label,
+/// and a `score.weight` head `[1, hidden]` joins its tensors.
+fn reward_model_fixture(dir: &Path) -> (PathBuf, Vec<f32>) {
+    let base = dir.join("base");
+    fixture::write(&base, Family::Qwen2, Preset::Tiny, 9).unwrap();
+    let rm = dir.join("rm");
+    std::fs::create_dir_all(&rm).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        if base.join(f).is_file() {
+            std::fs::copy(base.join(f), rm.join(f)).unwrap();
+        }
+    }
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    config["architectures"] = serde_json::json!(["Qwen2ForSequenceClassification"]);
+    config["num_labels"] = serde_json::json!(1);
+    std::fs::write(rm.join("config.json"), config.to_string()).unwrap();
+    let mut tensors = mlx_rs::Array::load_safetensors(base.join("model.safetensors")).unwrap();
+    let hidden = config["hidden_size"].as_i64().unwrap() as usize;
+    let w: Vec<f32> = (0..hidden).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1).collect();
+    tensors.insert("score.weight".into(), mlx_rs::Array::from_slice(&w, &[1, hidden as i32]));
+    host::tensor_file::write(&rm.join("model.safetensors"), tensors.iter().map(|(k, v)| (k.as_str(), v)), Some("pt")).unwrap();
+    (base, w)
+}
+
+/// `kind = "reward_model"`: each prompt + completion's score is the body's last hidden state times the
+/// `score` head, as transformers computes it; batched rows with padding give what each row alone gives.
+#[test]
+fn a_sequence_classification_checkpoint_scores_completions_as_a_reward() {
+    let dir = temp("reward-model");
+    let (base, w) = reward_model_fixture(&dir);
+    let registry = Registry::builtin().unwrap();
+    let table: sdk::toml::Table = format!("model = {:?}\nbatch_size = 2", dir.join("rm").display().to_string()).parse().unwrap();
+    let mut reward = registry.reward("reward_model", &table).unwrap();
+    let prompts = ["What is 2 + 2?", "Hi", "Count to three:"];
+    let completions = [" It is 4.", " Hello there, how are you", " 1 2 3"];
+    let ids: [&[u32]; 3] = [&[], &[], &[]];
+    let rows = ["{}"; 3];
+    let scores = reward.score(&sdk::RewardBatch { prompts: &prompts, completions: &completions, completion_ids: &ids, rows: &rows }).unwrap();
+
+    // Each text alone through the plain causal LM (same body weights): last hidden state · w.
+    let m = model::load(&base, &LoadOptions { dtype: Some(Dtype::Float32), quantize: None }).unwrap().model;
+    let tokenizer = host::text::TextTokenizer::load(&base).unwrap();
+    for (i, (p, c)) in prompts.iter().zip(completions).enumerate() {
+        let tokens: Vec<i32> = tokenizer.encode(&format!("{p}{c}"), false).unwrap().into_iter().map(|t| t as i32).collect();
+        let hidden = m.model.forward(&mlx_rs::Array::from_slice(&tokens, &[1, tokens.len() as i32]), None).unwrap();
+        let h = hidden.reshape(&[-1]).unwrap().to_vec_exact::<f32>().unwrap();
+        let last = &h[h.len() - w.len()..];
+        let want: f64 = last.iter().zip(&w).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+        let got = scores[i].unwrap();
+        // Batched (padded, in pairs) against alone: the same float32 sums in other BLAS blockings, ~1e-6.
+        assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "row {i}: {got} vs {want}");
+    }
+    assert!(scores.iter().all(|s| s.unwrap().abs() > 1e-6), "the head is not zero: {scores:?}");
+
+    // A causal LM is not a reward model: refused by key, before anything loads.
+    let table: sdk::toml::Table = format!("model = {:?}", base.display().to_string()).parse().unwrap();
+    let err = registry.reward("reward_model", &table).err().unwrap().to_string();
+    assert!(err.contains("not a *ForSequenceClassification reward model"), "{err}");
+    let table: sdk::toml::Table = format!("model = {:?}\nlabel = 1", dir.join("rm").display().to_string()).parse().unwrap();
+    assert!(registry.reward("reward_model", &table).err().unwrap().to_string().contains("`label` 1 is out of range"));
+
+    // And in a GRPO run, beside a built-in.
+    let rewards = format!("[[reward]]\nkind = \"reward_model\"\nname = \"rm\"\nmodel = {:?}\n[[reward]]\nkind = \"length_penalty\"", dir.join("rm").display().to_string());
+    let path = fixture_config_with("reward-model-run", "", 2, &rewards);
+    let cfg = RunConfig::load(&path, &[] as &[Override], &mut Registry::builtin().unwrap()).unwrap();
+    train::run(&cfg, &registry, None).unwrap();
+    let log = records(&cfg.output_dir());
+    assert!(log.iter().all(|r| r["rewards/rm/mean"].as_f64().is_some_and(f64::is_finite)), "{log:?}");
 }

@@ -14,7 +14,7 @@ use sdk::{LrSchedule, ScheduleContext, Warmup};
 
 pub use problem::{ConfigError, ConfigProblem, Location};
 pub use sections::{
-    Backend, Checkpointing, DataConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
+    Backend, Checkpointing, DataConfig, EvalConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
     PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, RewardEntry, RolloutConfig, ScaleRewards, ScheduleSection, SplitHead, TrainConfig,
     TrainMode,
 };
@@ -46,6 +46,8 @@ pub struct RunConfig {
     /// GRPO's reward functions, `[[reward]]` tables.
     #[serde(default)]
     pub reward: Vec<RewardEntry>,
+    /// GRPO's validation rollouts.
+    pub eval: Option<EvalConfig>,
     #[serde(default)]
     pub plugins: PluginsConfig,
     #[serde(default)]
@@ -143,6 +145,12 @@ impl RunConfig {
         });
         let rollout = section::<RolloutConfig>(&source, "rollout", &mut problems);
         let rewards = section::<Vec<RewardEntry>>(&source, "reward", &mut problems).map(Option::unwrap_or_default);
+        let eval = section::<EvalConfig>(&source, "eval", &mut problems).map(|e| {
+            e.map(|mut e| {
+                rebase(&mut e.prompts);
+                e
+            })
+        });
         let lora = section::<LoraConfig>(&source, "lora", &mut problems);
         let data = section::<DataConfig>(&source, "data", &mut problems).map(|d| {
             d.map(|mut d| {
@@ -397,7 +405,7 @@ impl RunConfig {
                     problems.push(source.problem(&["data", "cache"], format!("loss `{kind}` reads prompts, tokenized at the start of the run; the data cache does not apply")));
                 }
                 if d.valid.is_some() || t.eval_every.is_some() {
-                    problems.push(source.problem(&["data", "valid"], format!("evaluation for loss `{kind}` (rollouts on validation prompts) is not implemented; remove `valid` and `eval_every`")));
+                    problems.push(source.problem(&["data", "valid"], format!("loss `{kind}` evaluates with rollouts on held-out prompts: use [eval] prompts and every instead of `valid` and `eval_every`")));
                 }
             }
         }
@@ -416,15 +424,36 @@ impl RunConfig {
             check_plugin(&source, &["data", "cache"], p, registry.data_cache_policy(&p.kind, &p.config).err(), &mut problems);
         }
 
-        match (model, lora, data, train, optimizer, schedule, (loss, reference, rollout, rewards), plugins, output) {
-            (Ok(model), Ok(lora), Ok(data), Ok(train), Ok(optimizer), Ok(schedule), (Ok(loss), Ok(reference), Ok(rollout), Ok(reward)), Ok(plugins), Ok(mut output))
+        if let Ok(Some(e)) = &eval {
+            let mut check = |ok: bool, key: &str, message: &str| {
+                if !ok {
+                    problems.push(source.problem(&["eval", key], message.to_owned()));
+                }
+            };
+            check(e.every != Some(0), "every", "must be at least 1");
+            check(e.num_generations >= 1, "num_generations", "must be at least 1");
+            check(e.temperature.is_finite() && e.temperature >= 0.0, "temperature", "must be 0 (greedy) or positive");
+            check(e.max_tokens != Some(0), "max_tokens", "must be at least 1");
+            check(e.max_prompts != Some(0), "max_prompts", "must be at least 1");
+            check(e.batch_size != Some(0), "batch_size", "must be at least 1");
+            check(e.prompts.is_file(), "prompts", &format!("{} is not a file", e.prompts.display()));
+            if let Some(needs) = needs {
+                if !needs.rollout() {
+                    let kind = loss.as_ref().map(|l| l.kind.clone()).unwrap_or_default();
+                    problems.push(source.problem(&["eval"], format!("[eval] runs rollouts for losses that learn from rewards; loss `{kind}` evaluates on [data] valid with [train] eval_every")));
+                }
+            }
+        }
+
+        match (model, lora, data, train, optimizer, schedule, (loss, reference, rollout, rewards, eval), plugins, output) {
+            (Ok(model), Ok(lora), Ok(data), Ok(train), Ok(optimizer), Ok(schedule), (Ok(loss), Ok(reference), Ok(rollout), Ok(reward), Ok(eval)), Ok(plugins), Ok(mut output))
                 if problems.is_empty() =>
             {
                 if output.dir.is_none() {
                     let stem = file.file_stem().map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
                     output.dir = Some(base.join("runs").join(stem));
                 }
-                Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, plugins, output })
+                Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, eval, plugins, output })
             }
             _ => Err(ConfigError { file: file.to_owned(), problems }),
         }

@@ -541,6 +541,35 @@ pub struct PluginsConfig {
     pub paths: Vec<PathBuf>,
 }
 
+/// `[eval]`: validation rollouts for losses that learn from rewards: completions of held-out prompts,
+/// scored by the run's `[[reward]]` functions, every `every` steps and at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Prompt rows, as `[data] train` (relative to the working directory).
+    pub prompts: PathBuf,
+    /// Evaluate every this many steps (the end of the run always evaluates).
+    pub every: Option<u64>,
+    /// Completions per prompt (default 1).
+    #[serde(default = "EvalConfig::one")]
+    pub num_generations: usize,
+    /// Sampling temperature (default 0: greedy, the same completions every time for the same weights).
+    #[serde(default)]
+    pub temperature: f32,
+    /// Completion tokens at most (default `[rollout] max_tokens`).
+    pub max_tokens: Option<usize>,
+    /// Evaluate only the first this many prompts (default all).
+    pub max_prompts: Option<usize>,
+    /// Prompts per generation batch (default `[data] batch_size`).
+    pub batch_size: Option<usize>,
+}
+
+impl EvalConfig {
+    fn one() -> usize {
+        1
+    }
+}
+
 /// `[output]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

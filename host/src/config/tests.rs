@@ -41,7 +41,7 @@ kind = \"cosine\"
     let err = load("many", text, &[]).unwrap_err();
     let got: Vec<(Location, &str)> = err.problems.iter().map(|p| (p.location.clone(), p.path.as_str())).collect();
     assert_eq!(got, vec![(at(8, 2), "sheduler"), (at(3, 1), "train.stepz"), (at(6, 1), "optimizer.lr")], "{err}");
-    assert!(err.problems[0].message.contains("expected one of: model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, plugins, output"));
+    assert!(err.problems[0].message.contains("expected one of: model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, eval, plugins, output"));
     assert!(err.problems[1].message.contains("expected one of: steps, seed, grad_accumulation_steps"), "{}", err.problems[1].message);
     assert!(err.problems[2].message.contains("invalid type"), "{}", err.problems[2].message);
     let shown = err.to_string();

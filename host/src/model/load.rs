@@ -182,6 +182,18 @@ fn check(model: &CausalLm, weights: &HashMap<String, Array>) -> WeightMismatch {
 
 /// Loads a model directory (see [`super::hub::resolve`] for repo ids).
 pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError> {
+    Ok(load_inner(dir, options, false)?.0)
+}
+
+/// A `*ForSequenceClassification` checkpoint of a supported family (a reward model): its body, and its `score`
+/// head `[num_labels, hidden]` in float32. The body is built without an output head (it has none).
+pub fn load_classifier(dir: &Path, options: &LoadOptions) -> Result<(LoadedModel, Array), ModelError> {
+    let (model, score) = load_inner(dir, options, true)?;
+    let score = score.ok_or_else(|| ModelError::file(dir, "a sequence-classification checkpoint without `score.weight`"))?;
+    Ok((model, score))
+}
+
+fn load_inner(dir: &Path, options: &LoadOptions, classifier: bool) -> Result<(LoadedModel, Option<Array>), ModelError> {
     let config_path = dir.join("config.json");
     let config_json = match read_json(&config_path)? {
         serde_json::Value::Object(map) => map,
@@ -200,7 +212,18 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
         model_type: args.model_type.clone(),
         supported: supported_model_types(),
     })?;
-    let config = family(&args).map_err(|message| ModelError::Config { path: config_path.clone(), message })?;
+    let mut config = family(&args).map_err(|message| ModelError::Config { path: config_path.clone(), message })?;
+    if classifier {
+        let architectures = config_json.get("architectures").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+        if !architectures.iter().filter_map(|a| a.as_str()).any(|a| a.ends_with("ForSequenceClassification")) {
+            return Err(ModelError::Config {
+                path: config_path,
+                message: format!("`architectures` is {architectures:?}; a reward model is a *ForSequenceClassification checkpoint"),
+            });
+        }
+        // No language-model head: the body's embedding stands in for it, never used.
+        config.tie_word_embeddings = true;
+    }
     let plan = args.quantization().map_err(|message| ModelError::Config { path: config_path.clone(), message })?;
 
     let mut weights = read_weights(dir)?;
@@ -218,6 +241,7 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
     if let Some(sanitize) = super::sanitizer(&args.model_type) {
         sanitize(&mut weights, &config).map_err(|message| ModelError::file(dir, message))?;
     }
+    let score = if classifier { weights.remove("score.weight") } else { None };
     if config.tie_word_embeddings {
         weights.retain(|name, _| !name.starts_with("lm_head."));
     }
@@ -267,5 +291,6 @@ pub fn load(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, ModelError
         (None, None) => None,
     };
     eval(model.parameters().flatten().values().copied())?;
-    Ok(LoadedModel { model, dir: dir.to_owned(), args, config_json, quantization })
+    let score = score.map(|w| w.as_dtype(Dtype::Float32)).transpose()?;
+    Ok((LoadedModel { model, dir: dir.to_owned(), args, config_json, quantization }, score))
 }

@@ -28,7 +28,7 @@ use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
 
 pub use args::{Activation, HfArgs, MoeConfig, MoeNames, NormPlacement, QkNorm, QuantizationPlan, RopeParams, TokenIds, TransformerConfig};
 pub use error::{Misshaped, ModelError, WeightMismatch};
-pub use load::{default_dtype, fingerprint, load, read_weights, LoadOptions, LoadedModel};
+pub use load::{default_dtype, fingerprint, load, load_classifier, read_weights, LoadOptions, LoadedModel};
 pub use save::{save, save_parts};
 pub use transformer::{Attention, Decoder, Layer, Mlp};
 

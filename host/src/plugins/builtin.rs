@@ -29,4 +29,5 @@ pub const EXPECTED: &[(sdk::PluginKind, &str)] = &[
     (sdk::PluginKind::Loss, "sft"),
     (sdk::PluginKind::Reward, "exact_answer"),
     (sdk::PluginKind::Reward, "command"),
+    (sdk::PluginKind::Reward, "reward_model"),
 ];

@@ -71,6 +71,7 @@ pub struct Registry {
 impl Registry {
     /// The built-in plugins. Two built-ins with one name are an error naming both crates.
     pub fn builtin() -> Result<Self, RegistryError> {
+        crate::train::reward_model::keep_linked();
         let mut registry = Registry { plugins: BTreeMap::new(), libraries: Vec::new() };
         for r in builtin_registrations() {
             registry.insert(PluginInfo {

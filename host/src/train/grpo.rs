@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{
     io, lora, metrics, reference::ReferenceSource, reference_source, rollout::{self, RewardFn, RolloutBatch, Rollouts},
-    session, step, stepper::Stepper, Resume, RunOutcome, StepCallback, StopReason, TrainError, INTERRUPTED,
+    session, step, stepper::Stepper, validation, Resume, RunOutcome, StepCallback, StopReason, TrainError, INTERRUPTED,
 };
 use super::inputs::Needs;
 use crate::{
@@ -84,6 +84,14 @@ pub fn run(
     let prompt_budget = data_cfg.max_seq_length.saturating_sub(rollout_cfg.max_tokens).max(1);
     let budget = format!("[data] max_seq_length {} minus [rollout] max_tokens {}", data_cfg.max_seq_length, rollout_cfg.max_tokens);
     let prompts = PromptSet::load(&data_cfg.train, &tokenizer, prompt_budget, &budget, data_cfg.skip_bad_rows)?;
+    let eval_prompts = match &config.eval {
+        Some(e) => {
+            let max_tokens = e.max_tokens.unwrap_or(rollout_cfg.max_tokens);
+            let budget = format!("[data] max_seq_length {} minus [eval] max_tokens {max_tokens}", data_cfg.max_seq_length);
+            Some(PromptSet::load(&e.prompts, &tokenizer, data_cfg.max_seq_length.saturating_sub(max_tokens).max(1), &budget, data_cfg.skip_bad_rows)?)
+        }
+        None => None,
+    };
     let longest_prompt = prompts.lengths().into_iter().max().unwrap_or(0);
     eprintln!(
         "prompts: {} rows ({} skipped), longest {longest_prompt} tokens; {} completions of up to {} tokens each",
@@ -219,6 +227,25 @@ pub fn run(
             record["rollout_forward_seconds"] = json!(times.forwards);
         }
         log.write(record.clone())?;
+        if let (Some(e), Some(set)) = (&config.eval, &eval_prompts) {
+            let last = state.step == train_cfg.steps;
+            if last || e.every.is_some_and(|n| state.step % n == 0) {
+                let metrics = match validation::evaluate(&mut rollouts, &mut stepper.ts.0, &set.rows, e, data_cfg.batch_size, train_cfg.seed) {
+                    Ok(m) => m,
+                    // As in training: the finished step is kept, so the run resumes after it.
+                    Err(TrainError::Reward(message)) => {
+                        bar.abandon();
+                        let checkpoint = session::save_checkpoint(config, &tuning, &mut stepper.ts, &state, &adapter_extra)?;
+                        return Err(TrainError::RewardFailed { step: state.step, message: format!("[eval]: {message}"), checkpoint });
+                    }
+                    Err(other) => return Err(other),
+                };
+                let mut eval_record = json!({"step": state.step});
+                eval_record.as_object_mut().map(|o| o.extend(metrics.clone()));
+                log.write(eval_record)?;
+                bar.println(format!("step {}: eval reward {:.3} over {} prompts", state.step, metrics["eval_reward"].as_f64().unwrap_or(f64::NAN), metrics["eval_prompts"]));
+            }
+        }
         bar.set_position(state.step);
         let get = |k: &str| record.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
         let kl = if needs.reference { format!(" kl {:.4}", get("kl")) } else { String::new() };
@@ -240,6 +267,7 @@ pub fn run(
     session::plot_series(&log, &out.join("loss.png"), "GRPO loss", "loss", &[("train loss", "loss", [31, 119, 180])])?;
     let colors = [[44, 160, 44], [255, 127, 14], [148, 103, 189], [214, 39, 40], [140, 86, 75], [227, 119, 194]];
     let keys: Vec<(String, String)> = std::iter::once(("mean reward".to_owned(), "reward".to_owned()))
+        .chain(config.eval.as_ref().map(|_| ("eval reward".to_owned(), "eval_reward".to_owned())))
         .chain(if names.len() > 1 { names.iter().map(|n| (n.clone(), format!("rewards/{n}/mean"))).collect() } else { Vec::new() })
         .chain(std::iter::once(("reward std within groups".to_owned(), "group_reward_std".to_owned())))
         .collect();

@@ -10,6 +10,7 @@ pub mod mlx_lm;
 mod optimizer;
 pub mod plot;
 pub mod reference;
+pub mod reward_model;
 pub mod rollout;
 mod session;
 mod split_head;
@@ -17,6 +18,7 @@ mod step;
 pub use step::{logps_from_hidden, LOGIT_CHUNK_ELEMENTS};
 mod stepper;
 pub mod tuning;
+mod validation;
 
 use std::{
     path::{Path, PathBuf},
