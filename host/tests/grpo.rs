@@ -449,17 +449,24 @@ fn a_sequence_classification_checkpoint_scores_completions_as_a_reward() {
     let registry = Registry::builtin().unwrap();
     let table: sdk::toml::Table = format!("model = {:?}\nbatch_size = 2", dir.join("rm").display().to_string()).parse().unwrap();
     let mut reward = registry.reward("reward_model", &table).unwrap();
-    let prompts = ["What is 2 + 2?", "Hi", "Count to three:"];
-    let completions = [" It is 4.", " Hello there, how are you", " 1 2 3"];
+    // Row 0: a plain prompt column; row 1: chat messages (through the reward model's template); row 2: no
+    // prompt column (the prompt as the policy saw it).
+    let prompts = ["<rendered 0>", "<rendered 1>", "Count to three:"];
+    let completions = [" It is 4.", "Hello there, how are you", " 1 2 3"];
     let ids: [&[u32]; 3] = [&[], &[], &[]];
-    let rows = ["{}"; 3];
+    let rows = [r#"{"prompt": "What is 2 + 2?"}"#, r#"{"prompt": [{"role": "user", "content": "Hi"}]}"#, "{}"];
     let scores = reward.score(&sdk::RewardBatch { prompts: &prompts, completions: &completions, completion_ids: &ids, rows: &rows }).unwrap();
 
     // Each text alone through the plain causal LM (same body weights): last hidden state · w.
     let m = model::load(&base, &LoadOptions { dtype: Some(Dtype::Float32), quantize: None }).unwrap().model;
     let tokenizer = host::text::TextTokenizer::load(&base).unwrap();
-    for (i, (p, c)) in prompts.iter().zip(completions).enumerate() {
-        let tokens: Vec<i32> = tokenizer.encode(&format!("{p}{c}"), false).unwrap().into_iter().map(|t| t as i32).collect();
+    let texts = [
+        tokenizer.encode("What is 2 + 2? It is 4.", false).unwrap(),
+        tokenizer.encode_chat(&[serde_json::json!({"role": "user", "content": "Hi"}), serde_json::json!({"role": "assistant", "content": completions[1]})], None, false).unwrap(),
+        tokenizer.encode("Count to three: 1 2 3", false).unwrap(),
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        let tokens: Vec<i32> = text.iter().map(|&t| t as i32).collect();
         let hidden = m.model.forward(&mlx_rs::Array::from_slice(&tokens, &[1, tokens.len() as i32]), None).unwrap();
         let h = hidden.reshape(&[-1]).unwrap().to_vec_exact::<f32>().unwrap();
         let last = &h[h.len() - w.len()..];

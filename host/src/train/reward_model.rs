@@ -1,8 +1,8 @@
 //! `reward_model`: a Hugging Face `*ForSequenceClassification` checkpoint of a supported family scores each
 //! prompt + completion, on the same device as the policy. As transformers computes it: the body's final
 //! hidden state at the sequence's last token, times the `score` head (no bias), one logit per label; the
-//! reward is label `label`'s logit. The text is the prompt as the policy saw it followed by the completion,
-//! tokenized by the reward model's own tokenizer; sequences longer than `max_length` keep their last
+//! reward is label `label`'s logit. The text is built as TRL builds it (see [`text_ids`]) and tokenized by the
+//! reward model's own tokenizer; sequences longer than `max_length` keep their last
 //! `max_length` tokens (the completion's end). The model loads at the first batch, not when a config is checked.
 
 use std::path::PathBuf;
@@ -114,8 +114,8 @@ impl Reward for RewardModel {
         let (label, max_length, size) = (self.config.label, self.config.max_length, self.config.batch_size);
         let loaded = self.loaded()?;
         let mut tokens = Vec::with_capacity(batch.len());
-        for (prompt, completion) in batch.prompts.iter().zip(batch.completions) {
-            let mut ids = loaded.tokenizer.encode(&format!("{prompt}{completion}"), false).map_err(PluginError::Failed)?;
+        for ((prompt, completion), row) in batch.prompts.iter().zip(batch.completions).zip(batch.rows) {
+            let mut ids = text_ids(&loaded.tokenizer, prompt, completion, row)?;
             if ids.len() > max_length {
                 ids.drain(..ids.len() - max_length);
             }
@@ -126,6 +126,22 @@ impl Reward for RewardModel {
             out.extend(Self::score_ids(loaded, label, chunk)?.into_iter().map(Some));
         }
         Ok(out)
+    }
+}
+
+/// The reward model's tokens for one completion, as TRL builds them: a plain-text `prompt` column followed by
+/// the completion; chat messages with the completion as the assistant's turn, through the reward model's own
+/// chat template; without a `prompt` column, the prompt as the policy saw it. No special tokens are added.
+fn text_ids(tokenizer: &TextTokenizer, rendered: &str, completion: &str, row: &str) -> Result<Vec<u32>, PluginError> {
+    let row: serde_json::Value = serde_json::from_str(row).map_err(|e| PluginError::Invalid(format!("a data row is not JSON: {e}")))?;
+    match row.get("prompt") {
+        Some(serde_json::Value::String(p)) => tokenizer.encode(&format!("{p}{completion}"), false).map_err(PluginError::Failed),
+        Some(serde_json::Value::Array(messages)) => {
+            let mut all = messages.clone();
+            all.push(serde_json::json!({"role": "assistant", "content": completion}));
+            tokenizer.encode_chat(&all, None, false).map_err(|e| PluginError::Failed(format!("the reward model's chat template: {e}")))
+        }
+        _ => tokenizer.encode(&format!("{rendered}{completion}"), false).map_err(PluginError::Failed),
     }
 }
 
