@@ -15,4 +15,5 @@ pub mod runtime;
 pub mod tensor_file;
 pub mod tensorboard;
 pub mod text;
+pub mod tools;
 pub mod train;
