@@ -10,16 +10,18 @@ pub enum PluginKind {
     KvCachePolicy = 4,
     DataCachePolicy = 5,
     Reward = 6,
+    Environment = 7,
 }
 
 impl PluginKind {
-    pub const ALL: [PluginKind; 6] = [
+    pub const ALL: [PluginKind; 7] = [
         PluginKind::Loss,
         PluginKind::LrSchedule,
         PluginKind::LoraTargetMapper,
         PluginKind::KvCachePolicy,
         PluginKind::DataCachePolicy,
         PluginKind::Reward,
+        PluginKind::Environment,
     ];
 
     pub fn from_abi(id: u32) -> Option<PluginKind> {
@@ -35,6 +37,7 @@ impl PluginKind {
             PluginKind::KvCachePolicy => "kv_cache_policy",
             PluginKind::DataCachePolicy => "data_cache_policy",
             PluginKind::Reward => "reward",
+            PluginKind::Environment => "environment",
         }
     }
 }

@@ -13,6 +13,7 @@
 //! | KV cache policy | [`KvCachePolicy`] | [`register_kv_cache_policy!`] | `export_plugins!(kv_cache_policy T)` |
 //! | data cache policy | [`DataCachePolicy`] | [`register_data_cache_policy!`] | `export_plugins!(data_cache_policy T)` |
 //! | reward | [`Reward`] | [`register_reward!`] | `export_plugins!(reward T)` |
+//! | environment | [`Environment`] | [`register_environment!`] | `export_plugins!(environment T)` |
 //!
 //! Rules for code that runs inside a plugin (see `abi` for why): a loss only builds the MLX graph (no
 //! `eval`, `item` or `as_slice`, no data-dependent control flow, no per-call side effects: under `compile` it
@@ -22,6 +23,7 @@
 pub mod abi;
 mod config;
 mod data_cache;
+mod environment;
 mod error;
 mod kind;
 mod kv_cache;
@@ -33,12 +35,14 @@ mod schedule;
 
 pub use config::from_table;
 pub use data_cache::DataCachePolicy;
+pub use environment::{replies_from_json, tools_from_json, EnvReply, EnvTurn, Environment};
 pub use error::PluginError;
 pub use kind::PluginKind;
 pub use kv_cache::{KvCachePolicy, KvCacheSpec};
 pub use lora_target::{LoraTarget, LoraTargetMapper, ModelModules};
 pub use loss::{Loss, LossInputs, LossOutput, Requirements};
 pub use mlx_rs;
+pub use serde_json;
 pub use registry::{builtin_registrations, Factory, Registration};
 pub use reward::{Reward, RewardBatch};
 pub use schedule::{LrSchedule, ScheduleContext, Warmup};

@@ -3,7 +3,7 @@
 //! cdylib's own collection, so cdylibs export through `export_plugins!` instead.)
 
 use crate::{
-    DataCachePolicy, KvCachePolicy, LoraTargetMapper, Loss, LrSchedule, Plugin, PluginError, PluginKind, Reward,
+    DataCachePolicy, Environment, KvCachePolicy, LoraTargetMapper, Loss, LrSchedule, Plugin, PluginError, PluginKind, Reward,
 };
 
 type Make<T> = fn(&toml::Table) -> Result<Box<T>, PluginError>;
@@ -17,6 +17,7 @@ pub enum Factory {
     KvCachePolicy(Make<dyn KvCachePolicy>),
     DataCachePolicy(Make<dyn DataCachePolicy>),
     Reward(Make<dyn Reward>),
+    Environment(Make<dyn Environment>),
 }
 
 impl Factory {
@@ -28,6 +29,7 @@ impl Factory {
             Factory::KvCachePolicy(_) => PluginKind::KvCachePolicy,
             Factory::DataCachePolicy(_) => PluginKind::DataCachePolicy,
             Factory::Reward(_) => PluginKind::Reward,
+            Factory::Environment(_) => PluginKind::Environment,
         }
     }
 }
@@ -71,6 +73,7 @@ constructors! {
     kv_cache_policy, KvCachePolicy, KvCachePolicy;
     data_cache_policy, DataCachePolicy, DataCachePolicy;
     reward, Reward, Reward;
+    environment, Environment, Environment;
 }
 
 /// Registers a built-in [`Loss`](crate::Loss) plugin type.
@@ -124,5 +127,13 @@ macro_rules! register_data_cache_policy {
 macro_rules! register_reward {
     ($t:ty) => {
         $crate::__private::inventory::submit! { $crate::Registration::reward::<$t>(env!("CARGO_PKG_NAME")) }
+    };
+}
+
+/// Registers a built-in [`Environment`](crate::Environment) plugin type.
+#[macro_export]
+macro_rules! register_environment {
+    ($t:ty) => {
+        $crate::__private::inventory::submit! { $crate::Registration::environment::<$t>(env!("CARGO_PKG_NAME")) }
     };
 }

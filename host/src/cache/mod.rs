@@ -47,6 +47,74 @@ pub trait KvCache {
     fn spec(&self) -> KvCacheSpec;
     /// The arrays the cache holds (to evaluate them).
     fn state(&self) -> Vec<&Array>;
+    /// Rebuilds the batch between the turns of a multi-turn rollout (see [`Realign`]): rows that go on are
+    /// kept, each with a prefix of its real tokens, right-aligned to a common length and left-padded again.
+    fn realign(&mut self, plan: &Realign) -> Result<(), Exception>;
+    /// Per row, what to add to a slot's index for its RoPE position (empty: nothing, the usual case). A realign
+    /// moves a row's keys to other slots with their rotations baked in at the old positions; new tokens of
+    /// that row must be rotated as if the row had not moved.
+    fn rope_shifts(&self) -> &[i32];
+}
+
+/// A new batch from an old one: new row i is old row `rows[i]` holding its first `keep[i]` real tokens
+/// (counted from its first token after the old left padding) in slots `len − keep[i] .. len`; the slots
+/// before them are its new left padding. Relative positions inside a row are unchanged, so RoPE'd keys stay
+/// valid (a row's shift is a constant offset for all its tokens).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Realign {
+    pub rows: Vec<usize>,
+    pub keep: Vec<usize>,
+    pub len: usize,
+}
+
+impl Realign {
+    pub fn padding(&self) -> Vec<usize> {
+        self.keep.iter().map(|&k| self.len - k).collect()
+    }
+
+    /// The rows' RoPE shifts after the realign: a row that moves left by d slots adds d to its shift.
+    pub(crate) fn shifts(&self, old_padding: &[usize], old_shifts: &[i32]) -> Vec<i32> {
+        let shifts: Vec<i32> = self
+            .rows
+            .iter()
+            .zip(self.padding())
+            .map(|(&r, new_pad)| old_shifts.get(r).copied().unwrap_or(0) + old_padding.get(r).copied().unwrap_or(0) as i32 - new_pad as i32)
+            .collect();
+        if shifts.iter().all(|&s| s == 0) { Vec::new() } else { shifts }
+    }
+
+    /// `[B', 1, len, 1]` source slots for a `[B, H, S, D]` array whose rows had `old_padding` (padding slots
+    /// read slot 0: they are masked).
+    fn slots(&self, old_padding: &[usize]) -> Result<Array, Exception> {
+        let mut idx = Vec::with_capacity(self.rows.len() * self.len);
+        for (&row, &keep) in self.rows.iter().zip(&self.keep) {
+            let old_pad = old_padding.get(row).copied().unwrap_or(0);
+            let new_pad = self.len - keep;
+            idx.extend((0..self.len).map(|s| if s < new_pad { 0 } else { (old_pad + s - new_pad) as i32 }));
+        }
+        Ok(Array::from_slice(&idx, &[self.rows.len() as i32, 1, self.len as i32, 1]))
+    }
+
+    /// The realigned `[B', H, len, D]` array (axis 2 holds positions; the last axis may be packed).
+    pub(crate) fn apply(&self, a: &Array, old_padding: &[usize]) -> Result<Array, Exception> {
+        let rows: Vec<i32> = self.rows.iter().map(|&r| r as i32).collect();
+        let picked = a.take_axis(Array::from_slice(&rows, &[rows.len() as i32]), 0)?;
+        picked.take_along_axis(self.slots(old_padding)?, 2)
+    }
+
+    /// Checks the plan against a cache of `offset` positions whose rows had `old_padding`.
+    pub(crate) fn check(&self, offset: usize, old_padding: &[usize]) -> Result<(), Exception> {
+        for (i, (&row, &keep)) in self.rows.iter().zip(&self.keep).enumerate() {
+            let old_pad = old_padding.get(row).copied().unwrap_or(0);
+            if keep > self.len || old_pad + keep > offset || (!old_padding.is_empty() && row >= old_padding.len()) {
+                return Err(Exception::custom(format!(
+                    "cache realign: new row {i} keeps {keep} tokens of row {row} (padding {old_pad}) from {offset} cached, into {}",
+                    self.len
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A fresh cache of the given kind.
@@ -58,6 +126,31 @@ pub fn make(spec: KvCacheSpec) -> Box<dyn KvCache> {
             Box::new(QuantizedCache::new(Quant::affine(bits as i32, group_size as i32), start))
         }
     }
+}
+
+/// One cache per layer for multi-turn rollouts, whose batches are realigned between turns: as
+/// [`for_layers`], except that a sliding-window layer gets a full cache masked to its window (a rotating cache
+/// drops positions that a row which finished its turn early still needs), and a rotating cache chosen by the
+/// policy is refused for the same reason.
+pub fn for_episodes(policy: &dyn KvCachePolicy, windows: &[Option<usize>]) -> Result<Vec<Box<dyn KvCache>>, PluginError> {
+    let n = windows.len();
+    (0..n)
+        .map(|layer| {
+            let spec = policy.layer_cache(layer, n)?;
+            let cache: Box<dyn KvCache> = match (windows[layer], spec) {
+                (_, KvCacheSpec::Rotating { .. }) => {
+                    return Err(PluginError::Config(format!(
+                        "the cache policy gives layer {layer} a rotating cache; multi-turn rollouts realign their rows between turns, \
+                         which needs every position of a turn kept: use a standard or quantized cache policy"
+                    )))
+                }
+                (Some(w), KvCacheSpec::Standard { step }) => Box::new(StandardCache::windowed(step.max(1), w)),
+                (Some(w), KvCacheSpec::Quantized { .. }) => Box::new(StandardCache::windowed(256, w)),
+                (None, spec) => make(spec),
+            };
+            Ok(cache)
+        })
+        .collect()
 }
 
 /// One cache per layer (`windows[i]`: layer i's sliding attention window, if any), as the policy decides,
@@ -89,7 +182,7 @@ pub(crate) fn repeat_rows(a: &Array, n: usize) -> Result<Array, Exception> {
     tiled.reshape(&merged)
 }
 
-fn repeat_padding(padding: &[usize], n: usize) -> Vec<usize> {
+fn repeat_padding<T: Copy>(padding: &[T], n: usize) -> Vec<T> {
     padding.iter().flat_map(|&p| std::iter::repeat_n(p, n)).collect()
 }
 

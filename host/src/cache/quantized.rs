@@ -1,7 +1,7 @@
 use mlx_rs::{error::Exception, ops::indexing::IndexOp, Array};
 use sdk::KvCacheSpec;
 
-use super::{repeat_padding, repeat_rows, standard::grow_and_write, AttentionMask, KvCache, KvTensors, KvView};
+use super::{repeat_padding, repeat_rows, standard::grow_and_write, AttentionMask, KvCache, KvTensors, KvView, Realign};
 use crate::nn::Quant;
 
 const STEP: usize = 256;
@@ -21,11 +21,13 @@ pub struct QuantizedCache {
     store: Store,
     offset: usize,
     padding: Vec<usize>,
+    /// RoPE shift per row (empty: none), set by `realign`.
+    shifts: Vec<i32>,
 }
 
 impl QuantizedCache {
     pub fn new(quant: Quant, start: usize) -> Self {
-        QuantizedCache { quant, start, store: Store::Empty, offset: 0, padding: Vec::new() }
+        QuantizedCache { quant, start, store: Store::Empty, offset: 0, padding: Vec::new(), shifts: Vec::new() }
     }
 
     fn quantize(&self, x: &Array) -> Result<[Array; 3], Exception> {
@@ -96,6 +98,7 @@ impl KvCache for QuantizedCache {
         self.store = Store::Empty;
         self.offset = 0;
         self.padding.clear();
+        self.shifts.clear();
     }
 
     fn set_left_padding(&mut self, padding: Vec<usize>) {
@@ -115,6 +118,7 @@ impl KvCache for QuantizedCache {
             }
         };
         self.padding = repeat_padding(&self.padding, n);
+        self.shifts = repeat_padding(&self.shifts, n);
         Ok(())
     }
 
@@ -124,6 +128,25 @@ impl KvCache for QuantizedCache {
             Store::Dense(k, v) => vec![k, v],
             Store::Quantized(k, v) => k.iter().chain(v.iter()).collect(),
         }
+    }
+
+    fn rope_shifts(&self) -> &[i32] {
+        &self.shifts
+    }
+
+    fn realign(&mut self, plan: &Realign) -> Result<(), Exception> {
+        plan.check(self.offset, &self.padding)?;
+        let pad = &self.padding;
+        let all = |t: &[Array; 3]| -> Result<[Array; 3], Exception> { Ok([plan.apply(&t[0], pad)?, plan.apply(&t[1], pad)?, plan.apply(&t[2], pad)?]) };
+        self.store = match (&self.store, plan.len) {
+            (_, 0) | (Store::Empty, _) => Store::Empty,
+            (Store::Dense(k, v), _) => Store::Dense(plan.apply(k, pad)?, plan.apply(v, pad)?),
+            (Store::Quantized(k, v), _) => Store::Quantized(all(k)?, all(v)?),
+        };
+        self.offset = plan.len;
+        self.shifts = plan.shifts(&self.padding, &self.shifts);
+        self.padding = plan.padding();
+        Ok(())
     }
 
     fn spec(&self) -> KvCacheSpec {

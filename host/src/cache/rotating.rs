@@ -1,7 +1,7 @@
 use mlx_rs::{error::Exception, ops, ops::indexing::IndexOp, Array};
 use sdk::KvCacheSpec;
 
-use super::{repeat_padding, repeat_rows, AttentionMask, KvCache, KvTensors, KvView};
+use super::{repeat_padding, repeat_rows, AttentionMask, KvCache, KvTensors, KvView, Realign};
 
 /// A sliding window: each query sees the first `keep` positions and the most recent `max_size − keep`
 /// (itself included); storage never exceeds `max_size − 1` positions between calls.
@@ -13,12 +13,14 @@ pub struct RotatingCache {
     positions: Vec<usize>,
     offset: usize,
     padding: Vec<usize>,
+    /// RoPE shift per row (empty: none), set by `realign`.
+    shifts: Vec<i32>,
 }
 
 impl RotatingCache {
     pub fn new(max_size: usize, keep: usize) -> Self {
         let max_size = max_size.max(keep + 1);
-        RotatingCache { max_size, keep, stored: None, positions: Vec::new(), offset: 0, padding: Vec::new() }
+        RotatingCache { max_size, keep, stored: None, positions: Vec::new(), offset: 0, padding: Vec::new(), shifts: Vec::new() }
     }
 
     /// Slots to keep after a call: the first `keep`, then the most recent that still fit.
@@ -81,6 +83,7 @@ impl KvCache for RotatingCache {
         self.positions.clear();
         self.offset = 0;
         self.padding.clear();
+        self.shifts.clear();
     }
 
     fn set_left_padding(&mut self, padding: Vec<usize>) {
@@ -92,6 +95,30 @@ impl KvCache for RotatingCache {
             self.stored = Some((repeat_rows(k, n)?, repeat_rows(v, n)?));
         }
         self.padding = repeat_padding(&self.padding, n);
+        self.shifts = repeat_padding(&self.shifts, n);
+        Ok(())
+    }
+
+    fn rope_shifts(&self) -> &[i32] {
+        &self.shifts
+    }
+
+    fn realign(&mut self, plan: &Realign) -> Result<(), Exception> {
+        // Only while every position is still stored: once the window dropped some, a row that stopped early
+        // may have lost the ones it needs (multi-turn rollouts use `cache::for_episodes`, which never builds
+        // rotating caches).
+        if self.positions.len() != self.offset {
+            return Err(Exception::custom("a rotating cache that dropped positions cannot realign its rows"));
+        }
+        plan.check(self.offset, &self.padding)?;
+        self.stored = match (&self.stored, plan.len) {
+            (Some((k, v)), len) if len > 0 => Some((plan.apply(k, &self.padding)?, plan.apply(v, &self.padding)?)),
+            _ => None,
+        };
+        self.offset = plan.len;
+        self.positions = (0..plan.len).collect();
+        self.shifts = plan.shifts(&self.padding, &self.shifts);
+        self.padding = plan.padding();
         Ok(())
     }
 

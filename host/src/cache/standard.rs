@@ -1,7 +1,7 @@
 use mlx_rs::{error::Exception, ops, ops::indexing::{IndexOp, TryIndexMutOp}, Array};
 use sdk::KvCacheSpec;
 
-use super::{repeat_padding, repeat_rows, AttentionMask, KvCache, KvTensors, KvView};
+use super::{repeat_padding, repeat_rows, AttentionMask, KvCache, KvTensors, KvView, Realign};
 
 /// Keys and values in buffers that grow `step` positions at a time, so decoding writes in place instead of
 /// concatenating every token.
@@ -10,11 +10,21 @@ pub struct StandardCache {
     buffers: Option<(Array, Array)>,
     offset: usize,
     padding: Vec<usize>,
+    /// RoPE shift per row (empty: none), set by `realign`.
+    shifts: Vec<i32>,
+    /// A sliding window applied through the mask only (every position is kept): multi-turn rollouts.
+    window: Option<usize>,
 }
 
 impl StandardCache {
     pub fn new(step: usize) -> Self {
-        StandardCache { step, buffers: None, offset: 0, padding: Vec::new() }
+        StandardCache { step, buffers: None, offset: 0, padding: Vec::new(), shifts: Vec::new(), window: None }
+    }
+
+    /// A cache that keeps every position but lets each query see only the last `window` (itself included),
+    /// as a rotating cache of that size would.
+    pub fn windowed(step: usize, window: usize) -> Self {
+        StandardCache { window: Some(window.max(1)), ..StandardCache::new(step) }
     }
 }
 
@@ -65,7 +75,7 @@ impl KvCache for StandardCache {
         let view = KvTensors::Dense { keys: k.index((.., .., ..end, ..)), values: v.index((.., .., ..end, ..)) };
         self.buffers = Some((k, v));
         let positions: Vec<usize> = (0..self.offset).collect();
-        Ok(KvView { tensors: view, mask: AttentionMask::build(len, &positions, at, None, 0, &self.padding)? })
+        Ok(KvView { tensors: view, mask: AttentionMask::build(len, &positions, at, self.window, 0, &self.padding)? })
     }
 
     fn trim(&mut self, n: usize) -> usize {
@@ -78,6 +88,7 @@ impl KvCache for StandardCache {
         self.buffers = None;
         self.offset = 0;
         self.padding.clear();
+        self.shifts.clear();
     }
 
     fn set_left_padding(&mut self, padding: Vec<usize>) {
@@ -91,11 +102,28 @@ impl KvCache for StandardCache {
             self.buffers = Some((repeat_rows(&k, n)?, repeat_rows(&v, n)?));
         }
         self.padding = repeat_padding(&self.padding, n);
+        self.shifts = repeat_padding(&self.shifts, n);
         Ok(())
     }
 
     fn spec(&self) -> KvCacheSpec {
         KvCacheSpec::Standard { step: self.step }
+    }
+
+    fn rope_shifts(&self) -> &[i32] {
+        &self.shifts
+    }
+
+    fn realign(&mut self, plan: &Realign) -> Result<(), Exception> {
+        plan.check(self.offset, &self.padding)?;
+        self.buffers = match (&self.buffers, plan.len) {
+            (Some((k, v)), len) if len > 0 => Some((plan.apply(k, &self.padding)?, plan.apply(v, &self.padding)?)),
+            _ => None,
+        };
+        self.offset = plan.len;
+        self.shifts = plan.shifts(&self.padding, &self.shifts);
+        self.padding = plan.padding();
+        Ok(())
     }
 
     fn state(&self) -> Vec<&Array> {

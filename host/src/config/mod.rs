@@ -14,7 +14,7 @@ use sdk::{LrSchedule, ScheduleContext, Warmup};
 
 pub use problem::{ConfigError, ConfigProblem, Location};
 pub use sections::{
-    Backend, Checkpointing, DataConfig, EvalConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
+    Backend, Checkpointing, DataConfig, EnvironmentConfig, EvalConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
     PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, RewardEntry, RolloutConfig, ScaleRewards, ScheduleSection, SplitHead, TrainConfig,
     TrainMode,
 };
@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub reward: Vec<RewardEntry>,
     /// GRPO's validation rollouts.
     pub eval: Option<EvalConfig>,
+    /// GRPO's multi-turn environment.
+    pub environment: Option<EnvironmentConfig>,
     #[serde(default)]
     pub plugins: PluginsConfig,
     #[serde(default)]
@@ -145,6 +147,7 @@ impl RunConfig {
         });
         let rollout = section::<RolloutConfig>(&source, "rollout", &mut problems);
         let rewards = section::<Vec<RewardEntry>>(&source, "reward", &mut problems).map(Option::unwrap_or_default);
+        let environment = section::<EnvironmentConfig>(&source, "environment", &mut problems);
         let eval = section::<EvalConfig>(&source, "eval", &mut problems).map(|e| {
             e.map(|mut e| {
                 rebase(&mut e.prompts);
@@ -367,11 +370,29 @@ impl RunConfig {
         }
         // The completions' real length limit, when [rollout] parsed (its default when absent).
         let max_tokens = rollout.as_ref().ok().map(|r| r.as_ref().map_or(RolloutConfig::default().max_tokens, |r| r.max_tokens));
+        if let (Ok(Some(env)), Some(turn_tokens)) = (&environment, max_tokens) {
+            check_plugin(&source, &["environment"], &env.plugin, registry.environment(&env.plugin.kind, &env.plugin.config).err(), &mut problems);
+            if env.max_episode_tokens.is_none() && env.episode_tokens(turn_tokens) == 0 {
+                problems.push(source.problem(&["environment", "max_episode_tokens"], "must be at least 1".to_owned()));
+            }
+            if let Ok(rewards) = &rewards {
+                let name = env.reward_name();
+                if rewards.iter().any(|r| r.name.as_deref().unwrap_or(&r.plugin.kind) == name) {
+                    problems.push(source.problem(&["environment", "name"], format!("`{name}` is also a [[reward]]'s name; give the environment another `name`")));
+                }
+            }
+        }
+        // What an episode (or a completion) may add after the prompt.
+        let completion_budget = match (&environment, max_tokens) {
+            (Ok(Some(env)), Some(m)) => Some(env.episode_tokens(m)),
+            (_, m) => m,
+        };
         if let (Some(needs), Ok(rollout), Ok(rewards), Some(max_tokens)) = (needs, &rollout, &rewards, max_tokens) {
             let kind = loss.as_ref().map(|l| l.kind.clone()).unwrap_or_default();
+            let has_env = matches!(&environment, Ok(Some(_)));
             if needs.rollout() {
-                if rewards.is_empty() {
-                    problems.push(source.problem(&["loss", "kind"], format!("loss `{kind}` learns from rewards: add at least one [[reward]]")));
+                if rewards.is_empty() && !has_env {
+                    problems.push(source.problem(&["loss", "kind"], format!("loss `{kind}` learns from rewards: add at least one [[reward]] or an [environment]")));
                 }
                 if let Ok(l) = &loss {
                     if let Some(n) = l.config.get("max_completion_length").and_then(toml::Value::as_integer) {
@@ -387,6 +408,9 @@ impl RunConfig {
                 if !rewards.is_empty() {
                     problems.push(source.problem(&["reward"], format!("loss `{kind}` takes no rewards; remove [[reward]]")));
                 }
+                if has_env {
+                    problems.push(source.problem(&["environment"], format!("loss `{kind}` trains on fixed data, not rollouts; remove [environment]")));
+                }
             }
         }
         if let (Some(needs), Ok(Some(d)), Ok(t)) = (needs, &data, &train) {
@@ -395,8 +419,9 @@ impl RunConfig {
                 if d.mask.is_some() {
                     problems.push(source.problem(&["data", "mask"], format!("loss `{kind}` scores its own completions; `mask` does not apply")));
                 }
-                if let Some(max_tokens) = max_tokens.filter(|&m| d.max_seq_length <= m) {
-                    problems.push(source.problem(&["data", "max_seq_length"], format!("{} leaves no room for prompts next to [rollout] max_tokens ({max_tokens}): it bounds prompt + completion", d.max_seq_length)));
+                if let Some(max_tokens) = completion_budget.filter(|&m| d.max_seq_length <= m) {
+                    let what = if matches!(&environment, Ok(Some(_))) { "an episode's tokens ([environment] max_episode_tokens or max_turns × [rollout] max_tokens)" } else { "[rollout] max_tokens" };
+                    problems.push(source.problem(&["data", "max_seq_length"], format!("{} leaves no room for prompts next to {what} ({max_tokens}): it bounds prompt + completion", d.max_seq_length)));
                 }
                 if d.max_batch_tokens.is_some() {
                     problems.push(source.problem(&["data", "max_batch_tokens"], format!("loss `{kind}` batches `batch_size` prompts × num_generations completions; `max_batch_tokens` does not apply")));
@@ -445,15 +470,15 @@ impl RunConfig {
             }
         }
 
-        match (model, lora, data, train, optimizer, schedule, (loss, reference, rollout, rewards, eval), plugins, output) {
-            (Ok(model), Ok(lora), Ok(data), Ok(train), Ok(optimizer), Ok(schedule), (Ok(loss), Ok(reference), Ok(rollout), Ok(reward), Ok(eval)), Ok(plugins), Ok(mut output))
+        match (model, lora, data, train, optimizer, schedule, (loss, reference, rollout, rewards, eval, environment), plugins, output) {
+            (Ok(model), Ok(lora), Ok(data), Ok(train), Ok(optimizer), Ok(schedule), (Ok(loss), Ok(reference), Ok(rollout), Ok(reward), Ok(eval), Ok(environment)), Ok(plugins), Ok(mut output))
                 if problems.is_empty() =>
             {
                 if output.dir.is_none() {
                     let stem = file.file_stem().map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned());
                     output.dir = Some(base.join("runs").join(stem));
                 }
-                Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, eval, plugins, output })
+                Ok(RunConfig { model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, eval, environment, plugins, output })
             }
             _ => Err(ConfigError { file: file.to_owned(), problems }),
         }

@@ -41,7 +41,7 @@ kind = \"cosine\"
     let err = load("many", text, &[]).unwrap_err();
     let got: Vec<(Location, &str)> = err.problems.iter().map(|p| (p.location.clone(), p.path.as_str())).collect();
     assert_eq!(got, vec![(at(8, 2), "sheduler"), (at(3, 1), "train.stepz"), (at(6, 1), "optimizer.lr")], "{err}");
-    assert!(err.problems[0].message.contains("expected one of: model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, eval, plugins, output"));
+    assert!(err.problems[0].message.contains("expected one of: model, lora, data, train, optimizer, schedule, loss, reference, rollout, reward, eval, environment, plugins, output"));
     assert!(err.problems[1].message.contains("expected one of: steps, seed, grad_accumulation_steps"), "{}", err.problems[1].message);
     assert!(err.problems[2].message.contains("invalid type"), "{}", err.problems[2].message);
     let shown = err.to_string();
@@ -219,7 +219,7 @@ scale_rewards = \"sometimes\"
     assert_eq!(got, vec!["reference.mode", "rollout.num_generations", "loss.kind", "loss.max_completion_length", "data.max_batch_tokens", "data.cache"], "{err}");
     let message = |path: &str| err.problems.iter().find(|p| p.path == path).unwrap().message.clone();
     assert_eq!(message("loss.max_completion_length"), "16 differs from [rollout] max_tokens (32), the completions' real limit");
-    assert_eq!(message("loss.kind"), "loss `grpo` learns from rewards: add at least one [[reward]]");
+    assert_eq!(message("loss.kind"), "loss `grpo` learns from rewards: add at least one [[reward]] or an [environment]");
 
     let good = &format!("\
 [optimizer]
@@ -266,6 +266,30 @@ weight = 0.5
     let err = load("rollout", &twice, &[]).unwrap_err();
     assert_eq!(err.problems[0].path, "reward.1.name", "{err}");
     assert!(err.problems[0].message.contains("`correct` names an earlier reward too"), "{err}");
+
+    // An environment: its host keys, its plugin's own keys, and the limits it sets on [data] max_seq_length.
+    let env = format!("{good}\n[environment]\nkind = \"calculator\"\nmax_turns = 3\ncolumn = \"answer\"\nweight = 2\n");
+    let config = load("rollout", &env, &[]).unwrap();
+    let e = config.environment.clone().unwrap();
+    assert_eq!((e.plugin.kind.as_str(), e.max_turns, e.max_episode_tokens, e.weight, e.reward_name()), ("calculator", 3, None, 2.0, "calculator".to_owned()));
+    assert_eq!(e.plugin.config.get("column").and_then(|v| v.as_str()), Some("answer"));
+    assert_eq!(e.episode_tokens(32), 96, "max_turns × [rollout] max_tokens");
+    // 3 turns of 32 tokens do not fit next to prompts in 64 tokens.
+    let err = load("rollout", &env, &["data.max_seq_length=64"]).unwrap_err();
+    assert_eq!(err.problems[0].path, "data.max_seq_length", "{err}");
+    assert!(err.problems[0].message.contains("an episode's tokens"), "{err}");
+    let err = load("rollout", &env.replace("column = ", "colum = "), &[]).unwrap_err();
+    assert_eq!(err.problems[0].path, "environment.colum", "{err}");
+    assert!(err.problems[0].message.contains("expected one of `column`"), "{err}");
+    let err = load("rollout", &env.replace("max_turns = 3", "max_turns = 0"), &[]).unwrap_err();
+    assert!(err.problems[0].message.contains("`max_turns` must be a whole number of at least 1"), "{err}");
+    let err = load("rollout", &env.replace("kind = \"calculator\"", "kind = \"calculator\"\ntool_call_format = \"json\""), &[]).unwrap_err();
+    assert!(err.problems[0].message.contains("`tool_call_format` must be"), "{err}");
+    let err = load("rollout", &env.replace("weight = 2", "weight = 2\nname = \"exact_answer\""), &[]).unwrap_err();
+    assert_eq!(err.problems[0].path, "environment.name", "{err}");
+    // With an environment, [[reward]] functions are optional.
+    let only_env = format!("[optimizer]\nlr = 1e-3\n\n[data]\ntrain = \"{prompts}\"\n\n[loss]\nkind = \"grpo\"\n\n[environment]\nkind = \"calculator\"\n");
+    assert!(load("rollout", &only_env, &[]).unwrap().reward.is_empty());
 
     let sft = "\
 [optimizer]

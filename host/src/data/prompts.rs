@@ -15,6 +15,8 @@ pub struct PromptRow {
     pub tokens: Vec<u32>,
     /// The row as written, for rewards.
     pub row: String,
+    /// The prompt as chat messages (where multi-turn episodes start).
+    pub messages: Vec<serde_json::Value>,
 }
 
 pub struct PromptSet {
@@ -25,12 +27,15 @@ pub struct PromptSet {
 }
 
 /// The text and tokens a prompt is generated from.
-pub fn render_prompt(p: &Prompt, t: &TextTokenizer) -> Result<(String, Vec<u32>), String> {
+pub fn render_prompt(p: &Prompt, t: &TextTokenizer, tools: Option<&[serde_json::Value]>) -> Result<(String, Vec<u32>), String> {
     if t.has_chat_template() {
-        let text = t.render_chat(&p.messages(), None, true)?;
+        let text = t.render_chat(&p.messages(), tools, true)?;
         // The template writes its special tokens itself.
         let tokens = t.encode(&text, false)?;
         return Ok((text, tokens));
+    }
+    if tools.is_some() {
+        return Err("tools (an [environment]) need a model with a chat template".into());
     }
     let text = p.plain_text().ok_or("chat messages need a model with a chat template")?;
     let tokens = t.encode(&text, true)?;
@@ -39,23 +44,25 @@ pub fn render_prompt(p: &Prompt, t: &TextTokenizer) -> Result<(String, Vec<u32>)
 
 impl PromptSet {
     /// Reads and tokenizes every row; prompts longer than `max_tokens` are errors (or skipped with `skip_bad`).
-    /// `budget` says where that limit comes from, for the message.
-    pub fn load(path: &Path, t: &TextTokenizer, max_tokens: usize, budget: &str, skip_bad: bool) -> Result<PromptSet, DataError> {
+    /// `budget` says where that limit comes from, for the message. `tools` (an environment's) are rendered
+    /// through the chat template with every prompt.
+    pub fn load(path: &Path, t: &TextTokenizer, max_tokens: usize, budget: &str, skip_bad: bool, tools: Option<&[serde_json::Value]>) -> Result<PromptSet, DataError> {
         let text = std::fs::read_to_string(path).map_err(|e| DataError::File { path: path.to_owned(), message: e.to_string() })?;
         let mut set = PromptSet { path: path.to_owned(), rows: Vec::new(), bad_rows: Vec::new() };
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let parsed = parse_prompt_row(line).and_then(|p| render_prompt(&p, t)).and_then(|(text, tokens)| {
+            let parsed = parse_prompt_row(line).and_then(|p| {
+                let (text, tokens) = render_prompt(&p, t, tools)?;
                 if tokens.len() > max_tokens {
                     Err(format!("the prompt has {} tokens, over {max_tokens} ({budget})", tokens.len()))
                 } else {
-                    Ok((text, tokens))
+                    Ok((text, tokens, p.messages()))
                 }
             });
             match parsed {
-                Ok((text, tokens)) => set.rows.push(PromptRow { line: i + 1, text, tokens, row: line.to_owned() }),
+                Ok((text, tokens, messages)) => set.rows.push(PromptRow { line: i + 1, text, tokens, row: line.to_owned(), messages }),
                 Err(message) if skip_bad => set.bad_rows.push((i + 1, message)),
                 Err(message) => return Err(DataError::Row { path: path.to_owned(), line: i + 1, message }),
             }

@@ -35,6 +35,14 @@ pub struct Completion {
     /// Natural-log probability of each token under the model (temperature 1, no filters).
     pub logprobs: Vec<f32>,
     pub finish: FinishReason,
+    /// Token ranges that an environment supplied (multi-turn rollouts): never trained on, log-prob 0.
+    pub observations: Vec<std::ops::Range<usize>>,
+}
+
+impl Completion {
+    pub fn empty() -> Self {
+        Completion { tokens: Vec::new(), logprobs: Vec::new(), finish: FinishReason::Length, observations: Vec::new() }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -92,9 +100,73 @@ impl Default for GenerateOptions {
     }
 }
 
+/// The first sampled tokens of a batch of prompts, each repeated `group` times, and what decoding needs next.
+pub(super) struct Prefilled {
+    pub tokens: Array,
+    pub logprobs: Array,
+    /// Each row's tokens so far (its prompt), for the sampler's penalties.
+    pub history: Vec<Vec<u32>>,
+    pub stats: GenerationStats,
+    pub start: Instant,
+}
+
+/// Left-pads and prefills `prompts` (all but the last position in chunks of `prefill_step`), repeats each
+/// prompt's cache rows `group` times and samples every row's first token (dispatched, not yet read).
+pub(super) fn prefill_groups(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    group: usize,
+    caches: &mut [Box<dyn KvCache>],
+    sampler: &mut Sampler,
+    options: &GenerateOptions,
+) -> Result<Prefilled, Exception> {
+    let rows = prompts.len() * group;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let padding: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    for cache in caches.iter_mut() {
+        cache.set_left_padding(padding.clone());
+    }
+    let mut batch = Vec::with_capacity(rows * longest);
+    for (p, &pad) in prompts.iter().zip(&padding) {
+        batch.extend(std::iter::repeat_n(options.pad_id as i32, pad));
+        batch.extend(p.iter().map(|&t| t as i32));
+    }
+    let batch = Array::from_slice(&batch, &[prompts.len() as i32, longest as i32]);
+    let history: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), group)).collect();
+
+    let _ = mlx_rs::memory::reset_peak_memory();
+    let stats = GenerationStats { rows, prompt_tokens: prompts.iter().map(Vec::len).sum(), ..Default::default() };
+    let start = Instant::now();
+    // Prefill all but the last position in chunks; the last goes through `step`.
+    let chunk = options.prefill_step.max(1);
+    let mut at = 0;
+    while longest - at > 1 {
+        let end = (at + chunk).min(longest - 1);
+        let logits = model.forward(&batch.index((.., at as i32..end as i32)), Some(caches))?;
+        drop(logits);
+        // Materialize the caches so later chunks and steps do not re-run this prefix.
+        mlx_rs::transforms::eval(caches.iter().flat_map(|c| c.state()))?;
+        at = end;
+    }
+    let refs: Vec<&[u32]> = history.iter().map(Vec::as_slice).collect();
+    let (tokens, logprobs) = if group == 1 {
+        step(model, &batch.index((.., at as i32..)), caches, sampler, &refs)?
+    } else {
+        let hidden = model.model.forward(&batch.index((.., at as i32..)), Some(caches))?;
+        let last = model.head(&hidden.index((.., -1, ..)))?;
+        for cache in caches.iter_mut() {
+            cache.repeat_rows(group)?;
+        }
+        let shared = crate::cache::repeat_rows(&last, group)?;
+        sampler.sample(&shared, &refs)?
+    };
+    async_eval([&tokens, &logprobs])?;
+    Ok(Prefilled { tokens, logprobs, history, stats, start })
+}
+
 /// One decoding step: logits of the last position → sampled tokens and their log-probs (lazy). Only the last
 /// position goes through the output projection.
-fn step(model: &CausalLm, input: &Array, caches: &mut [Box<dyn KvCache>], sampler: &mut Sampler, history: &[&[u32]]) -> Result<(Array, Array), Exception> {
+pub(super) fn step(model: &CausalLm, input: &Array, caches: &mut [Box<dyn KvCache>], sampler: &mut Sampler, history: &[&[u32]]) -> Result<(Array, Array), Exception> {
     let hidden = model.model.forward(input, Some(caches))?;
     let last = model.head(&hidden.index((.., -1, ..)))?;
     sampler.sample(&last, history)
@@ -128,54 +200,14 @@ pub fn generate_groups(
     let group = group.max(1);
     let rows = prompts.len() * group;
     if rows == 0 || options.max_tokens == 0 {
-        return Ok(((0..rows).map(|_| Completion { tokens: vec![], logprobs: vec![], finish: FinishReason::Length }).collect(), GenerationStats::default()));
+        return Ok(((0..rows).map(|_| Completion::empty()).collect(), GenerationStats::default()));
     }
     if prompts.iter().any(Vec::is_empty) {
         return Err(Exception::custom("a prompt has no tokens"));
     }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let padding: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    for cache in caches.iter_mut() {
-        cache.set_left_padding(padding.clone());
-    }
-    let mut batch = Vec::with_capacity(rows * longest);
-    for (p, &pad) in prompts.iter().zip(&padding) {
-        batch.extend(std::iter::repeat_n(options.pad_id as i32, pad));
-        batch.extend(p.iter().map(|&t| t as i32));
-    }
-    let batch = Array::from_slice(&batch, &[prompts.len() as i32, longest as i32]);
-    let mut history: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), group)).collect();
+    let Prefilled { mut tokens, mut logprobs, mut history, mut stats, start } = prefill_groups(model, prompts, group, caches, sampler, options)?;
 
-    let _ = mlx_rs::memory::reset_peak_memory();
-    let mut stats = GenerationStats { rows, prompt_tokens: prompts.iter().map(Vec::len).sum(), ..Default::default() };
-    let start = Instant::now();
-    // Prefill all but the last position in chunks; the last goes through `step`.
-    let chunk = options.prefill_step.max(1);
-    let mut at = 0;
-    while longest - at > 1 {
-        let end = (at + chunk).min(longest - 1);
-        let logits = model.forward(&batch.index((.., at as i32..end as i32)), Some(caches))?;
-        drop(logits);
-        // Materialize the caches so later chunks and steps do not re-run this prefix.
-        mlx_rs::transforms::eval(caches.iter().flat_map(|c| c.state()))?;
-        at = end;
-    }
-    let refs: Vec<&[u32]> = history.iter().map(Vec::as_slice).collect();
-    let (mut tokens, mut logprobs) = if group == 1 {
-        step(model, &batch.index((.., at as i32..)), caches, sampler, &refs)?
-    } else {
-        let hidden = model.model.forward(&batch.index((.., at as i32..)), Some(caches))?;
-        let last = model.head(&hidden.index((.., -1, ..)))?;
-        for cache in caches.iter_mut() {
-            cache.repeat_rows(group)?;
-        }
-        let shared = crate::cache::repeat_rows(&last, group)?;
-        sampler.sample(&shared, &refs)?
-    };
-    async_eval([&tokens, &logprobs])?;
-
-    let mut completions: Vec<Completion> =
-        (0..rows).map(|_| Completion { tokens: Vec::new(), logprobs: Vec::new(), finish: FinishReason::Length }).collect();
+    let mut completions: Vec<Completion> = (0..rows).map(|_| Completion::empty()).collect();
     let mut done = vec![false; rows];
     let mut first = true;
     let mut decode_start = Instant::now();

@@ -3,6 +3,8 @@
 
 mod decode;
 mod sampler;
+mod turns;
 
 pub use decode::{generate, generate_groups, Completion, Control, FinishReason, GenerateOptions, GenerationStats, TokenSink};
 pub use sampler::{Sampler, SamplerConfig};
+pub use turns::{block_plan, generate_episodes, generated_ranges, EpisodeLimits, Next, TurnEnd};

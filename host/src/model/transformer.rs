@@ -204,8 +204,9 @@ impl Attention {
         let k = self.heads_first(k, self.kv_heads, k_norm)?;
         let v = self.heads_first(v, self.kv_heads, None)?;
         let offset = cache.as_ref().map_or(0, |c| c.offset()) as i32;
+        let shifts: &[i32] = cache.as_ref().map_or(&[], |c| c.rope_shifts());
         let (q, k) = match &self.rope {
-            Some(rope) => (rope.forward(&q, offset)?, rope.forward(&k, offset)?),
+            Some(rope) => (rope.forward_shifted(&q, offset, shifts)?, rope.forward_shifted(&k, offset, shifts)?),
             None => (q, k),
         };
         let scale = self.scale;

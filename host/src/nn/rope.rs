@@ -113,6 +113,11 @@ impl Rope {
 
     /// x: [B, H, L, D]; positions start at `offset`.
     pub fn forward(&self, x: &Array, offset: i32) -> Result<Array, Exception> {
+        self.forward_shifted(x, offset, &[])
+    }
+
+    /// As [`Rope::forward`], row b's positions starting at `offset + shifts[b]` (empty: no shifts).
+    pub fn forward_shifted(&self, x: &Array, offset: i32, shifts: &[i32]) -> Result<Array, Exception> {
         let scaled;
         let x = if self.mscale == 1.0 {
             x
@@ -127,6 +132,14 @@ impl Rope {
             };
             &scaled
         };
+        if !shifts.is_empty() {
+            let starts: Vec<i32> = shifts.iter().map(|s| offset + s).collect();
+            let starts = Array::from_slice(&starts, &[starts.len() as i32]);
+            return match &self.periods {
+                Some(periods) => fast::rope_dynamic(x, self.dims, false, None, self.scale, &starts, periods),
+                None => fast::rope_dynamic(x, self.dims, false, self.base, self.scale, &starts, None),
+            };
+        }
         match &self.periods {
             Some(periods) => fast::rope(x, self.dims, false, None, self.scale, offset, periods),
             None => fast::rope(x, self.dims, false, self.base, self.scale, offset, None),

@@ -30,4 +30,5 @@ pub const EXPECTED: &[(sdk::PluginKind, &str)] = &[
     (sdk::PluginKind::Reward, "exact_answer"),
     (sdk::PluginKind::Reward, "command"),
     (sdk::PluginKind::Reward, "reward_model"),
+    (sdk::PluginKind::Environment, "calculator"),
 ];

@@ -7,9 +7,9 @@ use std::{
 use sdk::{
     abi::import::{
         AbiError, ImportedDataCachePolicy, ImportedKvCachePolicy, ImportedLoraTargetMapper, ImportedLoss,
-        ImportedPlugin, ImportedReward, ImportedSchedule,
+        ImportedEnvironment, ImportedPlugin, ImportedReward, ImportedSchedule,
     },
-    builtin_registrations, DataCachePolicy, Factory, KvCachePolicy, LoraTargetMapper, Loss, LrSchedule,
+    builtin_registrations, DataCachePolicy, Environment, Factory, KvCachePolicy, LoraTargetMapper, Loss, LrSchedule,
     PluginError, PluginKind, Reward,
 };
 use thiserror::Error;
@@ -72,6 +72,7 @@ impl Registry {
     /// The built-in plugins. Two built-ins with one name are an error naming both crates.
     pub fn builtin() -> Result<Self, RegistryError> {
         crate::train::reward_model::keep_linked();
+        crate::environment::keep_linked();
         let mut registry = Registry { plugins: BTreeMap::new(), libraries: Vec::new() };
         for r in builtin_registrations() {
             registry.insert(PluginInfo {
@@ -208,6 +209,19 @@ impl Registry {
                 _ => None,
             },
             |i| Ok(Box::new(ImportedReward(i))),
+        )
+    }
+
+    pub fn environment(&self, name: &str, config: &toml::Table) -> Result<Box<dyn Environment>, RegistryError> {
+        self.create(
+            PluginKind::Environment,
+            name,
+            config,
+            |f| match f {
+                Factory::Environment(make) => Some(make(config)),
+                _ => None,
+            },
+            |i| Ok(Box::new(ImportedEnvironment(i))),
         )
     }
 

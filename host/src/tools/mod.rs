@@ -1,5 +1,5 @@
 //! Tool use in conversations: parsing the tool calls a model emits, in its family's format, and the arithmetic
-//! of the built-in calculator tool. (The multi-turn environments that answer calls are issue 15's next step.)
+//! of the built-in calculator tool (the `environment` module answers the calls).
 
 pub mod calculator;
 mod calls;

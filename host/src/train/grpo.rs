@@ -21,6 +21,7 @@ use super::{
 };
 use super::inputs::Needs;
 use crate::{
+    environment::Episodes,
     config::{RolloutConfig, RunConfig},
     data::{plan_epoch, BatchSize, PromptRow, PromptSet, SplitMix},
     plugins::Registry,
@@ -69,8 +70,8 @@ pub fn run(
     let data_cfg = config.data.as_ref().ok_or_else(|| session::missing("data"))?;
     let train_cfg = &config.train;
     let rollout_cfg = config.rollout.clone().unwrap_or_default();
-    if config.reward.is_empty() {
-        return Err(TrainError::Config(format!("loss `{}` learns from rewards: add at least one [[reward]]", config.loss.kind)));
+    if config.reward.is_empty() && config.environment.is_none() {
+        return Err(TrainError::Config(format!("loss `{}` learns from rewards: add at least one [[reward]] or an [environment]", config.loss.kind)));
     }
     let out = config.output_dir();
 
@@ -81,30 +82,61 @@ pub fn run(
     } else {
         None
     };
-    let prompt_budget = data_cfg.max_seq_length.saturating_sub(rollout_cfg.max_tokens).max(1);
-    let budget = format!("[data] max_seq_length {} minus [rollout] max_tokens {}", data_cfg.max_seq_length, rollout_cfg.max_tokens);
-    let prompts = PromptSet::load(&data_cfg.train, &tokenizer, prompt_budget, &budget, data_cfg.skip_bad_rows)?;
+    let mut episodes = match &config.environment {
+        Some(e) => {
+            let env = registry.environment(&e.plugin.kind, &e.plugin.config)?;
+            Some(Episodes::new(env, e, &model.config.model_type, rollout_cfg.max_tokens)?)
+        }
+        None => None,
+    };
+    // What one completion (or episode) may add to its prompt.
+    let (completion_budget, budget) = match &episodes {
+        Some(e) => (e.limits.max_tokens, format!("[data] max_seq_length {} minus the episode's {} tokens ([environment])", data_cfg.max_seq_length, e.limits.max_tokens)),
+        None => (rollout_cfg.max_tokens, format!("[data] max_seq_length {} minus [rollout] max_tokens {}", data_cfg.max_seq_length, rollout_cfg.max_tokens)),
+    };
+    let tools = episodes.as_ref().map(|e| e.tools().to_vec());
+    let prompt_budget = data_cfg.max_seq_length.saturating_sub(completion_budget).max(1);
+    let prompts = PromptSet::load(&data_cfg.train, &tokenizer, prompt_budget, &budget, data_cfg.skip_bad_rows, tools.as_deref())?;
     let eval_prompts = match &config.eval {
         Some(e) => {
-            let max_tokens = e.max_tokens.unwrap_or(rollout_cfg.max_tokens);
-            let budget = format!("[data] max_seq_length {} minus [eval] max_tokens {max_tokens}", data_cfg.max_seq_length);
-            Some(PromptSet::load(&e.prompts, &tokenizer, data_cfg.max_seq_length.saturating_sub(max_tokens).max(1), &budget, data_cfg.skip_bad_rows)?)
+            let (max_tokens, budget) = match &episodes {
+                Some(_) => (completion_budget, budget.clone()),
+                None => {
+                    let m = e.max_tokens.unwrap_or(rollout_cfg.max_tokens);
+                    (m, format!("[data] max_seq_length {} minus [eval] max_tokens {m}", data_cfg.max_seq_length))
+                }
+            };
+            Some(PromptSet::load(&e.prompts, &tokenizer, data_cfg.max_seq_length.saturating_sub(max_tokens).max(1), &budget, data_cfg.skip_bad_rows, tools.as_deref())?)
         }
         None => None,
     };
     let longest_prompt = prompts.lengths().into_iter().max().unwrap_or(0);
-    eprintln!(
-        "prompts: {} rows ({} skipped), longest {longest_prompt} tokens; {} completions of up to {} tokens each",
-        prompts.rows.len(),
-        prompts.bad_rows.len(),
-        rollout_cfg.num_generations,
-        rollout_cfg.max_tokens
-    );
+    match &episodes {
+        Some(e) => eprintln!(
+            "prompts: {} rows ({} skipped), longest {longest_prompt} tokens; {} episodes each of up to {} turns of {} tokens, {} tokens in all",
+            prompts.rows.len(),
+            prompts.bad_rows.len(),
+            rollout_cfg.num_generations,
+            e.limits.max_turns,
+            rollout_cfg.max_tokens,
+            e.limits.max_tokens
+        ),
+        None => eprintln!(
+            "prompts: {} rows ({} skipped), longest {longest_prompt} tokens; {} completions of up to {} tokens each",
+            prompts.rows.len(),
+            prompts.bad_rows.len(),
+            rollout_cfg.num_generations,
+            rollout_cfg.max_tokens
+        ),
+    }
     let rows_per_micro = data_cfg.batch_size * rollout_cfg.num_generations;
-    session::set_checkpointing(config, &mut model, &tuning, rows_per_micro, longest_prompt + rollout_cfg.max_tokens);
+    session::set_checkpointing(config, &mut model, &tuning, rows_per_micro, longest_prompt + completion_budget);
 
     let cache_policy = registry.kv_cache_policy(&rollout_cfg.cache.kind, &rollout_cfg.cache.config)?;
-    let names = reward_names(config);
+    let mut names = reward_names(config);
+    if let Some(e) = &episodes {
+        names.push(e.name.clone());
+    }
     let mut rewards = config
         .reward
         .iter()
@@ -140,6 +172,7 @@ pub fn run(
         rewards: &mut rewards,
         pad_multiple: data_cfg.pad_multiple,
         mask_truncated: rollout_cfg.mask_truncated_completions,
+        environment: episodes.as_mut(),
     };
     let started = Instant::now();
     let _ = mlx_rs::memory::reset_peak_memory();
@@ -213,6 +246,17 @@ pub fn run(
         let summary = summarize(&batches, &names, rollout_cfg.num_generations);
         for (k, v) in &summary {
             record[k] = json!(v);
+        }
+        if fresh && config.environment.is_some() {
+            let mut total = crate::environment::EpisodeStats::default();
+            for b in &batches {
+                if let Some(e) = &b.report.episodes {
+                    total.add(e);
+                }
+            }
+            for (k, v) in total.metrics() {
+                record[k.as_str()] = json!(v);
+            }
         }
         if fresh && rollout_cfg.dynamic_sampling {
             let sum = |f: fn(&rollout::Topped) -> usize| batches.iter().map(|b| f(&b.report.topped)).sum::<usize>();

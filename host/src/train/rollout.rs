@@ -7,6 +7,7 @@ use sdk::{KvCachePolicy, Reward, RewardBatch};
 
 use super::TrainError;
 use crate::{
+    environment::{EpisodeStats, Episodes},
     cache,
     config::ScaleRewards,
     data::{collate, Batch, Example, PromptRow},
@@ -75,6 +76,8 @@ pub struct Rollouts<'a> {
     pub pad_multiple: usize,
     /// Train on no token of a completion that hit `max_tokens` (DAPO's overlong filtering).
     pub mask_truncated: bool,
+    /// Multi-turn episodes with an environment instead of single completions.
+    pub environment: Option<&'a mut Episodes>,
 }
 
 /// One micro-batch of scored completions, ready for the step.
@@ -119,6 +122,8 @@ pub struct RolloutReport {
     pub trained_tokens: usize,
     /// What dynamic sampling did (all zero without it).
     pub topped: Topped,
+    /// What the episodes did (multi-turn rollouts).
+    pub episodes: Option<EpisodeStats>,
 }
 
 impl RolloutBatch {
@@ -148,6 +153,8 @@ pub struct Scored<'p> {
     /// The weighted sum per completion.
     pub rewards: Vec<f64>,
     pub stats: GenerationStats,
+    /// Multi-turn rollouts: what the episodes did.
+    pub episodes: Option<EpisodeStats>,
 }
 
 impl<'p> Scored<'p> {
@@ -173,7 +180,7 @@ impl<'p> Scored<'p> {
     }
 
     fn empty() -> Self {
-        Scored { prompts: Vec::new(), completions: Vec::new(), texts: Vec::new(), per_function: Vec::new(), rewards: Vec::new(), stats: GenerationStats::default() }
+        Scored { prompts: Vec::new(), completions: Vec::new(), texts: Vec::new(), per_function: Vec::new(), rewards: Vec::new(), stats: GenerationStats::default(), episodes: None }
     }
 }
 
@@ -214,6 +221,9 @@ pub fn top_up<'p>(
             }
         }
         add_stats(&mut kept.stats, &round.stats);
+        if let Some(e) = &round.episodes {
+            kept.episodes.get_or_insert_with(EpisodeStats::default).add(e);
+        }
         if kept.prompts.len() >= wanted || report.rounds >= rounds.max(1) {
             break;
         }
@@ -247,25 +257,37 @@ impl Rollouts<'_> {
 
     /// Samples `group` completions for each prompt and scores them.
     pub fn sample<'p>(&mut self, model: &CausalLm, prompts: &[&'p PromptRow], seed: u64) -> Result<Scored<'p>, TrainError> {
-        let mut caches = cache::for_layers(self.cache_policy, &model.attention_windows()).map_err(|e| TrainError::Config(format!("[rollout] cache: {e}")))?;
         let mut sampler = Sampler::new(self.sampler.clone(), seed)?;
         let options = GenerateOptions { max_tokens: self.max_tokens, eos_ids: self.tokenizer.eos_ids.clone(), ..Default::default() };
         let tokens: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
-        let mut sink = |_: usize, _: u32| Control::Continue;
-        let (completions, stats) = generate_groups(model, &tokens, self.group, &mut caches, &mut sampler, &options, &mut sink)?;
-        drop(caches);
+        let windows = model.attention_windows();
+        let cache_error = |e: sdk::PluginError| TrainError::Config(format!("[rollout] cache: {e}"));
+        // Texts for the logs, the texts rewards score, and the environment's rewards.
+        let (completions, stats, texts, answers, env_scores, episodes) = match self.environment.as_deref_mut() {
+            Some(env) => {
+                let mut caches = cache::for_episodes(self.cache_policy, &windows).map_err(cache_error)?;
+                let b = env.run(self.tokenizer, model, prompts, self.group, &mut caches, &mut sampler, &options)?;
+                (b.completions, b.stats, b.transcripts, b.answers, Some((env.name.clone(), b.rewards)), Some(b.episodes))
+            }
+            None => {
+                let mut caches = cache::for_layers(self.cache_policy, &windows).map_err(cache_error)?;
+                let mut sink = |_: usize, _: u32| Control::Continue;
+                let (completions, stats) = generate_groups(model, &tokens, self.group, &mut caches, &mut sampler, &options, &mut sink)?;
+                let texts = completions
+                    .iter()
+                    .map(|c| self.tokenizer.decode(&c.tokens, true).map_err(|e| TrainError::Mlx(format!("decoding a completion: {e}"))))
+                    .collect::<Result<Vec<String>, TrainError>>()?;
+                (completions, stats, texts.clone(), texts, None, None)
+            }
+        };
         let g = self.group;
         let rows = completions.len();
-        let texts = completions
-            .iter()
-            .map(|c| self.tokenizer.decode(&c.tokens, true).map_err(|e| TrainError::Mlx(format!("decoding a completion: {e}"))))
-            .collect::<Result<Vec<String>, TrainError>>()?;
         let prompt_texts: Vec<&str> = (0..rows).map(|i| prompts[i / g].text.as_str()).collect();
         let row_texts: Vec<&str> = (0..rows).map(|i| prompts[i / g].row.as_str()).collect();
-        let completion_texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let completion_texts: Vec<&str> = answers.iter().map(String::as_str).collect();
         let ids: Vec<&[u32]> = completions.iter().map(|c| c.tokens.as_slice()).collect();
         let batch = RewardBatch { prompts: &prompt_texts, completions: &completion_texts, completion_ids: &ids, rows: &row_texts };
-        let mut per_function = Vec::with_capacity(self.rewards.len());
+        let mut per_function = Vec::with_capacity(self.rewards.len() + 1);
         for r in self.rewards.iter_mut() {
             let scores = r.plugin.score(&batch).map_err(|e| TrainError::Reward(format!("reward `{}`: {e}", r.name)))?;
             if scores.len() != rows {
@@ -276,17 +298,21 @@ impl Rollouts<'_> {
             }
             per_function.push((r.name.clone(), scores));
         }
-        let weights: Vec<f64> = self.rewards.iter().map(|r| r.weight).collect();
+        let mut weights: Vec<f64> = self.rewards.iter().map(|r| r.weight).collect();
+        if let (Some(scores), Some(env)) = (env_scores, self.environment.as_deref()) {
+            per_function.push(scores);
+            weights.push(env.weight);
+        }
         let scores: Vec<&[Option<f64>]> = per_function.iter().map(|(_, s)| s.as_slice()).collect();
         let rewards = combine(&scores, &weights);
-        Ok(Scored { prompts: prompts.to_vec(), completions, texts, per_function, rewards, stats })
+        Ok(Scored { prompts: prompts.to_vec(), completions, texts, per_function, rewards, stats, episodes })
     }
 
     /// Advantages and training rows of scored completions. With `mask_truncated`, completions that hit
     /// `max_tokens` without EOS keep their rewards (and their share of the group's statistics) but train on none
     /// of their tokens.
     pub fn build(&self, scored: Scored<'_>) -> RolloutBatch {
-        let Scored { prompts, completions, texts, per_function, rewards, stats } = scored;
+        let Scored { prompts, completions, texts, per_function, rewards, stats, episodes } = scored;
         let g = self.group;
         let rows = completions.len();
         let advantages = advantages(&rewards, g, self.scale);
@@ -299,7 +325,8 @@ impl Rollouts<'_> {
             let keep: Vec<f32> = trained.iter().flat_map(|&t| std::iter::repeat_n(if t { 1.0 } else { 0.0 }, width)).collect();
             rows_batch.mask = rows_batch.mask.multiply(Array::from_slice(&keep, &[rows as i32, width as i32])).unwrap_or(rows_batch.mask);
         }
-        let trained_tokens = completion_lengths.iter().zip(&trained).filter(|(_, t)| **t).map(|(n, _)| n).sum();
+        let observed = |c: &Completion| c.observations.iter().map(|r| r.len()).sum::<usize>();
+        let trained_tokens = completions.iter().zip(&trained).filter(|(_, t)| **t).map(|(c, _)| c.tokens.len() - observed(c)).sum();
         let report = RolloutReport {
             completion_lengths,
             ended_with_eos,
@@ -314,6 +341,7 @@ impl Rollouts<'_> {
             padded_tokens: rows_batch.padded_tokens,
             trained_tokens,
             topped: Topped::default(),
+            episodes,
         };
         let f32s = |v: &[f64]| Array::from_slice(&v.iter().map(|&x| x as f32).collect::<Vec<f32>>(), &[v.len() as i32]);
         let group_ids: Vec<i32> = (0..rows).map(|i| (i / g) as i32).collect();
@@ -334,7 +362,7 @@ impl Rollouts<'_> {
 
 /// Rows of prompt + completion (row i continues prompt i / group), collated like training data: shifted into
 /// inputs and targets, right-padded to a multiple of `pad_multiple`, the mask on the completion's targets (its
-/// EOS included).
+/// EOS included) except an environment's observation tokens.
 pub fn sequences(prompts: &[&PromptRow], group: usize, completions: &[Completion], pad_multiple: usize) -> Batch {
     let group = group.max(1);
     let examples: Vec<Example> = completions
@@ -342,11 +370,12 @@ pub fn sequences(prompts: &[&PromptRow], group: usize, completions: &[Completion
         .enumerate()
         .map(|(i, c)| {
             let prompt = &prompts[i / group].tokens;
-            Example {
-                tokens: prompt.iter().chain(&c.tokens).copied().collect(),
-                supervised: prompt.iter().map(|_| false).chain(c.tokens.iter().map(|_| true)).collect(),
-                truncated: false,
+            let mut supervised: Vec<bool> = prompt.iter().map(|_| false).chain(c.tokens.iter().map(|_| true)).collect();
+            // An environment's observations are context, never targets.
+            for r in &c.observations {
+                supervised[prompt.len() + r.start..prompt.len() + r.end].fill(false);
             }
+            Example { tokens: prompt.iter().chain(&c.tokens).copied().collect(), supervised, truncated: false }
         })
         .collect();
     collate(&examples.iter().collect::<Vec<_>>(), pad_multiple, 0)
@@ -385,7 +414,7 @@ mod tests {
 
     /// Scored groups of two completions with the given rewards; prompt i's line is `base + i`.
     fn scored<'p>(prompts: &'p [PromptRow], rewards: &[f64]) -> Scored<'p> {
-        let c = Completion { tokens: vec![1], logprobs: vec![0.0], finish: FinishReason::Eos };
+        let c = Completion { tokens: vec![1], logprobs: vec![0.0], finish: FinishReason::Eos, observations: vec![] };
         Scored {
             prompts: prompts.iter().collect(),
             completions: vec![c; rewards.len()],
@@ -393,12 +422,13 @@ mod tests {
             per_function: vec![("r".into(), rewards.iter().map(|&r| Some(r)).collect())],
             rewards: rewards.to_vec(),
             stats: GenerationStats { generated_tokens: rewards.len(), ..Default::default() },
+            episodes: None,
         }
     }
 
     #[test]
     fn dynamic_sampling_keeps_groups_with_spread_and_tops_up_from_more_prompts() {
-        let p = |line: usize| PromptRow { line, text: format!("p{line}"), tokens: vec![5], row: "{}".into() };
+        let p = |line: usize| PromptRow { line, text: format!("p{line}"), tokens: vec![5], row: "{}".into(), messages: vec![] };
         let first: Vec<PromptRow> = (1..=3).map(p).collect();
         let second: Vec<PromptRow> = (11..=13).map(p).collect();
         // Round 1: only prompt 2 has spread. Round 2: prompts 11 and 13 do.
@@ -424,9 +454,9 @@ mod tests {
 
     #[test]
     fn rows_continue_their_prompt_and_mask_only_the_completion() {
-        let p = |tokens: Vec<u32>| PromptRow { line: 1, text: String::new(), tokens, row: "{}".into() };
+        let p = |tokens: Vec<u32>| PromptRow { line: 1, text: String::new(), tokens, row: "{}".into(), messages: vec![] };
         let (a, b) = (p(vec![5, 6, 7]), p(vec![8, 9]));
-        let c = |tokens: Vec<u32>| Completion { logprobs: vec![0.0; tokens.len()], tokens, finish: FinishReason::Length };
+        let c = |tokens: Vec<u32>| Completion { logprobs: vec![0.0; tokens.len()], tokens, finish: FinishReason::Length, observations: vec![] };
         let completions = [c(vec![1, 2]), c(vec![3]), c(vec![4, 4, 4]), c(vec![2])];
         let batch = sequences(&[&a, &b], 2, &completions, 4);
         assert_eq!(batch.inputs.shape(), &[4, 4]);

@@ -10,12 +10,12 @@ use mlx_rs::Array;
 
 use super::{
     arrays, DataCachePolicyVTable, FfiArraySink, FfiByteSink, FfiErrorSink, FfiInstance, FfiKvCacheSpec,
-    FfiLossInputs, FfiModelModules, FfiPluginEntry, FfiRewardBatch, FfiStr, FfiTargetSink, KvCachePolicyVTable,
+    EnvironmentVTable, FfiLossInputs, FfiModelModules, FfiPluginEntry, FfiRewardBatch, FfiStr, FfiTargetSink, KvCachePolicyVTable,
     LoraTargetMapperVTable, LossVTable, LrScheduleVTable, RewardVTable, Status, KV_CACHE_QUANTIZED,
     KV_CACHE_ROTATING, KV_CACHE_STANDARD, STATUS_ERROR, STATUS_OK, STATUS_PANIC,
 };
 use crate::{
-    DataCachePolicy, KvCachePolicy, KvCacheSpec, LoraTargetMapper, Loss, LossInputs, LrSchedule, ModelModules,
+    DataCachePolicy, EnvTurn, Environment, KvCachePolicy, KvCacheSpec, LoraTargetMapper, Loss, LossInputs, LrSchedule, ModelModules,
     Plugin, PluginError, PluginKind, Reward, RewardBatch, ScheduleContext,
 };
 
@@ -119,6 +119,7 @@ entry_fn!(
     DATA_CACHE_VTABLE
 );
 entry_fn!(reward_entry, create_reward, Reward, PluginKind::Reward, REWARD_VTABLE);
+entry_fn!(environment_entry, create_environment, Environment, PluginKind::Environment, ENVIRONMENT_VTABLE);
 
 // --- LrSchedule ---
 
@@ -265,6 +266,48 @@ unsafe extern "C" fn reward_score(
     })
 }
 
+// --- Environment ---
+
+static ENVIRONMENT_VTABLE: EnvironmentVTable = EnvironmentVTable {
+    struct_size: std::mem::size_of::<EnvironmentVTable>() as u64,
+    destroy: destroy_boxed::<dyn Environment>,
+    tools: environment_tools,
+    step: environment_step,
+};
+
+unsafe fn write_json(sink: *const FfiByteSink, value: &serde_json::Value) -> Result<(), PluginError> {
+    let sink = sink.as_ref().ok_or_else(|| PluginError::Invalid("null byte sink".to_owned()))?;
+    let text = value.to_string();
+    (sink.write)(sink.ctx, text.as_ptr(), text.len());
+    Ok(())
+}
+
+unsafe extern "C" fn environment_tools(handle: *mut c_void, sink: *const FfiByteSink, err: *const FfiErrorSink) -> Status {
+    guard(err, || {
+        let tools = instance::<dyn Environment>(handle).tools()?;
+        write_json(sink, &serde_json::Value::Array(tools))
+    })
+}
+
+unsafe extern "C" fn environment_step(
+    handle: *mut c_void,
+    turns: FfiStr<'_>,
+    sink: *const FfiByteSink,
+    err: *const FfiErrorSink,
+) -> Status {
+    guard(err, || {
+        let text = turns.to_str().map_err(|e| PluginError::Invalid(format!("turns are not UTF-8: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| PluginError::Invalid(format!("turns are not JSON: {e}")))?;
+        let list = value.as_array().ok_or_else(|| PluginError::Invalid("turns are not a JSON list".to_owned()))?;
+        let turns = list.iter().map(EnvTurn::from_json).collect::<Result<Vec<EnvTurn>, PluginError>>()?;
+        let replies = instance::<dyn Environment>(handle).step(&turns)?;
+        if replies.len() != turns.len() {
+            return Err(PluginError::Invalid(format!("returned {} replies for {} turns", replies.len(), turns.len())));
+        }
+        write_json(sink, &serde_json::Value::Array(replies.iter().map(|r| r.to_json()).collect()))
+    })
+}
+
 // --- LoraTargetMapper ---
 
 static LORA_TARGET_MAPPER_VTABLE: LoraTargetMapperVTable = LoraTargetMapperVTable {
@@ -391,7 +434,8 @@ unsafe extern "C" fn data_store(
 /// ```ignore
 /// sdk::export_plugins!(schedule InverseSqrt, loss PairLogSigmoid);
 /// ```
-/// Kinds: `loss`, `schedule`, `lora_target_mapper`, `kv_cache_policy`, `data_cache_policy`, `reward`.
+/// Kinds: `loss`, `schedule`, `lora_target_mapper`, `kv_cache_policy`, `data_cache_policy`, `reward`,
+/// `environment`.
 /// Generates the library's entry point ([`ENTRY_SYMBOL`](super::ENTRY_SYMBOL)).
 #[macro_export]
 macro_rules! export_plugins {
@@ -418,4 +462,5 @@ macro_rules! __export_entry {
     (kv_cache_policy $t:ty) => { $crate::abi::export::kv_cache_policy_entry::<$t>() };
     (data_cache_policy $t:ty) => { $crate::abi::export::data_cache_policy_entry::<$t>() };
     (reward $t:ty) => { $crate::abi::export::reward_entry::<$t>() };
+    (environment $t:ty) => { $crate::abi::export::environment_entry::<$t>() };
 }

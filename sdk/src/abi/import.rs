@@ -7,14 +7,14 @@ use std::{ffi::c_void, fmt};
 use mlx_rs::Array;
 
 use super::{
-    arrays, DataCachePolicyVTable, FfiArraySink, FfiByteSink, FfiDescriptor, FfiErrorSink,
+    arrays, DataCachePolicyVTable, EnvironmentVTable, FfiArraySink, FfiByteSink, FfiDescriptor, FfiErrorSink,
     FfiHeader, FfiHostApi, FfiInstance, FfiKvCacheSpec, FfiLossInputs, FfiModelModules, FfiPluginEntry,
     FfiRewardBatch, FfiStr, FfiTargetSink, FfiU32s, KvCachePolicyVTable, LoraTargetMapperVTable, LossVTable,
     LrScheduleVTable, RewardVTable, Status, VTableHeader, ABI_MAGIC, ABI_MAJOR, ABI_MINOR, KV_CACHE_QUANTIZED,
     KV_CACHE_ROTATING, KV_CACHE_STANDARD, STATUS_OK, STATUS_PANIC,
 };
 use crate::{
-    DataCachePolicy, KvCachePolicy, KvCacheSpec, LoraTarget, LoraTargetMapper, Loss, LossInputs, LossOutput,
+    DataCachePolicy, EnvReply, EnvTurn, Environment, KvCachePolicy, KvCacheSpec, LoraTarget, LoraTargetMapper, Loss, LossInputs, LossOutput,
     LrSchedule, ModelModules, PluginError, PluginKind, Requirements, Reward, RewardBatch, ScheduleContext,
 };
 
@@ -196,6 +196,7 @@ impl ImportedPlugin {
             PluginKind::KvCachePolicy => std::mem::size_of::<KvCachePolicyVTable>(),
             PluginKind::DataCachePolicy => std::mem::size_of::<DataCachePolicyVTable>(),
             PluginKind::Reward => std::mem::size_of::<RewardVTable>(),
+            PluginKind::Environment => std::mem::size_of::<EnvironmentVTable>(),
         };
         if size < needed as u64 {
             return Err(PluginError::Failed(format!("`{}`: vtable of {size} bytes, expected {needed}", self.name)));
@@ -294,6 +295,35 @@ impl Reward for ImportedReward {
         let vt = unsafe { self.0.vtable::<RewardVTable>() };
         call(|err| unsafe { (vt.score)(self.0.raw.handle, &raw, out.as_mut_ptr(), err) })?;
         Ok(out.into_iter().map(|v| (!v.is_nan()).then_some(v)).collect())
+    }
+}
+
+/// An `Environment` implemented by a cdylib.
+pub struct ImportedEnvironment(pub Instance);
+
+impl ImportedEnvironment {
+    fn json(&self, what: &str, f: impl FnOnce(&EnvironmentVTable, *const FfiByteSink, *const FfiErrorSink) -> Status) -> Result<serde_json::Value, PluginError> {
+        let mut bytes = Vec::new();
+        let sink = FfiByteSink { ctx: (&mut bytes as *mut Vec<u8>).cast(), write: collect_bytes };
+        // SAFETY: created by an environment entry.
+        let vt = unsafe { self.0.vtable::<EnvironmentVTable>() };
+        call(|err| f(vt, &sink, err))?;
+        serde_json::from_slice(&bytes).map_err(|e| PluginError::Invalid(format!("the plugin's {what} are not JSON: {e}")))
+    }
+}
+
+impl Environment for ImportedEnvironment {
+    fn tools(&mut self) -> Result<Vec<serde_json::Value>, PluginError> {
+        let handle = self.0.raw.handle;
+        let v = self.json("tools", |vt, sink, err| unsafe { (vt.tools)(handle, sink, err) })?;
+        crate::tools_from_json(&v)
+    }
+
+    fn step(&mut self, turns: &[EnvTurn]) -> Result<Vec<EnvReply>, PluginError> {
+        let text = serde_json::Value::Array(turns.iter().map(EnvTurn::to_json).collect()).to_string();
+        let handle = self.0.raw.handle;
+        let v = self.json("replies", |vt, sink, err| unsafe { (vt.step)(handle, FfiStr::new(&text), sink, err) })?;
+        crate::replies_from_json(&v, turns.len())
     }
 }
 

@@ -31,8 +31,8 @@ pub const ABI_MAGIC: u64 = u64::from_le_bytes(*b"MLXPLUG\0");
 /// Changes only when a frozen layout or a call's meaning changes; the host requires equality.
 pub const ABI_MAJOR: u32 = 1;
 /// Grows when tables grow, kinds are added or a loss may declare more; the host refuses plugins with a newer
-/// minor. 1: `Requirements::row_mean` (bit 9).
-pub const ABI_MINOR: u32 = 1;
+/// minor. 1: `Requirements::row_mean` (bit 9). 2: the environment kind.
+pub const ABI_MINOR: u32 = 2;
 /// The one symbol a cdylib plugin exports (an [`EntryFn`]).
 pub const ENTRY_SYMBOL: &str = "mlx_host_plugin_entry";
 

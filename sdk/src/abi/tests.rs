@@ -8,17 +8,17 @@ use mlx_rs::{array, Array};
 use super::{
     descriptor,
     export::{
-        data_cache_policy_entry, kv_cache_policy_entry, lora_target_mapper_entry, loss_entry, reward_entry,
+        data_cache_policy_entry, environment_entry, kv_cache_policy_entry, lora_target_mapper_entry, loss_entry, reward_entry,
         schedule_entry,
     },
     import::{
-        read_descriptor, ImportedDataCachePolicy, ImportedKvCachePolicy, ImportedLoraTargetMapper, ImportedLoss,
+        read_descriptor, ImportedDataCachePolicy, ImportedEnvironment, ImportedKvCachePolicy, ImportedLoraTargetMapper, ImportedLoss,
         ImportedReward, ImportedSchedule, Library,
     },
     EntryArray, FfiErrorSink, FfiInstance, FfiStr, SyncDescriptor, STATUS_ERROR,
 };
 use crate::{
-    DataCachePolicy, KvCachePolicy, KvCacheSpec, LoraTarget, LoraTargetMapper, Loss, LossInputs, LossOutput,
+    DataCachePolicy, EnvReply, EnvTurn, Environment, KvCachePolicy, KvCacheSpec, LoraTarget, LoraTargetMapper, Loss, LossInputs, LossOutput,
     LrSchedule, ModelModules, Plugin, PluginError, PluginKind, Requirements, Reward, RewardBatch, ScheduleContext,
 };
 
@@ -142,13 +142,41 @@ impl DataCachePolicy for Memory {
     }
 }
 
-static ENTRIES: EntryArray<6> = EntryArray([
+/// Answers a call with the length of the last message; ends the episode on its last turn with reward = turn.
+struct Echo;
+impl Plugin for Echo {
+    const NAME: &'static str = "echo";
+    const SUMMARY: &'static str = "echoes message lengths";
+    fn from_config(_: &toml::Table) -> Result<Self, PluginError> {
+        Ok(Echo)
+    }
+}
+impl Environment for Echo {
+    fn tools(&mut self) -> Result<Vec<serde_json::Value>, PluginError> {
+        Ok(vec![serde_json::json!({"type": "function", "function": {"name": "len"}})])
+    }
+    fn step(&mut self, turns: &[EnvTurn]) -> Result<Vec<EnvReply>, PluginError> {
+        turns
+            .iter()
+            .map(|t| {
+                if t.row.get("fail").is_some() {
+                    return Err(PluginError::Failed("asked to fail".into()));
+                }
+                let last = t.messages.last().and_then(|m| m["content"].as_str()).unwrap_or("");
+                Ok(if t.last { EnvReply::Done(Some(t.turn as f64)) } else { EnvReply::Observe(vec![last.len().to_string()]) })
+            })
+            .collect()
+    }
+}
+
+static ENTRIES: EntryArray<7> = EntryArray([
     schedule_entry::<Halve>(),
     loss_entry::<MaskedSum>(),
     reward_entry::<LengthReward>(),
     lora_target_mapper_entry::<EveryOther>(),
     kv_cache_policy_entry::<LastLayersRotate>(),
     data_cache_policy_entry::<Memory>(),
+    environment_entry::<Echo>(),
 ]);
 static DESCRIPTOR: SyncDescriptor = SyncDescriptor(descriptor(&ENTRIES.0));
 
@@ -176,6 +204,7 @@ fn descriptor_lists_every_entry() {
             (PluginKind::LoraTargetMapper, "every_other"),
             (PluginKind::KvCachePolicy, "last_rotate"),
             (PluginKind::DataCachePolicy, "memory"),
+            (PluginKind::Environment, "echo"),
         ]
     );
     assert_eq!(lib.abi, (super::ABI_MAJOR, super::ABI_MINOR));
@@ -267,4 +296,22 @@ fn data_cache_policy_through_the_abi_round_trips_blobs() {
     policy.store("empty", &[]).unwrap();
     assert_eq!(policy.load("k").unwrap(), Some(vec![1, 2, 3, 255]));
     assert_eq!(policy.load("empty").unwrap(), Some(vec![]));
+}
+
+#[test]
+fn environment_through_the_abi_equals_direct_calls_and_reports_errors() {
+    let mut env = ImportedEnvironment(plugin(PluginKind::Environment));
+    assert_eq!(env.tools().unwrap(), Echo.tools().unwrap());
+    let turn = |content: &str, last: bool| EnvTurn {
+        row: serde_json::json!({"answer": 3}),
+        messages: vec![serde_json::json!({"role": "assistant", "content": content})],
+        turn: 2,
+        last,
+    };
+    let turns = [turn("abcd", false), turn("", true), turn("xy", false)];
+    assert_eq!(env.step(&turns).unwrap(), Echo.step(&turns).unwrap());
+    assert_eq!(env.step(&turns).unwrap()[1], EnvReply::Done(Some(2.0)));
+    let mut failing = turn("a", false);
+    failing.row = serde_json::json!({"fail": true});
+    assert_eq!(env.step(&[failing]).unwrap_err().to_string(), "asked to fail");
 }

@@ -193,3 +193,18 @@ pub struct DataCachePolicyVTable {
         err: *const FfiErrorSink,
     ) -> Status,
 }
+
+/// `Environment`. Turns and replies cross as JSON text (`EnvTurn::to_json`, `EnvReply::to_json`): `tools`
+/// writes a JSON list of tool schemas, `step` reads a JSON list of turns and writes a JSON list of replies.
+#[repr(C)]
+pub struct EnvironmentVTable {
+    pub struct_size: u64,
+    pub destroy: DestroyFn,
+    pub tools: unsafe extern "C" fn(handle: *mut c_void, sink: *const FfiByteSink, err: *const FfiErrorSink) -> Status,
+    pub step: unsafe extern "C" fn(
+        handle: *mut c_void,
+        turns: FfiStr<'_>,
+        sink: *const FfiByteSink,
+        err: *const FfiErrorSink,
+    ) -> Status,
+}
