@@ -110,3 +110,64 @@ fn appended_observations_continue_the_cache_as_a_re_prefill_of_the_conversation(
         }
     }
 }
+
+#[path = "../../tests/support/cdylib.rs"]
+mod support;
+
+fn records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// A GRPO config on the bundled demo model with `environment` (a TOML section and whatever it needs).
+fn demo_config(dir: &std::path::Path, environment: &str, steps: u64) -> PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = format!(
+        "[model]\npath = {:?}\n[lora]\nmapper = {{ kind = \"all_linear\" }}\nrank = 8\nscale = 8.0\n\
+         [data]\ntrain = {:?}\nbatch_size = 4\nmax_seq_length = 160\npad_multiple = 8\n\
+         [rollout]\nnum_generations = 4\nmax_tokens = 8\ntemperature = 1.0\n\
+         {environment}\n\
+         [optimizer]\nkind = \"adamw\"\nlr = 5e-5\n[train]\nsteps = {steps}\nseed = 0\n\
+         [loss]\nkind = \"grpo\"\nloss_type = \"dapo\"\nbeta = 0.0\n[output]\ndir = {:?}\n",
+        root.join("models/tiny-arith").display().to_string(),
+        root.join("data/grpo/train.jsonl").display().to_string(),
+        dir.join("run").display().to_string(),
+    );
+    let path = dir.join("grpo.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(path: &std::path::Path) -> Result<(), host::train::TrainError> {
+    let mut registry = Registry::builtin().unwrap();
+    let cfg = host::config::RunConfig::load(path, &[] as &[host::config::Override], &mut registry).unwrap();
+    host::train::run(&cfg, &registry, None).map(|_| ())
+}
+
+/// The cdylib's `retry` environment answers a wrong answer with "Wrong, try again." as the user: episodes of
+/// the demo model run several turns on one cache, each reward is what the transcript earned (1 / turn of the
+/// right answer, 0 without one), and the turns are counted in the metrics.
+#[test]
+fn grpo_with_a_cdylib_environment_runs_multi_turn_episodes() {
+    let dir = temp("retry");
+    let library = support::cdylib("example_plugins");
+    let env = format!("[plugins]\npaths = [{:?}]\n[environment]\nkind = \"retry\"\nmax_turns = 3\nmax_episode_tokens = 120\n", library.display().to_string());
+    run(&demo_config(&dir, &env, 3)).unwrap();
+    let out = dir.join("run");
+    let lines = std::fs::read_to_string(out.join("completions.jsonl")).unwrap();
+    let mut retried = 0;
+    for line in lines.lines() {
+        let c: serde_json::Value = serde_json::from_str(line).unwrap();
+        let text = c["completion"].as_str().unwrap();
+        let tries = text.matches("Wrong, try again.").count();
+        retried += usize::from(tries > 0);
+        let reward = c["rewards"]["retry"].as_f64().unwrap();
+        assert!(reward == 0.0 || (reward - 1.0 / (tries + 1) as f64).abs() < 1e-12, "{c}");
+        assert_eq!(c["reward"].as_f64().unwrap(), reward, "the environment is the only reward");
+        assert!(tries <= 2, "at most 3 turns: {c}");
+    }
+    assert!(retried > 0, "no episode had a second turn:\n{lines}");
+    let log = records(&out);
+    let turns: Vec<f64> = log.iter().map(|r| r["env/turns"].as_f64().unwrap()).collect();
+    assert!(turns.iter().all(|&t| (1.0..=3.0).contains(&t)) && turns.iter().any(|&t| t > 1.0), "{turns:?}");
+    assert!(log.iter().any(|r| r["env/observation_tokens"].as_f64().unwrap() > 0.0), "{log:?}");
+}

@@ -31,4 +31,5 @@ pub const EXPECTED: &[(sdk::PluginKind, &str)] = &[
     (sdk::PluginKind::Reward, "command"),
     (sdk::PluginKind::Reward, "reward_model"),
     (sdk::PluginKind::Environment, "calculator"),
+    (sdk::PluginKind::Environment, "command"),
 ];

@@ -53,7 +53,8 @@ pub fn std(values: &[f64]) -> f64 {
 pub fn combine(scores: &[&[Option<f64>]], weights: &[f64]) -> Vec<f64> {
     let rows = scores.first().map_or(0, |s| s.len());
     (0..rows)
-        .map(|i| scores.iter().zip(weights).filter_map(|(s, w)| s[i].map(|v| v * w)).sum())
+        // + 0.0: an empty float sum is −0.0, which would be logged as such.
+        .map(|i| scores.iter().zip(weights).filter_map(|(s, w)| s[i].map(|v| v * w)).sum::<f64>() + 0.0)
         .collect()
 }
 

@@ -10,6 +10,20 @@
 //!          or   {"type": "error", "id": 1, "message": "..."}                  the run stops with this message
 //! ```
 //!
+//! An environment (`"kind": "environment"` in the hello) is asked for its tools once, then answers every round
+//! of finished assistant turns:
+//!
+//! ```text
+//! host → child  {"type": "tools", "id": 1}
+//! child → host  {"type": "tools", "id": 1, "tools": [{"type": "function", "function": {..}}]}
+//! host → child  {"type": "step", "id": 2, "turns": [{"row": {..}, "messages": [..], "turn": 1, "last": false}]}
+//! child → host  {"type": "replies", "id": 2, "replies": [{"observations": ["4"]}, {"done": true, "reward": 1.0}]}
+//! ```
+//!
+//! One reply per turn: `observations` (tool messages, one per call; on a turn without calls they speak as the
+//! user) or `done` with a `reward` (a number, or null: no reward of the environment's own). On a `last` turn
+//! observations are not used.
+//!
 //! The host closes the child's stdin when the run ends; the child should then exit (it is killed a few seconds
 //! later otherwise). A child that answers with another protocol version, another id, a line that is not a JSON
 //! object, or not within the deadline is an error naming the plugin.

@@ -82,3 +82,57 @@ fn bad_settings_are_refused_before_anything_starts() {
     assert!(parse("command = [\"python3\"]\ntimeout_seconds = 0").unwrap_err().contains("`timeout_seconds` must be a positive number"));
     assert!(parse("command = [\"python3\"]\ntimeout = 5").unwrap_err().contains("unknown field `timeout`"));
 }
+
+const ENV: &str = r#"
+from host_plugin import serve_environment
+
+TOOLS = [{"type": "function", "function": {"name": "double", "parameters": {"type": "object"}}}]
+
+def step(messages, turn, last, answer, **columns):
+    print("turn", turn)  # must not reach the protocol
+    calls = messages[-1].get("tool_calls")
+    if answer == "crash":
+        raise RuntimeError("the environment broke")
+    if answer == "bad":
+        return [1]
+    if calls and not last:
+        return [str(2 * c["function"]["arguments"]["x"]) for c in calls]
+    return None if answer is None else float(messages[-1]["content"] == str(answer))
+
+serve_environment(step, TOOLS)
+"#;
+
+fn env_turn(content: &str, calls: Option<serde_json::Value>, answer: serde_json::Value, last: bool) -> sdk::EnvTurn {
+    let mut message = serde_json::json!({"role": "assistant", "content": content});
+    if let Some(c) = calls {
+        message["tool_calls"] = c;
+    }
+    sdk::EnvTurn { row: serde_json::json!({"prompt": "p", "answer": answer}), messages: vec![message], turn: 1, last }
+}
+
+#[test]
+fn a_python_environment_answers_calls_and_ends_episodes_with_rewards() {
+    use sdk::{EnvReply, Environment};
+    let toml = format!("command = [\"python3\", {:?}]\n", script("env.py", ENV).display().to_string());
+    let mut env = plugin_command::CommandEnvironment::from_config(&toml.parse().unwrap()).unwrap();
+    let tools = env.tools().unwrap();
+    assert_eq!(tools[0]["function"]["name"], "double");
+    let call = serde_json::json!([{"type": "function", "function": {"name": "double", "arguments": {"x": 21}}}]);
+    let replies = env
+        .step(&[
+            env_turn("<tool_call>…", Some(call.clone()), serde_json::json!(42), false),
+            env_turn("42", None, serde_json::json!(42), false),
+            env_turn("41", None, serde_json::json!(42), false),
+            env_turn("<tool_call>…", Some(call), serde_json::json!(42), true),
+            env_turn("x", None, serde_json::Value::Null, false),
+        ])
+        .unwrap();
+    assert_eq!(
+        replies,
+        vec![EnvReply::Observe(vec!["42".into()]), EnvReply::Done(Some(1.0)), EnvReply::Done(Some(0.0)), EnvReply::Done(Some(0.0)), EnvReply::Done(None)]
+    );
+    let err = env.step(&[env_turn("x", None, serde_json::json!("bad"), false)]).unwrap_err().to_string();
+    assert!(err.contains("tool messages are strings") && err.contains("env.py"), "{err}");
+    let err = env.step(&[env_turn("x", None, serde_json::json!("crash"), false)]).unwrap_err().to_string();
+    assert!(err.contains("the environment broke"), "{err}");
+}

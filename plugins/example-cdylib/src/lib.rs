@@ -1,9 +1,10 @@
-//! Example third-party plugins: an LR schedule, a loss and a reward, exported from a cdylib.
+//! Example third-party plugins: an LR schedule, a loss, a reward and an environment, exported from a cdylib.
 
 use sdk::{
     from_table,
     mlx_rs::{ops, Array},
-    Loss, LossInputs, LossOutput, LrSchedule, Plugin, PluginError, Requirements, Reward, RewardBatch, ScheduleContext,
+    serde_json, EnvReply, EnvTurn, Environment, Loss, LossInputs, LossOutput, LrSchedule, Plugin, PluginError, Requirements, Reward,
+    RewardBatch, ScheduleContext,
 };
 use serde::Deserialize;
 
@@ -131,4 +132,60 @@ impl Reward for EndsWith {
     }
 }
 
-sdk::export_plugins!(schedule InverseSqrt, loss PairLogSigmoid, reward EndsWith);
+/// `retry`: an environment without tools. A wrong answer (its last number differs from the row's `column`) is
+/// answered "Wrong, try again." as the user, so the model gets another turn; a right one ends the episode with
+/// reward 1 / turn (the sooner the better); an episode out of turns ends with 0.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    #[serde(default = "Retry::column")]
+    column: String,
+}
+
+impl Retry {
+    fn column() -> String {
+        "answer".into()
+    }
+}
+
+impl Plugin for Retry {
+    const NAME: &'static str = "retry";
+    const SUMMARY: &'static str = "asks again after a wrong answer; rewards 1 / turn for a right one";
+    fn from_config(config: &sdk::toml::Table) -> Result<Self, PluginError> {
+        from_table(config)
+    }
+}
+
+fn last_number(text: &str) -> Option<f64> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .filter_map(|w| w.trim_end_matches('.').parse::<f64>().ok())
+        .last()
+}
+
+impl Environment for Retry {
+    fn tools(&mut self) -> Result<Vec<serde_json::Value>, PluginError> {
+        Ok(Vec::new())
+    }
+
+    fn step(&mut self, turns: &[EnvTurn]) -> Result<Vec<EnvReply>, PluginError> {
+        turns
+            .iter()
+            .map(|t| {
+                let want = match t.row.get(&self.column) {
+                    Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+                    Some(v) => v.as_f64(),
+                    None => None,
+                }
+                .ok_or_else(|| PluginError::Invalid(format!("the row has no number in column `{}`", self.column)))?;
+                let said = t.messages.last().and_then(|m| m.get("content")).and_then(|c| c.as_str()).and_then(last_number);
+                Ok(match said {
+                    Some(x) if x == want => EnvReply::Done(Some(1.0 / f64::from(t.turn))),
+                    _ if t.last => EnvReply::Done(Some(0.0)),
+                    _ => EnvReply::Observe(vec!["Wrong, try again.".into()]),
+                })
+            })
+            .collect()
+    }
+}
+
+sdk::export_plugins!(schedule InverseSqrt, loss PairLogSigmoid, reward EndsWith, environment Retry);
