@@ -56,12 +56,8 @@ pub fn schema() -> Value {
         "type": "function",
         "function": {
             "name": "calculator",
-            "description": "Evaluates an arithmetic expression: numbers, + - * / % and ^, parentheses.",
-            "parameters": {
-                "type": "object",
-                "properties": {"expression": {"type": "string", "description": "for example \"(3 + 4) * 2\""}},
-                "required": ["expression"]
-            }
+            "description": "Evaluates arithmetic: + - * / % ^ and parentheses.",
+            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}
         }
     })
 }
