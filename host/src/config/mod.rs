@@ -370,11 +370,8 @@ impl RunConfig {
         }
         // The completions' real length limit, when [rollout] parsed (its default when absent).
         let max_tokens = rollout.as_ref().ok().map(|r| r.as_ref().map_or(RolloutConfig::default().max_tokens, |r| r.max_tokens));
-        if let (Ok(Some(env)), Some(turn_tokens)) = (&environment, max_tokens) {
+        if let Ok(Some(env)) = &environment {
             check_plugin(&source, &["environment"], &env.plugin, registry.environment(&env.plugin.kind, &env.plugin.config).err(), &mut problems);
-            if env.max_episode_tokens.is_none() && env.episode_tokens(turn_tokens) == 0 {
-                problems.push(source.problem(&["environment", "max_episode_tokens"], "must be at least 1".to_owned()));
-            }
             if let Ok(rewards) = &rewards {
                 let name = env.reward_name();
                 if rewards.iter().any(|r| r.name.as_deref().unwrap_or(&r.plugin.kind) == name) {

@@ -493,6 +493,22 @@ impl Serialize for ScaleRewards {
     }
 }
 
+/// The `weight` (default 1) and `name` keys a reward or an environment takes beside its plugin's own.
+fn weight_and_name<E: de::Error>(table: &mut toml::Table) -> Result<(f64, Option<String>), E> {
+    let weight = match table.remove("weight") {
+        None => 1.0,
+        Some(toml::Value::Float(x)) if x.is_finite() => x,
+        Some(toml::Value::Integer(n)) => n as f64,
+        Some(v) => return Err(E::custom(format!("`weight` must be a number, got {v}"))),
+    };
+    let name = match table.remove("name") {
+        None => None,
+        Some(toml::Value::String(n)) if !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) => Some(n),
+        Some(v) => return Err(E::custom(format!("`name` must be a non-empty string of letters, digits, `_`, `-` or `.`, got {v}"))),
+    };
+    Ok((weight, name))
+}
+
 /// One `[[reward]]`: a Reward plugin and its weight in the sum.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardEntry {
@@ -506,17 +522,7 @@ pub struct RewardEntry {
 impl<'de> Deserialize<'de> for RewardEntry {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut table = toml::Table::deserialize(d)?;
-        let weight = match table.remove("weight") {
-            None => 1.0,
-            Some(toml::Value::Float(x)) if x.is_finite() => x,
-            Some(toml::Value::Integer(n)) => n as f64,
-            Some(v) => return Err(de::Error::custom(format!("`weight` must be a number, got {v}"))),
-        };
-        let name = match table.remove("name") {
-            None => None,
-            Some(toml::Value::String(n)) if !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) => Some(n),
-            Some(v) => return Err(de::Error::custom(format!("`name` must be a non-empty string of letters, digits, `_`, `-` or `.`, got {v}"))),
-        };
+        let (weight, name) = weight_and_name(&mut table)?;
         Ok(RewardEntry { plugin: PluginTable::from_table(table)?, weight, name })
     }
 }
@@ -579,17 +585,7 @@ impl<'de> Deserialize<'de> for EnvironmentConfig {
             Some(toml::Value::String(f)) if crate::tools::CallFormat::parse_name(&f).is_some() => Some(f),
             Some(v) => return Err(de::Error::custom(format!("`tool_call_format` must be \"hermes\", \"llama3_json\" or \"mistral\", got {v}"))),
         };
-        let weight = match table.remove("weight") {
-            None => 1.0,
-            Some(toml::Value::Float(x)) if x.is_finite() => x,
-            Some(toml::Value::Integer(n)) => n as f64,
-            Some(v) => return Err(de::Error::custom(format!("`weight` must be a number, got {v}"))),
-        };
-        let name = match table.remove("name") {
-            None => None,
-            Some(toml::Value::String(n)) if !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) => Some(n),
-            Some(v) => return Err(de::Error::custom(format!("`name` must be a non-empty string of letters, digits, `_`, `-` or `.`, got {v}"))),
-        };
+        let (weight, name) = weight_and_name(&mut table)?;
         Ok(EnvironmentConfig { plugin: PluginTable::from_table(table)?, max_turns, max_episode_tokens, tool_call_format, weight, name })
     }
 }

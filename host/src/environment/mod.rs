@@ -202,7 +202,6 @@ fn answer_turns(
         let mut message = json!({"role": "assistant", "content": content});
         let parsed = format.parse(&content);
         talk.answer = content;
-        talk.truncated = end.last && end.finish != FinishReason::Eos;
         let calls = match &parsed {
             Parsed::Calls(calls) => {
                 counts.tool_calls += calls.len();
@@ -218,10 +217,8 @@ fn answer_turns(
             Parsed::Answer => 0,
         };
         talk.messages.push(message);
-        if end.last && calls > 0 {
-            // A call the episode has no room to answer: the host ended it.
-            talk.truncated = true;
-        }
+        // A turn cut off by max_tokens, or a call the episode has no room to answer: the host ended it.
+        talk.truncated = end.last && (end.finish != FinishReason::Eos || calls > 0);
         match parsed {
             Parsed::Malformed(why) if !end.last => {
                 let observation = [json!({"role": "tool", "content": format!("error: malformed tool call: {why}")})];

@@ -7,4 +7,4 @@ mod turns;
 
 pub use decode::{generate, generate_groups, Completion, Control, FinishReason, GenerateOptions, GenerationStats, TokenSink};
 pub use sampler::{Sampler, SamplerConfig};
-pub use turns::{block_plan, generate_episodes, generated_ranges, EpisodeLimits, Next, TurnEnd};
+pub use turns::{generate_episodes, EpisodeLimits, Next, TurnEnd};

@@ -5,7 +5,7 @@
 //! prefilled after them, and decoding resumes. Nothing already in the cache is computed twice except, per
 //! row, the few last history tokens that fill out the observation block (see [`block_plan`]).
 
-use std::{ops::Range, time::Instant};
+use std::time::Instant;
 
 use mlx_rs::{error::Exception, ops::indexing::IndexOp, transforms::async_eval, Array};
 
@@ -56,7 +56,7 @@ pub enum Next {
 /// one, whose key and value may not be cached yet: a row's final sampled token is not always fed back);
 /// everything before the block stays in the cache. Returns the realign plan (cache length, kept tokens) and,
 /// per row, how many history tokens its block re-feeds and its total left padding.
-pub fn block_plan(histories: &[usize], observations: &[usize], rows: Vec<usize>) -> (Realign, usize, Vec<usize>, Vec<usize>) {
+pub(crate) fn block_plan(histories: &[usize], observations: &[usize], rows: Vec<usize>) -> (Realign, usize, Vec<usize>, Vec<usize>) {
     let totals: Vec<usize> = histories.iter().zip(observations).map(|(h, o)| h + o).collect();
     let width = observations.iter().map(|o| o + 1).max().unwrap_or(1);
     let len = totals.iter().copied().max().unwrap_or(0);
@@ -85,7 +85,7 @@ pub fn generate_episodes<E: From<Exception>>(
     let group = group.max(1);
     let episodes = prompts.len() * group;
     let mut completions: Vec<Completion> = (0..episodes).map(|_| Completion::empty()).collect();
-    let budget = limits.max_tokens.min(limits.max_turns.max(1) * options.max_tokens.max(1) + limits.max_tokens);
+    let budget = limits.max_tokens;
     if episodes == 0 || options.max_tokens == 0 || budget == 0 {
         return Ok((completions, GenerationStats::default()));
     }
@@ -241,22 +241,6 @@ pub fn generate_episodes<E: From<Exception>>(
     Ok((completions, stats))
 }
 
-/// Ranges of `0..len` outside `observed` (sorted, disjoint): what a completion's training mask covers.
-pub fn generated_ranges(len: usize, observed: &[Range<usize>]) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    for r in observed {
-        if r.start > at {
-            out.push(at..r.start);
-        }
-        at = r.end;
-    }
-    if at < len {
-        out.push(at..len);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,12 +261,5 @@ mod tests {
         // A history shorter than the block: nothing stays cached, the block is left-padded.
         let (plan, width, refed, padding) = block_plan(&[2, 20], &[1, 5], vec![0, 1]);
         assert_eq!((width, plan.keep.clone(), plan.len, refed, padding), (6, vec![0, 19], 19, vec![2, 1], vec![22, 0]));
-    }
-
-    #[test]
-    fn generated_ranges_are_the_complement_of_the_observations() {
-        assert_eq!(generated_ranges(10, &[2..4, 7..9]), vec![0..2, 4..7, 9..10]);
-        assert_eq!(generated_ranges(3, &[]), vec![0..3]);
-        assert_eq!(generated_ranges(4, &[0..4]), Vec::<Range<usize>>::new());
     }
 }
