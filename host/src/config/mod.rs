@@ -2,6 +2,7 @@
 //! `kind`. Loading reports every problem at once — unknown sections and keys, wrong types, unknown plugins,
 //! plugin config errors, cross-field rules — each with file, line and column (or the `--set` it came from).
 
+mod environment;
 mod fields;
 mod problem;
 mod sections;
@@ -13,8 +14,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sdk::{LrSchedule, ScheduleContext, Warmup};
 
 pub use problem::{ConfigError, ConfigProblem, Location};
+pub use environment::EnvironmentConfig;
 pub use sections::{
-    Backend, Checkpointing, DataConfig, EnvironmentConfig, EvalConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
+    Backend, Checkpointing, DataConfig, EvalConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
     PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, RewardEntry, RolloutConfig, ScaleRewards, ScheduleSection, SplitHead, TrainConfig,
     TrainMode,
 };
