@@ -9,6 +9,10 @@
 # FAMILY=llama (any `host fixture --family`) VOCAB=<model vocabulary, e.g. 262144 for Gemma's> MAX_SEQ=1024
 # CHECKPOINTING=off|on|auto CHECKPOINT_LAYERS=N, HOST=<a prebuilt host binary> (default: cargo build --release),
 # MAX_BATCH_TOKENS=N HOST_BATCH=M: host batches by a token budget instead (up to M rows; mlx-lm keeps BATCH rows).
+# PACKING=1: host packs rows into HOST_BATCH (or BATCH) sequences of MAX_SEQ tokens ([data] packing), padded to
+# PAD_MULTIPLE (default 128: MLX's cuDNN attention backward wants query lengths in multiples of 128).
+# MLX_LM=0 skips mlx-lm; TORCH_PYTHON=<python with torch, transformers, peft> adds PyTorch + PEFT rows
+# (bench/torch_peft_sft.py: TORCH_PACK=RxL packed, default ${BATCH}x${MAX_SEQ}; eager and torch.compile).
 # Throughput is measured after WARMUP steps (both tools compile their step per batch shape): the tokens the
 # steps train on (non-padding targets) over the time those steps took.
 set -euo pipefail
@@ -37,6 +41,8 @@ LAYERS_LINE=""
 [ -n "${CHECKPOINT_LAYERS:-}" ] && LAYERS_LINE="checkpoint_layers = $CHECKPOINT_LAYERS"
 BUDGET_LINE=""
 [ -n "${MAX_BATCH_TOKENS:-}" ] && BUDGET_LINE="max_batch_tokens = $MAX_BATCH_TOKENS"
+PACK_LINE=""
+[ "${PACKING:-0}" = 1 ] && PACK_LINE=$'packing = true\npad_multiple = '"${PAD_MULTIPLE:-128}"
 
 cat > "$WORK/sft-bench.toml" <<TOML
 [model]
@@ -50,6 +56,7 @@ scale = 20.0
 train = "$WORK/sft-data/train.jsonl"
 batch_size = ${HOST_BATCH:-$BATCH}
 $BUDGET_LINE
+$PACK_LINE
 max_seq_length = $MAX_SEQ
 cache = { kind = "disk", dir = "$WORK/sft-cache" }
 [optimizer]
@@ -78,6 +85,19 @@ print(f"{tokens / seconds:.1f} {100 * (1 - real / padded):.1f}")
 PY
 )
 
+echo "| tool | real tokens/s (steps $((WARMUP + 1))-$STEPS) | padding | peak memory GB |"
+echo "|---|---|---|---|"
+read -r host_tps host_pad <<<"$host_row"
+echo "| host${PACK_LINE:+ (packed)} | $host_tps | $host_pad% | $host_peak |"
+if [ -n "${TORCH_PYTHON:-}" ]; then
+  for mode in "" --compile; do
+    "$TORCH_PYTHON" bench/torch_peft_sft.py --model "$MODEL" --data "$WORK/sft-data/train.jsonl" --pack "${TORCH_PACK:-${BATCH}x${MAX_SEQ}}" \
+      --steps "$STEPS" --warmup "$WARMUP" --max-seq "$MAX_SEQ" $mode --markdown 2>"$WORK/torch$mode.err" | tail -1 \
+      || echo "| PyTorch+PEFT ${mode:-eager} | failed: see $WORK/torch$mode.err | | |"
+  done
+fi
+[ "${MLX_LM:-1}" = 0 ] && exit 0
+
 mkdir -p "$WORK/sft-mlxlm-data"
 cp "$WORK/sft-data/train.jsonl" "$WORK/sft-mlxlm-data/train.jsonl"
 mlx_json=$("${COMPETITOR_ENV[@]}" "$PYTHON" bench/mlx_lm_lora_bench.py --model "$MODEL" --train --data "$WORK/sft-mlxlm-data" \
@@ -93,9 +113,5 @@ seconds = sum(d / r["tokens_per_second"] for d, r in zip(deltas, steady))
 print(f"{sum(deltas) / seconds:.1f} {max(r['peak_memory'] for r in reports):.3f}")
 PY
 )
-read -r host_tps host_pad <<<"$host_row"
 read -r mlx_tps mlx_peak <<<"$mlx_row"
-echo "| tool | real tokens/s (steps $((WARMUP + 1))-$STEPS) | padding | peak memory GB |"
-echo "|---|---|---|---|"
-echo "| host | $host_tps | $host_pad% | $host_peak |"
 echo "| mlx_lm.lora | $mlx_tps | (pads each batch to its longest row, +1 to a multiple of 32) | $mlx_peak |"

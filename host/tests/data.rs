@@ -244,7 +244,7 @@ fn preference_pairs_and_labelled_rows_supervise_their_completions_only() {
     let a = tokenize(&host::data::parse_row(r#"{"prompt": "2 + 2", "completion": "4", "label": true}"#).unwrap(), &t, Masking::Prompt, 512).unwrap();
     let b = tokenize(&host::data::parse_row(r#"{"prompt": "9 - 1", "completion": "seven", "label": false}"#).unwrap(), &t, Masking::Prompt, 512).unwrap();
     assert_eq!((a.label, b.label), (Some(true), Some(false)));
-    let batch = assemble(&[&a, &b], Some(&[&b, &a]), 8, 512);
+    let batch = assemble(&[&a, &b], Some(&[&b, &a]), 8, 512, None);
     assert_eq!(batch.labels.as_ref().unwrap().as_slice::<f32>(), &[1.0, 0.0]);
     let kl = batch.kl.as_ref().unwrap();
     let width = kl.inputs.shape()[1] as usize;

@@ -166,7 +166,7 @@ fn router_load_balancing_loss_matches_the_transformers_formula_on_mlx_lm_router_
         let m = load(&dir);
         let tokens = Array::from_slice(ids.as_flattened(), &[2, 9]);
         let mask = Array::from_slice(real.as_flattened(), &[2, 9]);
-        let (_, aux) = m.model.forward_routed(&tokens, None, Some(&mask)).unwrap();
+        let (_, aux) = m.model.forward_routed(&tokens, None, Some(&mask), None).unwrap();
         let ours = aux.expect("a sparse model has a router loss").item_exact::<f32>();
         let want: f64 = serde_json::from_slice(&python("router_aux_loss.py", &[dir.to_str().unwrap(), &format!("{ids:?}"), &format!("{real:?}")])).unwrap();
         eprintln!("{family:?}: router loss {ours} vs {want}");

@@ -75,15 +75,15 @@ fn adapters_off_reference_equals_a_separate_copy_of_the_base_model() {
     fixture::write(&dir.join("model"), Family::Llama, Preset::Tiny, 5).unwrap();
     let t = TextTokenizer::load(&dir.join("model")).unwrap();
     let items: Vec<Item> = PAIRS[..3].iter().map(|r| tokenize(&parse_row(r).unwrap(), &t, Masking::Prompt, 256).unwrap()).collect();
-    let batch = assemble(&items.iter().collect::<Vec<_>>(), None, 8, 256);
+    let batch = assemble(&items.iter().collect::<Vec<_>>(), None, 8, 256, None);
 
     let mut policy = adapted(&dir.join("model"));
     let mut scratch = float32(&dir.join("model"));
-    let off = ReferenceSource::AdaptersOff.logps(&mut policy, &batch.inputs, &batch.targets).unwrap();
-    let copy = ReferenceSource::Model(Box::new(float32(&dir.join("model")))).logps(&mut scratch, &batch.inputs, &batch.targets).unwrap();
+    let off = ReferenceSource::AdaptersOff.logps(&mut policy, &batch.inputs, &batch.targets, None).unwrap();
+    let copy = ReferenceSource::Model(Box::new(float32(&dir.join("model")))).logps(&mut scratch, &batch.inputs, &batch.targets, None).unwrap();
     assert!(max_diff(&values(&off), &values(&copy)) <= 1e-6, "{}", max_diff(&values(&off), &values(&copy)));
     // The adapters are back on afterwards: the policy itself differs from the reference.
-    let on = train::token_logps(&policy, &batch.inputs, &batch.targets).unwrap();
+    let on = train::token_logps(&policy, &batch.inputs, &batch.targets, None).unwrap();
     assert!(max_diff(&values(&on), &values(&off)) > 1e-3);
 }
 
@@ -112,16 +112,16 @@ fn precomputed_reference_log_probs_equal_live_ones_and_are_cached() {
     let indices = [4usize, 1, 5];
     let items: Vec<Item> = indices.iter().map(|&i| data.item(i, &t).unwrap()).collect();
     let partners: Vec<Item> = indices.iter().map(|&i| partner(&mut data, i, &t).unwrap()).collect();
-    let mut batch = assemble(&items.iter().collect::<Vec<_>>(), Some(&partners.iter().collect::<Vec<_>>()), 8, 256);
+    let mut batch = assemble(&items.iter().collect::<Vec<_>>(), Some(&partners.iter().collect::<Vec<_>>()), 8, 256, None);
     let (rows, kl) = table.rows(&indices, 1).unwrap();
     batch.set_reference(&rows);
     let kl_batch = batch.kl.as_deref_mut().unwrap();
     kl_batch.set_reference(&kl.unwrap());
     let masked = |a: &Array, mask: &Array| values(&a.multiply(mask).unwrap());
-    let live = source.logps(&mut policy, &batch.inputs, &batch.targets).unwrap();
+    let live = source.logps(&mut policy, &batch.inputs, &batch.targets, None).unwrap();
     assert!(max_diff(&masked(batch.reference.as_ref().unwrap(), &batch.mask), &masked(&live, &batch.mask)) <= 1e-5);
     let kl_batch = batch.kl.as_deref().unwrap();
-    let kl_live = source.logps(&mut policy, &kl_batch.inputs, &kl_batch.targets).unwrap();
+    let kl_live = source.logps(&mut policy, &kl_batch.inputs, &kl_batch.targets, None).unwrap();
     assert!(max_diff(&masked(kl_batch.reference.as_ref().unwrap(), &kl_batch.mask), &masked(&kl_live, &kl_batch.mask)) <= 1e-5);
 
     let again = ReferenceTable::build(&mut data, &t, &source, &mut policy, b"test", true, 4, 256, &mut *cache).unwrap();

@@ -250,6 +250,11 @@ impl RunConfig {
             rule(d.max_batch_tokens != Some(0), &["data", "max_batch_tokens"], "must be at least 1".into());
             rule(d.max_seq_length >= 2, &["data", "max_seq_length"], "must be at least 2".into());
             rule(d.pad_multiple >= 1, &["data", "pad_multiple"], "must be at least 1".into());
+            rule(
+                !(d.packing && d.max_batch_tokens.is_some()),
+                &["data", "max_batch_tokens"],
+                "with `packing` a batch is `batch_size` sequences of `max_seq_length` tokens; `max_batch_tokens` does not apply".into(),
+            );
             rule(d.train.is_file(), &["data", "train"], format!("{}: no such file", d.train.display()));
             if let Some(v) = &d.valid {
                 rule(v.is_file(), &["data", "valid"], format!("{}: no such file", v.display()));
@@ -424,6 +429,9 @@ impl RunConfig {
                 }
                 if d.max_batch_tokens.is_some() {
                     problems.push(source.problem(&["data", "max_batch_tokens"], format!("loss `{kind}` batches `batch_size` prompts × num_generations completions; `max_batch_tokens` does not apply")));
+                }
+                if d.packing {
+                    problems.push(source.problem(&["data", "packing"], format!("loss `{kind}` trains on its own rollouts, batched by prompt group; `packing` applies to dataset rows")));
                 }
                 if source.table.get("data").and_then(|d| d.get("cache")).is_some() {
                     problems.push(source.problem(&["data", "cache"], format!("loss `{kind}` reads prompts, tokenized at the start of the run; the data cache does not apply")));

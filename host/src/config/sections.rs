@@ -300,6 +300,10 @@ pub struct DataConfig {
     /// Batches are padded to a multiple of this many tokens (fewer shapes for the compiled step).
     #[serde(default = "DataConfig::default_pad_multiple")]
     pub pad_multiple: usize,
+    /// Padding-free batches: rows packed side by side into `batch_size` sequences of `max_seq_length` tokens
+    /// (rounded up to `pad_multiple`), attention confined to each row.
+    #[serde(default)]
+    pub packing: bool,
 }
 
 impl DataConfig {

@@ -308,3 +308,22 @@ kind = \"exact_answer\"
     let got: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(got, vec!["rollout", "reward"], "{err}");
 }
+
+#[test]
+fn packing_fixes_the_batch_and_applies_to_dataset_rows() {
+    let rows = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sft/train.jsonl").display().to_string();
+    let sft = format!("[optimizer]\nlr = 1e-3\n\n[data]\ntrain = \"{rows}\"\npacking = true\nmax_batch_tokens = 4096\n");
+    let err = load("packing", &sft, &[]).unwrap_err();
+    let got: Vec<(&str, &Location)> = err.problems.iter().map(|p| (p.path.as_str(), &p.location)).collect();
+    assert_eq!(got, vec![("data.max_batch_tokens", &Location::Text { line: 7, column: 1 })], "{err}");
+    assert!(load("packing", &sft.replace("max_batch_tokens = 4096\n", ""), &[]).unwrap().data.unwrap().packing);
+
+    let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/grpo/train.jsonl").display().to_string();
+    let grpo = format!(
+        "[optimizer]\nlr = 1e-3\n\n[data]\ntrain = \"{prompts}\"\npacking = true\n\n[loss]\nkind = \"grpo\"\n\n[rollout]\nmax_tokens = 32\n\n[[reward]]\nkind = \"exact_answer\"\n"
+    );
+    let err = load("packing", &grpo, &[]).unwrap_err();
+    let got: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(got, vec!["data.packing"], "{err}");
+    assert!(err.problems[0].message.contains("applies to dataset rows"), "{err}");
+}

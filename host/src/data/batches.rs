@@ -4,7 +4,10 @@
 
 use mlx_rs::Array;
 
-use super::{Example, Item};
+use super::{
+    packing::{collate_packed, footprint, PackInto, Packed},
+    Example, Item,
+};
 
 /// SplitMix64: a tiny deterministic generator for shuffles that must be identical on resume.
 pub struct SplitMix(u64);
@@ -74,21 +77,21 @@ pub fn plan_epoch(lengths: &[usize], size: BatchSize, seed: u64, epoch: u64) -> 
     batches
 }
 
-/// One padded batch, shifted for next-token prediction.
+/// One batch, shifted for next-token prediction: padded rows, or with `packed` rows packed side by side.
 pub struct Batch {
-    /// [B, T] int32 input ids.
+    /// [B, T] int32 input ids (packed: `[bins, width]`).
     pub inputs: Array,
-    /// [B, T] int32 target ids.
+    /// [B, T] int32 target ids (packed: `[bins, width]`).
     pub targets: Array,
     /// [B, T] float32, 1 where a target is supervised (never on padding).
     pub mask: Array,
     /// [B, T] float32, 1 at every non-padding input position (prompt included): what the routers' load
-    /// balancing averages over.
+    /// balancing averages over (packed: `[bins, width]`).
     pub real: Array,
     pub rows: usize,
     /// Non-padding input positions.
     pub real_tokens: usize,
-    /// Input positions including padding (B × T).
+    /// Input positions computed, padding included (B × T, or bins × width).
     pub padded_tokens: usize,
     pub supervised: usize,
     /// Preference pairs P: rows `[0, P)` are the chosen completions, `[P, 2P)` the rejected ones; 0 otherwise.
@@ -99,6 +102,8 @@ pub struct Batch {
     pub kl: Option<Box<Batch>>,
     /// `[B, T]` reference log-probs of the targets when they were computed before training.
     pub reference: Option<Array>,
+    /// The packed layout, with `[data] packing`.
+    pub packed: Option<Packed>,
 }
 
 impl Batch {
@@ -109,7 +114,7 @@ impl Batch {
 
     /// Attaches per-row reference log-probs (each row's targets, unpadded), padding them to the batch width.
     pub fn set_reference(&mut self, rows: &[&[f32]]) {
-        let width = self.inputs.shape()[1] as usize;
+        let width = self.mask.shape()[1] as usize;
         let mut values = vec![0f32; rows.len() * width];
         for (r, row) in rows.iter().enumerate() {
             let n = row.len().min(width);
@@ -120,11 +125,24 @@ impl Batch {
 }
 
 /// The batch of some items: their sequences (chosen ones first, then rejected ones, for pairs), their labels,
-/// and with `partners` (one per item) the mismatched prompt/completion sequences.
-pub fn assemble(items: &[&Item], partners: Option<&[&Item]>, pad_multiple: usize, max_len: usize) -> Batch {
+/// and with `partners` (one per item) the mismatched prompt/completion sequences. With `pack` the rows are
+/// packed, placed item by item in the given order, each row counted at its item's length (as the packing
+/// planner counted them).
+pub fn assemble(items: &[&Item], partners: Option<&[&Item]>, pad_multiple: usize, max_len: usize, pack: Option<PackInto>) -> Batch {
     let width = items.iter().map(|i| i.examples.len()).max().unwrap_or(1);
-    let examples: Vec<&Example> = (0..width).flat_map(|k| items.iter().filter_map(move |i| i.examples.get(k))).collect();
-    let mut batch = collate(&examples, pad_multiple, 0);
+    // Row r of example k of item i: k × items + i (only rows that exist).
+    let rows: Vec<(usize, usize)> = (0..width).flat_map(|k| items.iter().enumerate().filter(move |(_, i)| k < i.examples.len()).map(move |(i, _)| (k, i))).collect();
+    let examples: Vec<&Example> = rows.iter().map(|&(k, i)| &items[i].examples[k]).collect();
+    let mut batch = match pack {
+        None => collate(&examples, pad_multiple, 0),
+        Some(into) => {
+            let footprints: Vec<usize> = rows.iter().map(|&(_, i)| footprint(items[i].len())).collect();
+            let index_of = |k: usize, i: usize| rows.iter().position(|&r| r == (k, i));
+            let placement: Vec<usize> = (0..items.len()).flat_map(|i| (0..width).filter_map(move |k| index_of(k, i))).collect();
+            let placed_footprints: Vec<usize> = placement.iter().map(|&r| footprints[r]).collect();
+            collate_packed(&examples, &placement, &placed_footprints, into, pad_multiple, 0)
+        }
+    };
     if width == 2 {
         batch.pairs = items.len();
     }
@@ -134,7 +152,15 @@ pub fn assemble(items: &[&Item], partners: Option<&[&Item]>, pad_multiple: usize
     }
     if let Some(partners) = partners {
         let mismatched: Vec<Example> = items.iter().zip(partners).map(|(i, p)| i.examples[0].with_completion_of(&p.examples[0], max_len)).collect();
-        batch.kl = Some(Box::new(collate(&mismatched.iter().collect::<Vec<_>>(), pad_multiple, 0)));
+        let mismatched: Vec<&Example> = mismatched.iter().collect();
+        batch.kl = Some(Box::new(match pack {
+            None => collate(&mismatched, pad_multiple, 0),
+            Some(into) => {
+                let footprints: Vec<usize> = mismatched.iter().map(|e| footprint(e.tokens.len())).collect();
+                let placement: Vec<usize> = (0..mismatched.len()).collect();
+                collate_packed(&mismatched, &placement, &footprints, PackInto { bins: 1, ..into }, pad_multiple, 0)
+            }
+        }));
     }
     batch
 }
@@ -176,6 +202,7 @@ pub fn collate(examples: &[&Example], pad_multiple: usize, pad_id: u32) -> Batch
         labels: None,
         kl: None,
         reference: None,
+        packed: None,
     }
 }
 
@@ -231,14 +258,14 @@ mod tests {
         let ex = |tokens: Vec<u32>, prompt: usize| Example { supervised: (0..tokens.len()).map(|i| i >= prompt).collect(), tokens, truncated: false };
         let p1 = Item { examples: vec![ex(vec![1, 2, 3], 2), ex(vec![1, 2, 4, 5], 2)], label: None };
         let p2 = Item { examples: vec![ex(vec![6, 7], 1), ex(vec![6, 8], 1)], label: None };
-        let b = assemble(&[&p1, &p2], None, 1, 64);
+        let b = assemble(&[&p1, &p2], None, 1, 64, None);
         assert_eq!(b.pairs, 2);
         assert_eq!(b.inputs.as_slice::<i32>(), &[1, 2, 0, 6, 0, 0, 1, 2, 4, 6, 0, 0]);
         assert_eq!(b.units(), 2);
 
         let k1 = Item { examples: vec![ex(vec![1, 2, 3, 4], 2)], label: Some(true) };
         let k2 = Item { examples: vec![ex(vec![5, 6, 7], 1)], label: Some(false) };
-        let b = assemble(&[&k1, &k2], Some(&[&k2, &k1]), 1, 64);
+        let b = assemble(&[&k1, &k2], Some(&[&k2, &k1]), 1, 64, None);
         assert_eq!(b.labels.as_ref().unwrap().as_slice::<f32>(), &[1.0, 0.0]);
         let kl = b.kl.as_ref().unwrap();
         // Row 0: prompt [1, 2] + k2's completion [6, 7]; row 1: prompt [5] + k1's completion [3, 4].

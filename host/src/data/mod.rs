@@ -5,6 +5,7 @@
 mod batches;
 mod bytes;
 mod cache;
+mod packing;
 mod prompts;
 
 pub use cache::key as cache_key;
@@ -18,6 +19,7 @@ use thiserror::Error;
 
 pub use bytes::ByteReader;
 pub use batches::{assemble, collate, plan_epoch, Batch, BatchSize, SplitMix};
+pub use packing::{plan_packed_epoch, PackInto, Packed};
 pub use prompts::{render_prompt, PromptRow, PromptSet};
 pub use rows::{parse_prompt_row, parse_row, read_rows, Prompt, Reply, Row, RowShape, SourcedRow};
 pub use tokenize::{tokenize, Example, Item, Masking};

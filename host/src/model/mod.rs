@@ -14,6 +14,7 @@ mod load;
 mod mistral;
 mod mixtral;
 mod olmo2;
+mod packing;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -28,6 +29,7 @@ use mlx_rs::{error::Exception, macros::ModuleParameters, Array, Dtype};
 
 pub use args::{Activation, HfArgs, MoeConfig, MoeNames, NormPlacement, QkNorm, QuantizationPlan, RopeParams, TokenIds, TransformerConfig};
 pub use error::{Misshaped, ModelError, WeightMismatch};
+pub use packing::Segments;
 pub use load::{default_dtype, fingerprint, load, load_classifier, read_weights, LoadOptions, LoadedModel};
 pub use save::{save, save_parts};
 pub use transformer::{Attention, Decoder, Layer, Mlp};

@@ -12,6 +12,7 @@ use mlx_rs::{
 };
 
 use super::{
+    packing::Segments,
     args::{Activation, MoeNames, NormPlacement, QkNorm, TransformerConfig},
     QuantizeFn,
 };
@@ -192,8 +193,9 @@ impl Attention {
         }
     }
 
-    /// x: [B, L, hidden]. Without a cache the L tokens attend causally to each other from position 0.
-    pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
+    /// x: [B, L, hidden]. Without a cache the L tokens attend causally to each other from position 0, or
+    /// with `segments` within each packed row.
+    pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>, segments: Option<&Segments>) -> Result<Array, Exception> {
         let (b, l) = (x.shape()[0], x.shape()[1]);
         let (q, k, v) = self.project(x)?;
         let (q, k, q_norm, k_norm) = match (self.qk_norm_whole, &self.q_norm, &self.k_norm) {
@@ -225,13 +227,14 @@ impl Attention {
                 }
             }
             None => {
-                let mask = match self.window {
-                    Some(w) if l as usize > w => {
+                let mask = match (segments, self.window) {
+                    (Some(segments), window) => segments.mask(window)?,
+                    (None, Some(w)) if l as usize > w => {
                         let positions: Vec<usize> = (0..l as usize).collect();
                         AttentionMask::build(l as usize, &positions, 0, Some(w), 0, &[])?
                     }
-                    _ if l > 1 => AttentionMask::Causal,
-                    _ => AttentionMask::None,
+                    (None, _) if l > 1 => AttentionMask::Causal,
+                    (None, _) => AttentionMask::None,
                 };
                 match self.softcap {
                     Some(cap) => softcapped_attention(&q, &k, &v, scale, &mask, cap, self.kv_heads, sinks)?,
@@ -511,11 +514,18 @@ impl Layer {
     }
 
     pub fn forward(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>) -> Result<Array, Exception> {
-        Ok(self.forward_routed(x, cache, None)?.0)
+        Ok(self.forward_routed(x, cache, None, None)?.0)
     }
 
-    /// [`Layer::forward`], with a sparse block's routing statistics over `real` (see [`Mlp::forward_routed`]).
-    pub fn forward_routed(&self, x: &Array, cache: Option<&mut Box<dyn KvCache>>, real: Option<&Array>) -> Result<(Array, Option<RouterLoad>), Exception> {
+    /// [`Layer::forward`], with a sparse block's routing statistics over `real` (see [`Mlp::forward_routed`]),
+    /// and without a cache, attention within each packed row given `segments`.
+    pub fn forward_routed(
+        &self,
+        x: &Array,
+        cache: Option<&mut Box<dyn KvCache>>,
+        real: Option<&Array>,
+        segments: Option<&Segments>,
+    ) -> Result<(Array, Option<RouterLoad>), Exception> {
         // The multiplier in the activations' dtype, as mlx-lm's Python scalar: bf16 stays bf16.
         let residual = |x: &Array, r: Array| {
             if self.residual_multiplier == 1.0 {
@@ -530,17 +540,17 @@ impl Layer {
         };
         match self.norms {
             NormPlacement::Pre => {
-                let h = residual(x, self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache)?)?;
+                let h = residual(x, self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache, segments)?)?;
                 let (fed, load) = self.ffn()?.forward_routed(&self.post_attention_layernorm.forward(&h)?, real)?;
                 Ok((residual(&h, fed)?, load))
             }
             NormPlacement::Post => {
-                let h = residual(x, self.post_attention_layernorm.forward(&self.self_attn.forward(x, cache)?)?)?;
+                let h = residual(x, self.post_attention_layernorm.forward(&self.self_attn.forward(x, cache, segments)?)?)?;
                 let (fed, load) = self.ffn()?.forward_routed(&h, real)?;
                 Ok((residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &fed)?)?, load))
             }
             NormPlacement::Sandwich => {
-                let attended = self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache)?;
+                let attended = self.self_attn.forward(&apply(self.input_layernorm.as_ref(), x)?, cache, segments)?;
                 let h = residual(x, self.post_attention_layernorm.forward(&attended)?)?;
                 let (fed, load) = self.ffn()?.forward_routed(&apply(self.pre_feedforward_layernorm.as_ref(), &h)?, real)?;
                 Ok((residual(&h, apply(self.post_feedforward_layernorm.as_ref(), &fed)?)?, load))
@@ -550,20 +560,24 @@ impl Layer {
 
     /// [`Layer::forward`] without a cache, its activations recomputed in the backward pass. The layer's
     /// trainable parameters go in as inputs so their gradients flow through the checkpoint.
-    /// The real-token mask goes in as an input too, so the checkpoint holds no array of the outer graph.
-    pub fn forward_checkpointed(&self, x: &Array, real: Option<&Array>) -> Result<(Array, Option<RouterLoad>), Exception> {
+    /// The real-token mask and the segment ids go in as inputs too, so the checkpoint holds no array of the
+    /// outer graph.
+    pub fn forward_checkpointed(&self, x: &Array, real: Option<&Array>, segments: Option<&Segments>) -> Result<(Array, Option<RouterLoad>), Exception> {
         let params = self.trainable_parameters().flatten();
         let mut names: Vec<std::rc::Rc<str>> = params.keys().cloned().collect();
         names.sort();
         let mut inputs = vec![x.clone()];
         inputs.extend(real.cloned());
+        inputs.extend(segments.map(|s| s.ids().clone()));
+        let (has_real, has_segments) = (real.is_some(), segments.is_some());
         let first_param = inputs.len();
         inputs.extend(names.iter().map(|n| params[n].clone()));
         let mut layer = self.clone();
         let out = crate::nn::checkpointed(&inputs, move |args| {
             layer.update_flattened(names.iter().cloned().zip(args[first_param..].iter().cloned()).collect());
-            let real = (first_param == 2).then(|| &args[1]);
-            let (h, load) = layer.forward_routed(&args[0], None, real)?;
+            let real = has_real.then(|| &args[1]);
+            let segments = has_segments.then(|| Segments::new(args[1 + usize::from(has_real)].clone()));
+            let (h, load) = layer.forward_routed(&args[0], None, real, segments.as_ref())?;
             Ok(std::iter::once(h).chain(load.and_then(RouterLoad::layer_parts).into_iter().flatten()).collect())
         })?;
         let mut out = out.into_iter();
@@ -589,7 +603,7 @@ impl Decoder {
 
     /// Final hidden states [B, L, hidden] for token ids [B, L].
     pub fn forward(&self, tokens: &Array, caches: Option<&mut [Box<dyn KvCache>]>) -> Result<Array, Exception> {
-        Ok(self.forward_routed(tokens, caches, None)?.0)
+        Ok(self.forward_routed(tokens, caches, None, None)?.0)
     }
 
     /// Whether any layer has a sparse (mixture-of-experts) block.
@@ -598,8 +612,15 @@ impl Decoder {
     }
 
     /// [`Decoder::forward`], and given `real` (`[B, L]`, 1 at non-padding positions) the routers'
-    /// load-balancing loss over those positions (see [`RouterLoad`]); None without sparse layers.
-    pub fn forward_routed(&self, tokens: &Array, caches: Option<&mut [Box<dyn KvCache>]>, real: Option<&Array>) -> Result<(Array, Option<Array>), Exception> {
+    /// load-balancing loss over those positions (see [`RouterLoad`]); None without sparse layers. Without
+    /// caches, `segments` packs several rows into each sequence (see [`Segments`]).
+    pub fn forward_routed(
+        &self,
+        tokens: &Array,
+        caches: Option<&mut [Box<dyn KvCache>]>,
+        real: Option<&Array>,
+        segments: Option<&Segments>,
+    ) -> Result<(Array, Option<Array>), Exception> {
         let mut total: Option<RouterLoad> = None;
         let mut add = |load: Option<RouterLoad>| -> Result<(), Exception> {
             if let Some(load) = load {
@@ -620,7 +641,7 @@ impl Decoder {
                     return Err(Exception::custom(format!("{} caches for {} layers", caches.len(), self.layers.len())));
                 }
                 for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-                    let (next, load) = layer.forward_routed(&h, Some(cache), real)?;
+                    let (next, load) = layer.forward_routed(&h, Some(cache), real, None)?;
                     add(load)?;
                     h = next;
                 }
@@ -635,7 +656,7 @@ impl Decoder {
                 };
                 let end = first.saturating_add(self.checkpoint_layers);
                 for (i, layer) in self.layers.iter().enumerate() {
-                    let (next, load) = if (first..end).contains(&i) { layer.forward_checkpointed(&h, real)? } else { layer.forward_routed(&h, None, real)? };
+                    let (next, load) = if (first..end).contains(&i) { layer.forward_checkpointed(&h, real, segments)? } else { layer.forward_routed(&h, None, real, segments)? };
                     add(load)?;
                     h = next;
                 }

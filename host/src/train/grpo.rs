@@ -221,7 +221,7 @@ pub fn run(
         for b in &batches {
             // Rows when the loss averages per completion (grpo, or dr_grpo's fixed length), else completion tokens.
             let weight = needs.share(b.rows(), total_rows, b.trained_tokens(), trained_tokens);
-            stepper.micro(step_args(b, needs, first_pass)?, &b.real, weight)?;
+            stepper.micro(step_args(b, needs, first_pass)?, &b.real, None, weight)?;
             real += b.report.real_tokens;
             padded += b.report.padded_tokens;
         }
@@ -434,12 +434,12 @@ fn produce(
     let t = Instant::now();
     for b in &mut out {
         if let Some(source) = source {
-            let r = source.logps(model, &b.inputs, &b.targets)?;
+            let r = source.logps(model, &b.inputs, &b.targets, None)?;
             r.eval()?;
             b.reference = Some(r);
         }
         if cfg.num_iterations > 1 {
-            let old = step::token_logps(model, &b.inputs, &b.targets)?;
+            let old = step::token_logps(model, &b.inputs, &b.targets, None)?;
             old.eval()?;
             b.old_logps = Some(old);
         }

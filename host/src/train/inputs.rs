@@ -64,7 +64,7 @@ pub fn batch_arrays(b: &Batch, needs: Needs, model: &mut CausalLm, source: Optio
     let reference = |model: &mut CausalLm, batch: &Batch| -> Result<Array, TrainError> {
         match (&batch.reference, source) {
             (Some(r), _) => Ok(r.clone()),
-            (None, Some(source)) => Ok(source.logps(model, &batch.inputs, &batch.targets)?),
+            (None, Some(source)) => Ok(source.logps(model, &batch.inputs, &batch.targets, batch.packed.as_ref())?),
             (None, None) => Err(missing("reference log-probs")),
         }
     };
@@ -76,7 +76,7 @@ pub fn batch_arrays(b: &Batch, needs: Needs, model: &mut CausalLm, source: Optio
     }
     if needs.kl_pairs {
         let kl = b.kl.as_deref().ok_or_else(|| missing("mismatched pairs"))?;
-        let policy = token_logps(model, &kl.inputs, &kl.targets)?;
+        let policy = token_logps(model, &kl.inputs, &kl.targets, kl.packed.as_ref())?;
         policy.eval()?;
         out.push(policy);
         out.push(reference(model, kl)?);

@@ -92,8 +92,8 @@ pub fn plan(config: &RunConfig) -> Result<Plan, TrainError> {
     if mask == crate::data::Masking::Assistant {
         return Err(unsupported("mask = \"assistant\""));
     }
-    if data.skip_bad_rows || data.cache.kind != "disk" || data.pad_multiple != 32 || data.max_batch_tokens.is_some() {
-        return Err(unsupported("[data] skip_bad_rows, cache, pad_multiple or max_batch_tokens (mlx-lm tokenizes and batches its own way)"));
+    if data.skip_bad_rows || data.cache.kind != "disk" || data.pad_multiple != 32 || data.max_batch_tokens.is_some() || data.packing {
+        return Err(unsupported("[data] skip_bad_rows, cache, pad_multiple, max_batch_tokens or packing (mlx-lm tokenizes and batches its own way)"));
     }
     if t.max_grad_norm.is_some() || t.early_stopping_patience.is_some() || t.memory_budget_gb.is_some() || t.router_aux_loss_coef != 0.0 {
         return Err(unsupported("max_grad_norm, early_stopping_patience, memory_budget_gb or router_aux_loss_coef"));

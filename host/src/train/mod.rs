@@ -8,6 +8,8 @@ pub mod memory;
 mod metrics;
 pub mod mlx_lm;
 mod optimizer;
+#[cfg(test)]
+mod packing_tests;
 pub mod plot;
 pub mod reference;
 pub mod reward_model;
@@ -41,7 +43,7 @@ use reference::{partner, ReferenceSource, ReferenceTable};
 
 use crate::{
     config::{Backend, ReferenceMode, RunConfig},
-    data::{assemble, plan_epoch, Batch, BatchSize, DataError, DataOptions, Dataset, Item},
+    data::{assemble, plan_epoch, plan_packed_epoch, Batch, BatchSize, DataError, DataOptions, Dataset, Item, PackInto},
     lora::{self, LoraError},
     model::{self, hub, LoadOptions, ModelError},
     plugins::{Registry, RegistryError},
@@ -148,6 +150,18 @@ struct Batching<'t> {
     max_len: usize,
     kl_pairs: bool,
     table: Option<&'t ReferenceTable>,
+    /// With `[data] packing`: what each batch is packed into, and how many rows an item has (2 for pairs).
+    pack: Option<(PackInto, usize)>,
+}
+
+impl Batching<'_> {
+    /// One epoch's batches of dataset entries.
+    fn plan(&self, lengths: &[usize], size: BatchSize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+        match self.pack {
+            Some((into, rows_per_item)) => plan_packed_epoch(lengths, rows_per_item, into, seed, epoch),
+            None => plan_epoch(lengths, size, seed, epoch),
+        }
+    }
 }
 
 /// The batch of these dataset entries, with precomputed reference log-probs when there is a table; `None`
@@ -167,7 +181,7 @@ fn build_batch(dataset: &mut Dataset, t: &TextTokenizer, indices: &[usize], how:
     }
     let items: Vec<&Item> = present.iter().map(|(_, item)| item).collect();
     let partner_refs: Vec<&Item> = partners.iter().collect();
-    let mut batch = assemble(&items, how.kl_pairs.then_some(&partner_refs[..]), how.pad_multiple, how.max_len);
+    let mut batch = assemble(&items, how.kl_pairs.then_some(&partner_refs[..]), how.pad_multiple, how.max_len, how.pack.map(|(into, _)| into));
     if let Some(table) = how.table {
         let indices: Vec<usize> = present.iter().map(|(i, _)| *i).collect();
         let missing = || TrainError::Config(format!("{}: a row has no precomputed reference log-probs", dataset.path().display()));
@@ -194,7 +208,7 @@ struct Feeder<'a> {
 
 impl<'a> Feeder<'a> {
     fn new(dataset: &'a mut Dataset, tokenizer: &'a TextTokenizer, batch_size: BatchSize, how: Batching<'a>, seed: u64, epoch: u64, position: usize) -> Self {
-        let plan = plan_epoch(dataset.lengths(), batch_size, seed, epoch);
+        let plan = how.plan(dataset.lengths(), batch_size, seed, epoch);
         Feeder { dataset, tokenizer, batch_size, how, seed, epoch, position, plan }
     }
 
@@ -203,7 +217,7 @@ impl<'a> Feeder<'a> {
             if self.position >= self.plan.len() {
                 self.epoch += 1;
                 self.position = 0;
-                self.plan = plan_epoch(self.dataset.lengths(), self.batch_size, self.seed, self.epoch);
+                self.plan = self.how.plan(self.dataset.lengths(), self.batch_size, self.seed, self.epoch);
             }
             let indices = self.plan[self.position].clone();
             self.position += 1;
@@ -233,7 +247,7 @@ fn evaluate(model: &mut crate::model::CausalLm, loss: &dyn Loss, needs: Needs, s
     let key = mlx_rs::random::key(0)?;
     for b in batches {
         let args = batch_arrays(b, needs, model, source)?;
-        let logps = token_logps(model, &args[0], &args[1])?;
+        let logps = token_logps(model, &args[0], &args[1], b.packed.as_ref())?;
         let mut old = None;
         let inputs = loss_inputs(needs, &args, &logps, needs.rng.then_some(&key), &mut old)?;
         let out = loss.forward(&inputs).map_err(|e| TrainError::Mlx(e.to_string()))?;
@@ -337,10 +351,15 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         other => other,
     };
     let batch_size = BatchSize { rows: data_cfg.batch_size, max_tokens: data_cfg.max_batch_tokens };
-    let batching = |table| Batching { pad_multiple: data_cfg.pad_multiple, max_len: data_cfg.max_seq_length, kl_pairs: needs.kl_pairs, table };
+    // Packed sequences hold a longest row: `max_seq_length` tokens, rounded up for the fused kernels' shapes.
+    let pack = data_cfg.packing.then(|| {
+        let width = data_cfg.max_seq_length.div_ceil(data_cfg.pad_multiple.max(1)) * data_cfg.pad_multiple.max(1);
+        (PackInto { bins: data_cfg.batch_size, width }, if needs.pairs { 2 } else { 1 })
+    });
+    let batching = |table| Batching { pad_multiple: data_cfg.pad_multiple, max_len: data_cfg.max_seq_length, kl_pairs: needs.kl_pairs, table, pack };
     let valid_batches: Vec<Batch> = match &mut valid_set {
         Some(valid) => {
-            let mut plan = plan_epoch(valid.lengths(), batch_size, train_cfg.seed, 0);
+            let mut plan = batching(None).plan(valid.lengths(), batch_size, train_cfg.seed, 0);
             if let Some(n) = train_cfg.eval_batches {
                 plan.truncate(n);
             }
@@ -359,7 +378,10 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         Some(budget) => data_cfg.batch_size.min((budget / longest.max(1)).max(1)),
         None => data_cfg.batch_size,
     };
-    session::set_checkpointing(config, &mut model, &tuning, batch_rows * if needs.pairs { 2 } else { 1 }, longest);
+    match pack {
+        Some((into, _)) => session::set_checkpointing(config, &mut model, &tuning, into.bins, into.width),
+        None => session::set_checkpointing(config, &mut model, &tuning, batch_rows * if needs.pairs { 2 } else { 1 }, longest),
+    }
 
     let (schedule, schedule_ctx) = config.build_schedule(registry)?;
     let (optimizer, rng, mut state) = session::start_state(config, &mut model, &tuning, resume)?;
@@ -401,7 +423,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         for b in &micro_batches.batches {
             let weight = micro_batches.weight(b, needs);
             let args = batch_arrays(b, needs, &mut stepper.ts.0, source.as_ref())?;
-            stepper.micro(args, &b.real, weight)?;
+            stepper.micro(args, &b.real, b.packed.as_ref(), weight)?;
             real += b.real_tokens;
             padded += b.padded_tokens;
         }

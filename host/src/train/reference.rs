@@ -8,7 +8,7 @@ use sdk::DataCachePolicy;
 
 use super::{step::token_logps, TrainError};
 use crate::{
-    data::{assemble, cache_key, plan_epoch, BatchSize, Dataset, Item},
+    data::{assemble, cache_key, plan_epoch, BatchSize, Dataset, Item, Packed},
     lora,
     model::CausalLm,
     text::TextTokenizer,
@@ -24,16 +24,17 @@ pub enum ReferenceSource {
 }
 
 impl ReferenceSource {
-    /// `[B, T]` reference log-probs of the targets, evaluated (they carry no gradient).
-    pub fn logps(&self, policy: &mut CausalLm, inputs: &Array, targets: &Array) -> Result<Array, Exception> {
+    /// `[B, T]` reference log-probs of the targets, evaluated (they carry no gradient); packed inputs and
+    /// targets given their layout.
+    pub fn logps(&self, policy: &mut CausalLm, inputs: &Array, targets: &Array, packed: Option<&Packed>) -> Result<Array, Exception> {
         let out = match self {
             ReferenceSource::AdaptersOff => {
                 lora::set_enabled(policy, false);
-                let out = token_logps(policy, inputs, targets).and_then(|o| o.eval().map(|()| o));
+                let out = token_logps(policy, inputs, targets, packed).and_then(|o| o.eval().map(|()| o));
                 lora::set_enabled(policy, true);
                 out?
             }
-            ReferenceSource::Model(m) => token_logps(m, inputs, targets)?,
+            ReferenceSource::Model(m) => token_logps(m, inputs, targets, packed)?,
         };
         out.eval()?;
         Ok(out)
@@ -111,8 +112,8 @@ impl ReferenceTable {
             }
             let refs: Vec<&Item> = present.iter().map(|(_, item)| item).collect();
             let partner_refs: Vec<&Item> = partners.iter().collect();
-            let batch = assemble(&refs, kl_pairs.then_some(&partner_refs[..]), 1, max_len);
-            let logps = source.logps(policy, &batch.inputs, &batch.targets)?;
+            let batch = assemble(&refs, kl_pairs.then_some(&partner_refs[..]), 1, max_len, None);
+            let logps = source.logps(policy, &batch.inputs, &batch.targets, None)?;
             // Batch rows are the items' first sequences, then their second ones (pairs).
             let sequences = refs[0].examples.len();
             let lengths: Vec<usize> = (0..sequences).flat_map(|k| refs.iter().map(move |item| item.examples[k].tokens.len())).collect();
@@ -120,7 +121,7 @@ impl ReferenceTable {
             let kl_rows = match &batch.kl {
                 Some(kl) => {
                     let lengths: Vec<usize> = refs.iter().zip(&partners).map(|(item, p)| item.examples[0].with_completion_of(&p.examples[0], max_len).tokens.len()).collect();
-                    Some(split_rows(&source.logps(policy, &kl.inputs, &kl.targets)?, &lengths)?)
+                    Some(split_rows(&source.logps(policy, &kl.inputs, &kl.targets, None)?, &lengths)?)
                 }
                 None => None,
             };

@@ -25,7 +25,11 @@ use super::{
     inputs::{loss_inputs, Needs},
     step::{self, head_logps, MicroArgs, TrainState},
 };
-use crate::{lora, model::CausalLm};
+use crate::{
+    data::Packed,
+    lora,
+    model::{CausalLm, Segments},
+};
 
 /// Trainable parameters the head reads (an adapted `lm_head`, trained embeddings), sorted by name.
 fn head_parameters(model: &CausalLm) -> Vec<(Rc<str>, Array)> {
@@ -47,14 +51,16 @@ pub fn micro_split(
     dropout: bool,
     entropy: bool,
     router_coef: Option<f32>,
+    packed: bool,
     metric_names: Rc<RefCell<Vec<String>>>,
     chunk: usize,
 ) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
     move |(model, (_, (_, (grads, rng)))), args| {
-        let MicroArgs { weight, view, loss_key, real } = MicroArgs::take(args, needs, dropout, router_coef.is_some(), model, rng)?;
+        let MicroArgs { weight, view, loss_key, real, packed } = MicroArgs::take(args, needs, dropout, router_coef.is_some(), packed, model, rng)?;
+        let segments = packed.as_ref().map(|p| Segments::new(p.segments.clone()));
 
-        // (1) Hidden states, without a gradient graph.
-        let hidden = mlx_rs::stop_gradient(&model.model.forward(&view[0], None)?)?;
+        // (1) Hidden states, without a gradient graph (packed sequences stay packed up to the loss).
+        let hidden = mlx_rs::stop_gradient(&model.model.forward_routed(&view[0], None, None, segments.as_ref())?.0)?;
         hidden.eval()?;
         let s = hidden.shape().to_vec();
         let (b, t, h) = (s[0], s[1], s[2]);
@@ -77,9 +83,11 @@ pub fn micro_split(
         let names = metric_names.clone();
         let loss = loss.clone();
         let loss_view = view.clone();
+        let layout = packed.as_ref().map(|p| Packed { segments: p.segments.clone(), gather: p.gather.clone() });
         let f = move |a: &[Array]| -> Result<Vec<Array>, Exception> {
             let mut old = None;
-            let inputs = loss_inputs(needs, &loss_view, &a[0], loss_key.as_ref(), &mut old)?;
+            let rows = step::unpack(&a[0], layout.as_ref())?;
+            let inputs = loss_inputs(needs, &loss_view, &rows, loss_key.as_ref(), &mut old)?;
             let out = loss.forward(&inputs).map_err(|e| Exception::custom(e.to_string()))?;
             *names.borrow_mut() = out.metrics.iter().map(|(n, _)| n.clone()).collect();
             Ok(std::iter::once(out.loss).chain(out.metrics.into_iter().map(|(_, a)| a)).collect())
@@ -88,7 +96,7 @@ pub fn micro_split(
         let g_logps = g.into_iter().next().ok_or_else(|| Exception::custom("no gradient for the log-probs"))?.reshape(&[1, b * t])?;
         g_logps.eval()?;
         if entropy {
-            let h_all = ops::concatenate(&entropies, 1)?.reshape(&[b, t])?;
+            let h_all = step::unpack(&ops::concatenate(&entropies, 1)?.reshape(&[b, t])?, packed.as_ref())?;
             let mask = &view[2];
             let tokens = ops::maximum(mask.sum(None)?, Array::from_f32(1.0))?;
             values.push(h_all.multiply(mask)?.sum(None)?.divide(&tokens)?);
@@ -128,7 +136,7 @@ pub fn micro_split(
         // computes).
         let inputs = view[0].clone();
         let surrogate = move |m: &mut CausalLm, _: &[Array]| -> Result<Vec<Array>, Exception> {
-            let (h, router_loss) = m.model.forward_routed(&inputs, None, real.as_ref())?;
+            let (h, router_loss) = m.model.forward_routed(&inputs, None, real.as_ref(), segments.as_ref())?;
             let mut out = vec![h.multiply(&dh)?.sum(None)?];
             if let Some(coef) = router_coef {
                 let aux = router_loss.ok_or_else(|| Exception::custom("router_aux_loss_coef is set but the model has no router"))?;
@@ -199,8 +207,8 @@ mod tests {
             args.push(Array::from_slice(&[1f32, 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0.], &[2, 9]));
         }
         let values = match split {
-            Some(chunk) => micro_split(loss, needs, false, entropy, router, names, chunk)(&mut ts, &args).unwrap(),
-            None => step::micro(loss, needs, false, entropy, router, names)(&mut ts, &args).unwrap(),
+            Some(chunk) => micro_split(loss, needs, false, entropy, router, false, names, chunk)(&mut ts, &args).unwrap(),
+            None => step::micro(loss, needs, false, entropy, router, false, names)(&mut ts, &args).unwrap(),
         };
         let (n, v) = ts.1 .1 .1 .0.values();
         let grads = n.iter().zip(v).map(|(n, v)| (n.to_string(), v.as_dtype(Dtype::Float32).unwrap().to_vec_exact::<f32>().unwrap())).collect();

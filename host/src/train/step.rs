@@ -20,11 +20,25 @@ use super::{
     inputs::{loss_inputs, Needs},
     optimizer::TrainOptimizer,
 };
-use crate::{lora, model::CausalLm, optim::LearningRate};
+use crate::{
+    data::Packed,
+    lora,
+    model::{CausalLm, Segments},
+    optim::LearningRate,
+};
 
-/// log p(target) for each position: `[B, T]`, in float32 whatever the model's dtype.
-pub fn token_logps(model: &CausalLm, inputs: &Array, targets: &Array) -> Result<Array, Exception> {
-    Ok(logps_and_entropy(model, inputs, targets, false)?.0)
+/// log p(target) for each position: `[B, T]`, in float32 whatever the model's dtype. With `packed`, inputs
+/// and targets are packed sequences and the log-probs come back in its row layout.
+pub fn token_logps(model: &CausalLm, inputs: &Array, targets: &Array, packed: Option<&Packed>) -> Result<Array, Exception> {
+    Ok(logps_and_entropy(model, inputs, targets, false, packed)?.0)
+}
+
+/// Per-position values of packed sequences (`[bins, width]`) in the batch's row layout `[B, T]`.
+pub fn unpack(values: &Array, packed: Option<&Packed>) -> Result<Array, Exception> {
+    match packed {
+        Some(p) => values.flatten(None, None)?.take(&p.gather),
+        None => Ok(values.clone()),
+    }
 }
 
 /// Float32 logits of at most this many elements exist at once (256 MB): a 262,144-token vocabulary over
@@ -32,8 +46,8 @@ pub fn token_logps(model: &CausalLm, inputs: &Array, targets: &Array) -> Result<
 pub const LOGIT_CHUNK_ELEMENTS: usize = 1 << 26;
 
 /// [`token_logps`], and with `entropy` also each position's predictive entropy −Σ p log p (`[B, T]`).
-pub fn logps_and_entropy(model: &CausalLm, inputs: &Array, targets: &Array, entropy: bool) -> Result<(Array, Option<Array>), Exception> {
-    let (logps, h, _) = logps_entropy_and_router_loss(model, inputs, targets, entropy, None)?;
+pub fn logps_and_entropy(model: &CausalLm, inputs: &Array, targets: &Array, entropy: bool, packed: Option<&Packed>) -> Result<(Array, Option<Array>), Exception> {
+    let (logps, h, _) = logps_entropy_and_router_loss(model, inputs, targets, entropy, None, packed)?;
     Ok((logps, h))
 }
 
@@ -45,11 +59,13 @@ pub fn logps_entropy_and_router_loss(
     targets: &Array,
     entropy: bool,
     real: Option<&Array>,
+    packed: Option<&Packed>,
 ) -> Result<(Array, Option<Array>, Option<Array>), Exception> {
-    let (hidden, router_loss) = model.model.forward_routed(inputs, None, real)?;
+    let segments = packed.map(|p| Segments::new(p.segments.clone()));
+    let (hidden, router_loss) = model.model.forward_routed(inputs, None, real, segments.as_ref())?;
     let chunk = (LOGIT_CHUNK_ELEMENTS / model.config.vocab_size.max(1) as usize).max(1);
     let (logps, h) = logps_from_hidden(model, &hidden, targets, entropy, chunk)?;
-    Ok((logps, h, router_loss))
+    Ok((unpack(&logps, packed)?, h.map(|h| unpack(&h, packed)).transpose()?, router_loss))
 }
 
 /// Adds `coef` × the router loss to the step's loss (`values[0]`) and the unscaled router loss to its metrics,
@@ -179,7 +195,8 @@ impl Updatable for GradBuffer {
 pub type TrainState = (CausalLm, (TrainOptimizer, (LearningRate, (GradBuffer, RandomState))));
 
 /// Micro-step. Args: inputs, targets, mask, weight (this micro-batch's share of the step), then the
-/// loss's optional inputs (see [`super::inputs`]), and last, with `router_coef`, the real-token mask. Returns
+/// loss's optional inputs (see [`super::inputs`]), with `router_coef` the real-token mask, and last, with
+/// `packed`, the packed layout's segment ids and gather indices (see [`Packed`]). Returns
 /// the loss followed by the loss plugin's metrics (their names land in `metric_names` when traced), with
 /// `entropy` the mean predictive entropy over the mask, named `entropy`, and with `router_coef` the routers'
 /// load-balancing loss (added to the loss times the coefficient), named `router_aux_loss`.
@@ -192,15 +209,16 @@ pub fn micro(
     dropout: bool,
     entropy: bool,
     router_coef: Option<f32>,
+    packed: bool,
     metric_names: Rc<RefCell<Vec<String>>>,
 ) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
     move |(model, (_, (_, (grads, rng)))), args| {
-        let MicroArgs { weight, view, loss_key, real } = MicroArgs::take(args, needs, dropout, router_coef.is_some(), model, rng)?;
+        let MicroArgs { weight, view, loss_key, real, packed } = MicroArgs::take(args, needs, dropout, router_coef.is_some(), packed, model, rng)?;
         let weight = &weight;
         let loss = loss.clone();
         let names = metric_names.clone();
         let f = move |m: &mut CausalLm, view: &[Array]| -> Result<Vec<Array>, Exception> {
-            let (logps, h, router_loss) = logps_entropy_and_router_loss(m, &view[0], &view[1], entropy, real.as_ref())?;
+            let (logps, h, router_loss) = logps_entropy_and_router_loss(m, &view[0], &view[1], entropy, real.as_ref(), packed.as_ref())?;
             let mut old = None;
             let inputs = loss_inputs(needs, view, &logps, loss_key.as_ref(), &mut old)?;
             let out = loss.forward(&inputs).map_err(|e| Exception::custom(e.to_string()))?;
@@ -230,17 +248,23 @@ pub fn micro(
 }
 
 /// A micro-step's arguments taken apart: its weight, the rest (`view`: inputs, targets, mask, the loss's
-/// inputs), this step's PRNG draws (the dropout key is set on the model's adapters; the loss's key kept), and
-/// with `routed` the real-token mask (the last argument).
+/// inputs), this step's PRNG draws (the dropout key is set on the model's adapters; the loss's key kept),
+/// with `routed` the real-token mask, and with `packed` the packed layout (the last two arguments).
 pub(super) struct MicroArgs {
     pub weight: Array,
     pub view: Vec<Array>,
     pub loss_key: Option<Array>,
     pub real: Option<Array>,
+    pub packed: Option<Packed>,
 }
 
 impl MicroArgs {
-    pub fn take(args: &[Array], needs: Needs, dropout: bool, routed: bool, model: &mut CausalLm, rng: &mut RandomState) -> Result<MicroArgs, Exception> {
+    pub fn take(args: &[Array], needs: Needs, dropout: bool, routed: bool, packed: bool, model: &mut CausalLm, rng: &mut RandomState) -> Result<MicroArgs, Exception> {
+        let (args, packed) = match (packed, args.len().checked_sub(2)) {
+            (true, Some(n)) => (&args[..n], Some(Packed { segments: args[n].clone(), gather: args[n + 1].clone() })),
+            (true, None) => return Err(Exception::custom("a packed micro step takes the segment ids and gather indices last")),
+            (false, _) => (args, None),
+        };
         let (args, real) = match (routed, args.split_last()) {
             (true, Some((real, rest))) => (rest, Some(real.clone())),
             _ => (args, None),
@@ -254,7 +278,7 @@ impl MicroArgs {
             lora::set_dropout_key(model, Some(&key))?;
         }
         let loss_key = if needs.rng { Some(rng.next_key()?) } else { None };
-        Ok(MicroArgs { weight: args[3].clone(), view, loss_key, real })
+        Ok(MicroArgs { weight: args[3].clone(), view, loss_key, real, packed })
     }
 }
 

@@ -10,6 +10,7 @@ use sdk::Loss;
 use super::{inputs::Needs, scalar, session, split_head, step, tuning::Tuning, GradBuffer, TrainError, TrainOptimizer, TrainState, TrainerState};
 use crate::{
     config::{RunConfig, SplitHead},
+    data::Packed,
     model::CausalLm,
     optim::LearningRate,
 };
@@ -41,6 +42,8 @@ pub struct Stepper {
     vocab: usize,
     /// The router loss is on: micro-batches carry their real-token mask.
     routed: bool,
+    /// `[data] packing`: micro-batches carry their packed layout.
+    packed: bool,
     apply: StepFn,
     loss: f64,
     metrics: Vec<f64>,
@@ -61,14 +64,15 @@ impl Stepper {
             return Err(TrainError::Config("[train] router_aux_loss_coef: the model has no mixture-of-experts layers, so there is no router to balance".into()));
         }
         let chunk = (SPLIT_CHUNK_ELEMENTS / vocab.max(1)).max(1);
-        let split = Box::new(split_head::micro_split(loss.clone(), needs, dropout, entropy, router_coef, metric_names.clone(), chunk));
-        let micro = step::micro(loss, needs, dropout, entropy, router_coef, metric_names.clone());
+        let packed = config.data.as_ref().is_some_and(|d| d.packing);
+        let split = Box::new(split_head::micro_split(loss.clone(), needs, dropout, entropy, router_coef, packed, metric_names.clone(), chunk));
+        let micro = step::micro(loss, needs, dropout, entropy, router_coef, packed, metric_names.clone());
         let (micro, apply): (StepFn, StepFn) = if compiled {
             (Box::new(compile_with_state(micro, None)), Box::new(compile_with_state(step::apply(max_norm), None)))
         } else {
             (Box::new(micro), Box::new(step::apply(max_norm)))
         };
-        Ok(Stepper { ts, metric_names, micro, split, split_head: config.train.split_head, vocab, routed: router_coef.is_some(), apply, loss: 0.0, metrics: Vec::new() })
+        Ok(Stepper { ts, metric_names, micro, split, split_head: config.train.split_head, vocab, routed: router_coef.is_some(), packed, apply, loss: 0.0, metrics: Vec::new() })
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -76,11 +80,16 @@ impl Stepper {
     }
 
     /// One micro-batch: `args` are inputs, targets, mask and the loss's inputs (see [`super::inputs`]);
-    /// `real` marks its non-padding inputs; `weight` is its share of the step.
-    pub fn micro(&mut self, mut args: Vec<Array>, real: &Array, weight: f32) -> Result<(), TrainError> {
+    /// `real` marks its non-padding inputs; `packed` is its layout when packed; `weight` is its share of the step.
+    pub fn micro(&mut self, mut args: Vec<Array>, real: &Array, packed: Option<&Packed>, weight: f32) -> Result<(), TrainError> {
         args.insert(3, Array::from_f32(weight));
         if self.routed {
             args.push(real.clone());
+        }
+        match (self.packed, packed) {
+            (true, Some(p)) => args.extend([p.segments.clone(), p.gather.clone()]),
+            (false, None) => {}
+            (expected, _) => return Err(TrainError::Config(format!("a micro-batch {} packed but the step {} packed ones", if expected { "is not" } else { "is" }, if expected { "takes" } else { "does not take" }))),
         }
         let logits = args[0].size() * self.vocab;
         let split = splits(self.split_head, logits);
