@@ -325,3 +325,22 @@ fn a_bfloat16_model_trains_compiled_with_float32_adapters() {
     let saved = Array::load_safetensors(dir.join("run/adapters.safetensors")).unwrap();
     assert!(!saved.is_empty() && saved.values().all(|a| a.dtype() == Dtype::Float32));
 }
+
+#[test]
+fn full_fine_tuning_keeps_bfloat16_weights_bfloat16_in_the_compiled_step() {
+    // The update is computed in float32 (float32 gradients and moments) and each weight rounded back to its
+    // dtype: the compiled apply step's state layout never changes, and the saved model stays bfloat16.
+    let (path, dir) = config("bf16-full", "mode = \"full\"");
+    let text = std::fs::read_to_string(&path).unwrap().replace("[lora]\nrank = 4\nscale = 10.0\ndropout = 0.1\n", "");
+    std::fs::write(&path, text).unwrap();
+    let (cfg, registry) = load(&path, &["model.dtype=\"bfloat16\"", "train.steps=3", "train.eval_every=3", "train.save_every=3", "optimizer.lr=1e-2"]);
+    assert!(cfg.train.compile);
+    let outcome = train::run(&cfg, &registry, None).unwrap();
+    assert_eq!(outcome.steps, 3);
+    assert!(losses(&dir.join("run")).iter().all(|l| l.is_finite()));
+    let saved = Array::load_safetensors(dir.join("run/model.safetensors")).unwrap();
+    let base = Array::load_safetensors(dir.join("model/model.safetensors")).unwrap();
+    assert!(!saved.is_empty() && saved.values().all(|a| a.dtype() == Dtype::Bfloat16));
+    let moved = saved.iter().filter(|(k, v)| base[k.as_str()].as_dtype(Dtype::Bfloat16).unwrap().as_slice::<half::bf16>() != v.as_slice::<half::bf16>()).count();
+    assert!(moved * 2 > saved.len(), "{moved} of {} weights changed", saved.len());
+}

@@ -9,7 +9,7 @@ use mlx_rs::{
     module::{FlattenedModuleParam, ModuleParameters},
     optimizers::{Adafactor, AdafactorBuilder, Adam, AdamBuilder, AdamW, AdamWBuilder, Optimizer, OptimizerState, State},
     utils::{StateProjection, Updatable},
-    Array,
+    Array, Dtype,
 };
 
 use crate::config::{OptimizerConfig, OptimizerKind};
@@ -75,6 +75,14 @@ impl Updatable for TrainOptimizer {
     }
 }
 
+/// The dtype of a parameter's gradient accumulator and optimizer moments: float32 for half-precision weights.
+pub fn moment_dtype(parameter: Dtype) -> Dtype {
+    match parameter {
+        Dtype::Bfloat16 | Dtype::Float16 => Dtype::Float32,
+        other => other,
+    }
+}
+
 fn flatten<S: OptimizerState>(state: &mut S) -> Result<Vec<(String, Array)>, Exception> {
     Ok(state.flatten()?.into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
 }
@@ -133,20 +141,36 @@ impl TrainOptimizer {
         }
     }
 
+    /// Updates the trainable parameters, each keeping its dtype: the update is computed in float32 (moments
+    /// and gradients are float32) and a bfloat16 weight is rounded back to bfloat16, as MLX's own optimizers
+    /// keep a parameter's dtype (a compiled step's state layout must not change either).
     pub fn update<M: ModuleParameters>(&mut self, model: &mut M, grads: &FlattenedModuleParam) -> Result<(), Exception> {
+        let dtypes: HashMap<Rc<str>, Dtype> = model.trainable_parameters().flatten().into_iter().map(|(k, v)| (k, v.dtype())).collect();
         match self {
-            TrainOptimizer::AdamW(o) => o.update(model, grads),
-            TrainOptimizer::Adam(o) => o.update(model, grads),
-            TrainOptimizer::Sgd(o) => o.update(model, grads),
-            TrainOptimizer::Adafactor(o) => o.update(model, grads),
+            TrainOptimizer::AdamW(o) => o.update(model, grads)?,
+            TrainOptimizer::Adam(o) => o.update(model, grads)?,
+            TrainOptimizer::Sgd(o) => o.update(model, grads)?,
+            TrainOptimizer::Adafactor(o) => o.update(model, grads)?,
         }
+        let mut restored = FlattenedModuleParam::new();
+        for (k, v) in model.trainable_parameters().flatten() {
+            if let Some(&dtype) = dtypes.get(&k).filter(|&&d| d != v.dtype()) {
+                restored.insert(k, v.as_dtype(dtype)?);
+            }
+        }
+        if !restored.is_empty() {
+            model.update_flattened(restored);
+        }
+        Ok(())
     }
 
     /// Gives every trainable parameter its (zero) state now rather than at its first update, so the compiled
     /// steps see one state layout from the start. Numerically the same as lazily created state.
     pub fn init_state<M: ModuleParameters>(&mut self, model: &M) -> Result<(), Exception> {
         let params = model.trainable_parameters().flatten();
-        let zeros = |a: &Array| mlx_rs::ops::zeros_like(a);
+        // Float32 whatever the weight's dtype: bfloat16 moments lose the small updates (and the float32
+        // gradients would promote them after the first step).
+        let zeros = |a: &Array| mlx_rs::ops::zeros_dtype(a.shape(), moment_dtype(a.dtype()));
         match self {
             TrainOptimizer::AdamW(o) if o.state.is_empty() => {
                 for (k, p) in &params {

@@ -144,7 +144,9 @@ impl GradBuffer {
         let params = model.trainable_parameters().flatten();
         let mut names: Vec<Rc<str>> = params.keys().cloned().collect();
         names.sort();
-        let values = names.iter().map(|n| ops::zeros_like(params[n])).collect::<Result<_, _>>()?;
+        // Float32 for half-precision weights: micro-batch gradients summed in bfloat16 lose low bits, and
+        // the float32 weights would promote the buffer after its first micro-batch.
+        let values = names.iter().map(|n| ops::zeros_dtype(params[n].shape(), super::optimizer::moment_dtype(params[n].dtype()))).collect::<Result<_, _>>()?;
         Ok(GradBuffer { names, values })
     }
 
