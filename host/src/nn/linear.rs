@@ -65,7 +65,7 @@ impl Adapter {
             Some(key) if self.dropout > 0.0 => {
                 let keep = 1.0 - self.dropout;
                 let mask = random::bernoulli(&Array::from_f32(keep), x.shape(), key)?;
-                ops::select(&mask, &x.divide(Array::from_f32(keep))?, &Array::from_f32(0.0).as_dtype(x.dtype())?)
+                ops::select(&mask, &x.divide(Array::from_f32(keep).as_dtype(x.dtype())?)?, &Array::from_f32(0.0).as_dtype(x.dtype())?)
             }
             _ => Ok(x.clone()),
         }
@@ -118,8 +118,12 @@ impl Linear {
         if let Some((a, b)) = &adapter.sampling {
             return ops::addmm(&y, x.matmul(a)?, b, adapter.scale, 1.0);
         }
-        let z = adapter.dropped(x)?.matmul(a)?.matmul(b)?.multiply(Array::from_f32(adapter.scale))?.as_dtype(x.dtype())?;
-        let out = y.add(&z)?;
+        // The product in the activations' dtype (A and B cast to it, their gradients cast back to float32),
+        // as PyTorch autocast runs PEFT's adapters: over a bfloat16 base a float32 product would keep a
+        // float32 copy of every adapted layer's input for the backward pass and run off the bf16 matmul path.
+        let dtype = x.dtype();
+        let (ca, cb) = if a.dtype() == dtype { (a.clone(), b.clone()) } else { (a.as_dtype(dtype)?, b.as_dtype(dtype)?) };
+        let out = ops::addmm(&y, adapter.dropped(x)?.matmul(&ca)?, &cb, adapter.scale, 1.0)?;
         match &*self.m {
             Some(m) => {
                 // DoRA: divide by the (constant) norm of the adapted rows, scale by the learned magnitude.
