@@ -82,9 +82,12 @@ impl SwitchLinear {
         };
         match (&self.adapter, &*self.lora_a, &*self.lora_b) {
             (Some(adapter), Some(a), Some(b)) if adapter.enabled => {
-                let z = ops::gather_mm(adapter.dropped(x)?, a.swap_axes(-1, -2)?, None, indices, sorted)?;
-                let z = ops::gather_mm(&z, b.swap_axes(-1, -2)?, None, indices, sorted)?;
-                y.add(z.multiply(Array::from_f32(adapter.scale))?.as_dtype(x.dtype())?)
+                // In the activations' dtype, as the dense layers' adapters (see `Linear::adapted`).
+                let dtype = x.dtype();
+                let cast = |w: &Array| if w.dtype() == dtype { Ok(w.clone()) } else { w.as_dtype(dtype) };
+                let z = ops::gather_mm(adapter.dropped(x)?, cast(a)?.swap_axes(-1, -2)?, None, indices, sorted)?;
+                let z = ops::gather_mm(&z, cast(b)?.swap_axes(-1, -2)?, None, indices, sorted)?;
+                y.add(z.multiply(Array::from_f32(adapter.scale).as_dtype(dtype)?)?)
             }
             _ => Ok(y),
         }
