@@ -148,10 +148,13 @@ fn dpo_lowers_the_loss_for_every_family() {
             "[lora]\nrank = 8\nscale = 20.0\n[data]\ntrain = {:?}\nbatch_size = 4\npad_multiple = 8\ncache = {{ kind = \"none\" }}\n[loss]\nkind = \"dpo\"\nbeta = 0.1\n[optimizer]\nlr = 2e-3",
             data("preference")
         );
-        let log = run(family, "dpo", &sections, 12);
+        let log = run(family, "dpo", &sections, 20);
         let l = losses(&log);
         // Step 1: the policy is its reference, so the loss is ln 2 up to rounding.
         assert!((l[0] - std::f64::consts::LN_2).abs() < 1e-4, "{family:?}: {}", l[0]);
+        // 20 steps: at lr 2e-3 a step's loss moves by ±0.05 on these four-pair batches, and Gemma 2 (soft-capped
+        // scores) learns slowest: over 12 steps its margin was within that noise and a rounding-level change
+        // (the adapters' addmm) tipped it; over 20 it falls 0.05, the others 0.08-0.31.
         let (first, last) = ends(&l, 3);
         assert!(last < first - 0.02, "{family:?}: loss {first:.4} -> {last:.4}");
         assert!(log.iter().all(|r| r.get("rewards/accuracies").is_some()), "{family:?}");
