@@ -4,6 +4,8 @@
 //! distance between query and key only, so a row attends exactly as it would from position 0; the only
 //! difference is the rounding of larger rotation angles.
 
+use std::cell::RefCell;
+
 use mlx_rs::{error::Exception, ops, Array};
 
 use crate::cache::AttentionMask;
@@ -12,29 +14,43 @@ use crate::cache::AttentionMask;
 /// padding. Padding positions form a segment of their own (they see each other), so no query is left without
 /// a key (a fully masked softmax row is NaN, which the backward pass would spread).
 #[derive(Clone)]
-pub struct Segments(Array);
+pub struct Segments {
+    ids: Array,
+    /// Masks built so far, by window: one per forward pass and window, not one per layer.
+    masks: RefCell<Vec<(Option<usize>, Array)>>,
+}
 
 impl Segments {
     pub fn new(ids: Array) -> Self {
-        Segments(ids)
+        Segments { ids, masks: RefCell::new(Vec::new()) }
     }
 
     pub fn ids(&self) -> &Array {
-        &self.0
+        &self.ids
     }
 
     /// The boolean `[P, 1, W, W]` mask: same segment, key not after the query, and with `window` at most
     /// `window - 1` positions back (a sliding-window layer).
     pub fn mask(&self, window: Option<usize>) -> Result<AttentionMask, Exception> {
-        let width = self.0.shape()[1];
+        if let Some((_, m)) = self.masks.borrow().iter().find(|(w, _)| *w == window) {
+            return Ok(AttentionMask::Array(m.clone()));
+        }
+        let m = self.build(window)?;
+        self.masks.borrow_mut().push((window, m.clone()));
+        Ok(AttentionMask::Array(m))
+    }
+
+    fn build(&self, window: Option<usize>) -> Result<Array, Exception> {
+        let ids = &self.ids;
+        let width = ids.shape()[1];
         let positions = ops::arange::<_, i32>(0, width, None)?;
         let (queries, keys) = (positions.reshape(&[width, 1])?, positions.reshape(&[1, width])?);
         let mut visible = keys.le(&queries)?;
         if let Some(w) = window {
             visible = visible.logical_and(&queries.subtract(&keys)?.lt(Array::from_int(w as i32))?)?;
         }
-        let same = self.0.expand_dims(2)?.eq(&self.0.expand_dims(1)?)?;
-        Ok(AttentionMask::Array(same.logical_and(&visible)?.expand_dims(1)?))
+        let same = ids.expand_dims(2)?.eq(&ids.expand_dims(1)?)?;
+        same.logical_and(&visible)?.expand_dims(1)
     }
 }
 
