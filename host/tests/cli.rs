@@ -87,7 +87,8 @@ fn generate_streams_text_or_prints_one_json_object() {
     let model = dir.to_str().unwrap();
     let (ok, stdout, stderr) = host(&["generate", "--model", model, "--chat", "What is 2 + 3?", "--max-tokens", "7", "--json"]);
     assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: stdout {stdout:?}, stderr {stderr:?}"));
     let tokenizer = host::text::TextTokenizer::load(&dir).unwrap();
     let expected_prompt =
         tokenizer.encode_chat(&[serde_json::json!({"role": "user", "content": "What is 2 + 3?"})], None, true).unwrap();
@@ -111,9 +112,10 @@ fn generate_streams_text_or_prints_one_json_object() {
     let chars: Vec<char> = text.chars().collect();
     assert!(chars.len() >= 2, "the fixture generates some text: {text:?}");
     let stop: String = chars[chars.len() - 2..].iter().collect();
-    let (ok, out, _) = host(&["generate", "--model", model, "--chat", "What is 2 + 3?", "--max-tokens", "7", "--json", "--stop", &stop]);
-    assert!(ok);
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (ok, out, stderr) = host(&["generate", "--model", model, "--chat", "What is 2 + 3?", "--max-tokens", "7", "--json", "--stop", &stop]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("{e}: stop {stop:?}, stdout {out:?}, stderr {stderr:?}, first text {text:?}"));
     assert_eq!(v["finish_reason"], "stop");
     assert_eq!(v["text"].as_str().unwrap(), &text[..text.find(&stop).unwrap()]);
     let (ok, _, stderr) = host(&["generate", "--model", "/no/such/model", "--prompt", "x"]);

@@ -2,7 +2,7 @@
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
-use super::sections::{weight_and_name, PluginTable};
+use super::{rollout::weight_and_name, sections::PluginTable};
 
 /// `[environment]`: multi-turn rollouts. An Environment plugin (`kind` and its own keys) answers every assistant
 /// turn; the host's keys say how long an episode may run and how its reward counts.

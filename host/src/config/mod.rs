@@ -5,6 +5,7 @@
 mod environment;
 mod fields;
 mod problem;
+mod rollout;
 mod sections;
 mod source;
 
@@ -15,10 +16,10 @@ use sdk::{LrSchedule, ScheduleContext, Warmup};
 
 pub use problem::{ConfigError, ConfigProblem, Location};
 pub use environment::EnvironmentConfig;
+pub use rollout::{EvalConfig, RewardEntry, RolloutConfig, ScaleRewards};
 pub use sections::{
-    Backend, Checkpointing, DataConfig, EvalConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, ReportTo,
-    PluginsConfig, QuantizeConfig, ReferenceConfig, ReferenceMode, RewardEntry, RolloutConfig, ScaleRewards, ScheduleSection, SplitHead, TrainConfig,
-    TrainMode,
+    Backend, Checkpointing, DataConfig, LoraConfig, ModelConfig, OptimizerConfig, OptimizerKind, OutputConfig, PluginTable, PluginsConfig,
+    QuantizeConfig, ReferenceConfig, ReferenceMode, ReportTo, ScheduleSection, SplitHead, TrainConfig, TrainMode,
 };
 pub use source::Override;
 

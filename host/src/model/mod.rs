@@ -2,6 +2,7 @@
 //! file per supported `model_type` mapping its `config.json` onto it.
 
 mod args;
+mod attention;
 mod error;
 mod gemma2;
 mod gemma3;
