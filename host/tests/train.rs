@@ -213,13 +213,61 @@ fn a_non_finite_loss_stops_before_the_update_with_a_checkpoint() {
     let (path, _) = config("nan", "");
     let (cfg, registry) = load(&path, &["loss.kind=nan_loss"]);
     match train::run(&cfg, &registry, None) {
-        Err(TrainError::NonFinite { step, value, checkpoint }) => {
+        Err(TrainError::NonFinite { step, value, checkpoint, .. }) => {
             assert_eq!(step, 1);
             assert!(value.is_nan());
             // The checkpoint holds the untouched initial adapters: B is still zero.
             let t = Array::load_safetensors(checkpoint.join("adapters.safetensors")).unwrap();
             let b = &t["model.layers.0.self_attn.q_proj.lora_b"];
             assert_eq!(b.abs().unwrap().sum(None).unwrap().item_exact::<f32>(), 0.0);
+        }
+        other => panic!("expected a non-finite stop, got {other:?}"),
+    }
+}
+
+/// A loss that is finite (zero) with a non-finite gradient: d√u/du is infinite at u = 0.
+struct NanGradLoss;
+
+impl Plugin for NanGradLoss {
+    const NAME: &'static str = "nan_grad_loss";
+    const SUMMARY: &'static str = "test: zero loss, non-finite gradient";
+    fn from_config(_: &sdk::toml::Table) -> Result<Self, PluginError> {
+        Ok(NanGradLoss)
+    }
+}
+
+impl Loss for NanGradLoss {
+    fn requirements(&self) -> Requirements {
+        Requirements::default()
+    }
+
+    fn forward(&self, inputs: &LossInputs<'_>) -> Result<LossOutput, PluginError> {
+        let lp = inputs.policy_logps;
+        let loss = lp.subtract(lp)?.sqrt()?.sum(None)?;
+        Ok(LossOutput { loss, metrics: vec![] })
+    }
+}
+
+sdk::register_loss!(NanGradLoss);
+
+/// The update is guarded in the graph (the loss is read only after the step ran), so a finite loss whose
+/// gradient is not must leave the adapters untouched too, and name the gradient norm.
+#[test]
+fn a_non_finite_gradient_stops_before_the_update_with_a_checkpoint() {
+    let (path, _) = config("nan_grad", "");
+    let (cfg, registry) = load(&path, &["loss.kind=nan_grad_loss"]);
+    match train::run(&cfg, &registry, None) {
+        Err(e @ TrainError::NonFinite { step: 1, .. }) => {
+            let TrainError::NonFinite { what, value, ref checkpoint, .. } = e else { unreachable!() };
+            assert_eq!(what, "gradient norm");
+            assert!(!value.is_finite());
+            let t = Array::load_safetensors(checkpoint.join("adapters.safetensors")).unwrap();
+            for (name, a) in &t {
+                if name.ends_with("lora_b") {
+                    assert_eq!(a.abs().unwrap().sum(None).unwrap().item_exact::<f32>(), 0.0, "{name} was updated");
+                }
+            }
+            assert!(e.to_string().contains("the gradient norm is"), "{e}");
         }
         other => panic!("expected a non-finite stop, got {other:?}"),
     }

@@ -66,8 +66,8 @@ pub enum TrainError {
     Io { path: PathBuf, message: String },
     #[error("{0}")]
     Config(String),
-    #[error("step {step}: the loss is {value}; stopped without applying it, checkpoint at {}", checkpoint.display())]
-    NonFinite { step: u64, value: f64, checkpoint: PathBuf },
+    #[error("step {step}: the {what} is {value}; stopped without applying the update, checkpoint at {}", checkpoint.display())]
+    NonFinite { step: u64, what: &'static str, value: f64, checkpoint: PathBuf },
     /// A reward function failed (crashed, timed out, returned the wrong shape); the message names it.
     #[error("{0}")]
     Reward(String),
@@ -440,6 +440,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         let mut record = session::step_record(&state, &result, &names, lr, real, padded);
         record["supervised_tokens"] = json!(micro_batches.supervised);
         record["tokens_per_second"] = json!(real as f64 / seconds.max(1e-9));
+        record["step_seconds"] = json!(seconds);
         log.write(record)?;
         bar.set_position(state.step);
         let preference = preference_summary(&names, &result.metrics);

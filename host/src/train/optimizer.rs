@@ -192,6 +192,28 @@ impl TrainOptimizer {
         Ok(())
     }
 
+    /// The optimizer's state arrays by their compile-state name.
+    pub fn state_snapshot(&mut self) -> Result<HashMap<Rc<str>, Array>, Exception> {
+        let projection = self.state_projection().map_err(|e| Exception::custom(format!("optimizer state: {e:?}")))?;
+        Ok(projection.iter().filter_map(|(k, v)| v.map(|v| (Rc::from(k), v.clone()))).collect())
+    }
+
+    /// Keeps each state array's new value where `cond` holds, else its value in `before` ([`Self::state_snapshot`]
+    /// taken before the update); state created by the update falls back to zeros, what a fresh state holds.
+    pub fn keep_state_where(&mut self, cond: &Array, before: &HashMap<Rc<str>, Array>) -> Result<(), Exception> {
+        let mut projection = self.state_projection().map_err(|e| Exception::custom(format!("optimizer state: {e:?}")))?;
+        for (k, v) in projection.iter_mut() {
+            if let Some(v) = v {
+                let old = match before.get(k) {
+                    Some(old) => old.clone(),
+                    None => mlx_rs::ops::zeros_like(&*v)?,
+                };
+                *v = mlx_rs::ops::select(cond, &*v, &old)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The optimizer's state by key, for checkpoints.
     pub fn state_arrays(&mut self) -> Result<Vec<(String, Array)>, Exception> {
         match self {

@@ -112,6 +112,7 @@ pub fn step_record(state: &TrainerState, result: &StepResult, metric_names: &[St
     let mut record = json!({
         "step": state.step, "loss": result.loss, "learning_rate": lr, "grad_norm": result.grad_norm,
         "tokens": real, "padded_tokens": padded, "epoch": state.epoch,
+        "wait_seconds": result.waited.as_secs_f64(),
     });
     for (name, v) in metric_names.iter().zip(&result.metrics) {
         record[name] = json!(v);

@@ -3,7 +3,7 @@
 //! Everything that changes between calls — parameters, optimizer moments, learning rate, PRNG key, the
 //! accumulator — is state, so nothing is frozen into the trace.
 
-use std::{cell::RefCell, rc::Rc};
+use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
 use mlx_rs::{
     error::{Exception, StateProjectionError},
@@ -159,6 +159,11 @@ impl GradBuffer {
         Ok(())
     }
 
+    /// The accumulated gradients, in the buffer's order.
+    pub(super) fn arrays(&self) -> &[Array] {
+        &self.values
+    }
+
     #[cfg(test)]
     pub(super) fn values(&self) -> (&[Rc<str>], &[Array]) {
         (&self.names, &self.values)
@@ -284,18 +289,32 @@ impl MicroArgs {
     }
 }
 
-/// Apply step: clips the accumulated gradient to `max_norm` (global norm) and updates. Returns the norm
-/// before clipping.
+/// Apply step: clips the accumulated gradient to `max_norm` (global norm) and updates. Takes the step's
+/// loss; the update is applied only when it and the gradient norm are finite, else parameters and optimizer
+/// state stay as they were (decided in the graph, so the host reads the loss after the whole step has run).
+/// Returns the norm before clipping. The accumulator is cleared either way.
 pub fn apply(max_norm: Option<f32>) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
-    move |(model, (optimizer, (lr, (grads, _)))), _args| {
+    move |(model, (optimizer, (lr, (grads, _)))), args| {
+        let loss = args.first().ok_or_else(|| Exception::custom("the update step takes the step's loss"))?;
         let norm = grads.global_norm()?;
+        let finite = loss.is_finite()?.logical_and(&norm.is_finite()?)?;
         let scale = match max_norm {
             Some(m) => ops::minimum(Array::from_f32(1.0), Array::from_f32(m).divide(norm.add(Array::from_f32(1e-6))?)?)?,
             None => Array::from_f32(1.0),
         };
         let g = grads.take_scaled(&scale)?;
+        let params_before: HashMap<Rc<str>, Array> = model.trainable_parameters().flatten().into_iter().map(|(k, v)| (k, v.clone())).collect();
+        let state_before = optimizer.state_snapshot()?;
         optimizer.set_lr(&lr.0, lr.value());
         optimizer.update(model, &g)?;
+        let mut kept = FlattenedModuleParam::new();
+        for (name, new) in model.trainable_parameters().flatten() {
+            if let Some(old) = params_before.get(&name) {
+                kept.insert(name, ops::select(&finite, &new, old)?);
+            }
+        }
+        model.update_flattened(kept);
+        optimizer.keep_state_where(&finite, &state_before)?;
         Ok(vec![norm])
     }
 }

@@ -1,10 +1,25 @@
 //! The optimizer step every trainer takes: micro-batches accumulate weighted gradients (through the compiled
 //! step when the optimizer allows it), their loss and metrics are averaged with the same weights, then one
 //! clipped update applies the sum.
+//!
+//! The host waits for the device once per step (and once more per extra micro-batch): the loss, metrics and
+//! update stay lazy until the step's end, so a GPU is never idle between the forward and the backward pass
+//! while the host reads a loss, and the update is guarded in the graph (applied only when the loss and the
+//! gradient norm are finite) instead of decided on the host between them.
 
-use std::{cell::RefCell, rc::Rc};
+use std::{
+    cell::RefCell,
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
-use mlx_rs::{error::Exception, random::RandomState, transforms::compile::compile_with_state, Array};
+use mlx_rs::{
+    error::Exception,
+    module::ModuleParameters,
+    random::RandomState,
+    transforms::{async_eval, compile::compile_with_state, eval},
+    Array,
+};
 use sdk::Loss;
 
 use super::{inputs::Needs, scalar, session, split_head, step, tuning::Tuning, GradBuffer, TrainError, TrainOptimizer, TrainState, TrainerState};
@@ -45,8 +60,13 @@ pub struct Stepper {
     /// `[data] packing`: micro-batches carry their packed layout.
     packed: bool,
     apply: StepFn,
-    loss: f64,
-    metrics: Vec<f64>,
+    /// This step's weighted loss and metrics so far, lazy.
+    loss: Option<Array>,
+    metrics: Vec<Array>,
+    /// The last micro-batch's outputs, dispatched and not yet waited for.
+    pending: Vec<Array>,
+    /// Time this step spent blocked on the device.
+    waited: Duration,
 }
 
 impl Stepper {
@@ -72,7 +92,21 @@ impl Stepper {
         } else {
             (Box::new(micro), Box::new(step::apply(max_norm)))
         };
-        Ok(Stepper { ts, metric_names, micro, split, split_head: config.train.split_head, vocab, routed: router_coef.is_some(), packed, apply, loss: 0.0, metrics: Vec::new() })
+        Ok(Stepper {
+            ts,
+            metric_names,
+            micro,
+            split,
+            split_head: config.train.split_head,
+            vocab,
+            routed: router_coef.is_some(),
+            packed,
+            apply,
+            loss: None,
+            metrics: Vec::new(),
+            pending: Vec::new(),
+            waited: Duration::ZERO,
+        })
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -94,10 +128,36 @@ impl Stepper {
         let logits = args[0].size() * self.vocab;
         let split = splits(self.split_head, logits);
         let values = if split { (self.split)(&mut self.ts, &args[..])? } else { (self.micro)(&mut self.ts, &args[..])? };
-        self.loss += scalar(&values[0])? * f64::from(weight);
-        self.metrics.resize(values.len() - 1, 0.0);
-        for (m, v) in self.metrics.iter_mut().zip(&values[1..]) {
-            *m += scalar(v)? * f64::from(weight);
+        let w = Array::from_f32(weight);
+        let weighted = |v: &Array| v.multiply(&w);
+        let (loss, metrics) = values.split_first().ok_or_else(|| TrainError::Mlx("the micro step returned no loss".into()))?;
+        self.loss = Some(match self.loss.take() {
+            Some(sum) => sum.add(weighted(loss)?)?,
+            None => weighted(loss)?,
+        });
+        if self.metrics.is_empty() {
+            self.metrics = metrics.iter().map(weighted).collect::<Result<_, _>>()?;
+        } else if self.metrics.len() == metrics.len() {
+            for (sum, v) in self.metrics.iter_mut().zip(metrics) {
+                *sum = sum.add(weighted(v)?)?;
+            }
+        } else {
+            return Err(TrainError::Mlx(format!("micro-batches of one step returned {} and {} metrics", self.metrics.len(), metrics.len())));
+        }
+        // At most one micro-batch in flight: its activations are freed before the next one's are allocated,
+        // so accumulation keeps the memory of one micro-batch. This one's graph was built while the last ran.
+        self.wait_pending()?;
+        self.pending = values;
+        self.pending.extend(self.ts.1 .1 .1 .0.arrays().iter().cloned());
+        async_eval(&self.pending)?;
+        Ok(())
+    }
+
+    fn wait_pending(&mut self) -> Result<(), TrainError> {
+        if !self.pending.is_empty() {
+            let started = Instant::now();
+            eval(&std::mem::take(&mut self.pending))?;
+            self.waited += started.elapsed();
         }
         Ok(())
     }
@@ -106,14 +166,28 @@ impl Stepper {
     /// weighted loss, metrics and gradient norm (before clipping). A non-finite loss is never applied: the
     /// gradient is dropped, a checkpoint of the last good state is written, and the error names it.
     pub fn finish(&mut self, config: &RunConfig, tuning: &Tuning, state: &TrainerState, extra: &serde_json::Map<String, serde_json::Value>) -> Result<StepResult, TrainError> {
-        let (loss, metrics) = (std::mem::take(&mut self.loss), std::mem::take(&mut self.metrics));
-        if !loss.is_finite() {
-            self.ts.1 .1 .1 .0 = GradBuffer::zeros_like(&self.ts.0)?;
+        let loss = self.loss.take().ok_or_else(|| TrainError::Mlx("a step without micro-batches".into()))?;
+        let metrics = std::mem::take(&mut self.metrics);
+        let norm = (self.apply)(&mut self.ts, std::slice::from_ref(&loss))?;
+        let norm = norm.first().ok_or_else(|| TrainError::Mlx("the update returned no gradient norm".into()))?.clone();
+        // Everything the step produced, updated parameters and optimizer state included, in one wait.
+        let mut outputs = vec![loss.clone(), norm.clone()];
+        outputs.extend(metrics.iter().cloned());
+        outputs.extend(self.ts.0.trainable_parameters().flatten().into_values().cloned());
+        outputs.extend(self.ts.1 .0.state_arrays()?.into_iter().map(|(_, a)| a));
+        self.pending.clear();
+        let started = Instant::now();
+        eval(&outputs)?;
+        let waited = std::mem::take(&mut self.waited) + started.elapsed();
+        let (loss, grad_norm) = (scalar(&loss)?, scalar(&norm)?);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            // The update was not applied (see `step::apply`) and the accumulator is already cleared.
             let checkpoint = session::save_checkpoint(config, tuning, &mut self.ts, state, extra)?;
-            return Err(TrainError::NonFinite { step: state.step + 1, value: loss, checkpoint });
+            let (what, value) = if loss.is_finite() { ("gradient norm", grad_norm) } else { ("loss", loss) };
+            return Err(TrainError::NonFinite { step: state.step + 1, what, value, checkpoint });
         }
-        let norm = (self.apply)(&mut self.ts, &[][..])?;
-        Ok(StepResult { loss, metrics, grad_norm: scalar(&norm[0])? })
+        let metrics = metrics.iter().map(scalar).collect::<Result<_, _>>()?;
+        Ok(StepResult { loss, metrics, grad_norm, waited })
     }
 }
 
@@ -123,4 +197,7 @@ pub struct StepResult {
     /// In the order of [`Stepper::metric_names`].
     pub metrics: Vec<f64>,
     pub grad_norm: f64,
+    /// Time the host spent waiting for the device to finish the step's work; the rest of a step's time is
+    /// the host's (data, building and dispatching the graph).
+    pub waited: Duration,
 }
