@@ -159,11 +159,6 @@ impl GradBuffer {
         Ok(())
     }
 
-    /// The accumulated gradients, in the buffer's order.
-    pub(super) fn arrays(&self) -> &[Array] {
-        &self.values
-    }
-
     #[cfg(test)]
     pub(super) fn values(&self) -> (&[Rc<str>], &[Array]) {
         (&self.names, &self.values)
@@ -289,15 +284,14 @@ impl MicroArgs {
     }
 }
 
-/// Apply step: clips the accumulated gradient to `max_norm` (global norm) and updates. Takes the step's
-/// loss; the update is applied only when it and the gradient norm are finite, else parameters and optimizer
-/// state stay as they were (decided in the graph, so the host reads the loss after the whole step has run).
-/// Returns the norm before clipping. The accumulator is cleared either way.
+/// Apply step: clips the accumulated gradient to `max_norm` (global norm) and updates. The update is applied
+/// only when the gradient norm is finite, else parameters and optimizer state stay as they were: decided in
+/// the graph, so the host need not read the norm before the update is encoded. Returns the norm before
+/// clipping. The accumulator is cleared either way.
 pub fn apply(max_norm: Option<f32>) -> impl FnMut(&mut TrainState, &[Array]) -> Result<Vec<Array>, Exception> {
-    move |(model, (optimizer, (lr, (grads, _)))), args| {
-        let loss = args.first().ok_or_else(|| Exception::custom("the update step takes the step's loss"))?;
+    move |(model, (optimizer, (lr, (grads, _)))), _args| {
         let norm = grads.global_norm()?;
-        let finite = loss.is_finite()?.logical_and(&norm.is_finite()?)?;
+        let finite = norm.is_finite()?;
         let scale = match max_norm {
             Some(m) => ops::minimum(Array::from_f32(1.0), Array::from_f32(m).divide(norm.add(Array::from_f32(1e-6))?)?)?,
             None => Array::from_f32(1.0),

@@ -2,10 +2,12 @@
 //! step when the optimizer allows it), their loss and metrics are averaged with the same weights, then one
 //! clipped update applies the sum.
 //!
-//! The host waits for the device once per step (and once more per extra micro-batch): the loss, metrics and
-//! update stay lazy until the step's end, so a GPU is never idle between the forward and the backward pass
-//! while the host reads a loss, and the update is guarded in the graph (applied only when the loss and the
-//! gradient norm are finite) instead of decided on the host between them.
+//! The host waits for the device twice per step: for the loss after the forward pass (a non-finite loss is
+//! never applied, and the forward's buffers are released before the backward pass is encoded), and for the
+//! gradient norm after the backward pass. Keeping the whole step lazy with one wait at its end was measured on
+//! an H200 (BENCHMARKS.md, issue 16): no faster, since the step is bound by the host's dispatch, not the
+//! device, and 30% more peak memory, since the host then encodes the backward pass's allocations while the
+//! forward still holds its own.
 
 use std::{
     cell::RefCell,
@@ -15,7 +17,6 @@ use std::{
 
 use mlx_rs::{
     error::Exception,
-    module::ModuleParameters,
     random::RandomState,
     transforms::{async_eval, compile::compile_with_state, eval},
     Array,
@@ -60,11 +61,8 @@ pub struct Stepper {
     /// `[data] packing`: micro-batches carry their packed layout.
     packed: bool,
     apply: StepFn,
-    /// This step's weighted loss and metrics so far, lazy.
-    loss: Option<Array>,
-    metrics: Vec<Array>,
-    /// The last micro-batch's outputs, dispatched and not yet waited for.
-    pending: Vec<Array>,
+    loss: f64,
+    metrics: Vec<f64>,
     /// Time this step spent blocked on the device.
     waited: Duration,
 }
@@ -102,9 +100,8 @@ impl Stepper {
             routed: router_coef.is_some(),
             packed,
             apply,
-            loss: None,
+            loss: 0.0,
             metrics: Vec::new(),
-            pending: Vec::new(),
             waited: Duration::ZERO,
         })
     }
@@ -128,37 +125,21 @@ impl Stepper {
         let logits = args[0].size() * self.vocab;
         let split = splits(self.split_head, logits);
         let values = if split { (self.split)(&mut self.ts, &args[..])? } else { (self.micro)(&mut self.ts, &args[..])? };
-        let w = Array::from_f32(weight);
-        let weighted = |v: &Array| v.multiply(&w);
-        let (loss, metrics) = values.split_first().ok_or_else(|| TrainError::Mlx("the micro step returned no loss".into()))?;
-        self.loss = Some(match self.loss.take() {
-            Some(sum) => sum.add(weighted(loss)?)?,
-            None => weighted(loss)?,
-        });
-        if self.metrics.is_empty() {
-            self.metrics = metrics.iter().map(weighted).collect::<Result<_, _>>()?;
-        } else if self.metrics.len() == metrics.len() {
-            for (sum, v) in self.metrics.iter_mut().zip(metrics) {
-                *sum = sum.add(weighted(v)?)?;
-            }
-        } else {
-            return Err(TrainError::Mlx(format!("micro-batches of one step returned {} and {} metrics", self.metrics.len(), metrics.len())));
+        self.wait(&values)?;
+        self.loss += scalar(&values[0])? * f64::from(weight);
+        self.metrics.resize(values.len() - 1, 0.0);
+        for (m, v) in self.metrics.iter_mut().zip(&values[1..]) {
+            *m += scalar(v)? * f64::from(weight);
         }
-        // At most one micro-batch in flight: its activations are freed before the next one's are allocated,
-        // so accumulation keeps the memory of one micro-batch. This one's graph was built while the last ran.
-        self.wait_pending()?;
-        self.pending = values;
-        self.pending.extend(self.ts.1 .1 .1 .0.arrays().iter().cloned());
-        async_eval(&self.pending)?;
         Ok(())
     }
 
-    fn wait_pending(&mut self) -> Result<(), TrainError> {
-        if !self.pending.is_empty() {
-            let started = Instant::now();
-            eval(&std::mem::take(&mut self.pending))?;
-            self.waited += started.elapsed();
-        }
+    /// Dispatches `outputs` and waits for them, counting only the wait.
+    fn wait(&mut self, outputs: &[Array]) -> Result<(), TrainError> {
+        async_eval(outputs)?;
+        let started = Instant::now();
+        eval(outputs)?;
+        self.waited += started.elapsed();
         Ok(())
     }
 
@@ -166,28 +147,22 @@ impl Stepper {
     /// weighted loss, metrics and gradient norm (before clipping). A non-finite loss is never applied: the
     /// gradient is dropped, a checkpoint of the last good state is written, and the error names it.
     pub fn finish(&mut self, config: &RunConfig, tuning: &Tuning, state: &TrainerState, extra: &serde_json::Map<String, serde_json::Value>) -> Result<StepResult, TrainError> {
-        let loss = self.loss.take().ok_or_else(|| TrainError::Mlx("a step without micro-batches".into()))?;
-        let metrics = std::mem::take(&mut self.metrics);
-        let norm = (self.apply)(&mut self.ts, std::slice::from_ref(&loss))?;
+        let (loss, metrics) = (std::mem::take(&mut self.loss), std::mem::take(&mut self.metrics));
+        if !loss.is_finite() {
+            self.ts.1 .1 .1 .0 = GradBuffer::zeros_like(&self.ts.0)?;
+            let checkpoint = session::save_checkpoint(config, tuning, &mut self.ts, state, extra)?;
+            return Err(TrainError::NonFinite { step: state.step + 1, what: "loss", value: loss, checkpoint });
+        }
+        let norm = (self.apply)(&mut self.ts, &[][..])?;
         let norm = norm.first().ok_or_else(|| TrainError::Mlx("the update returned no gradient norm".into()))?.clone();
-        // Everything the step produced, updated parameters and optimizer state included, in one wait.
-        let mut outputs = vec![loss.clone(), norm.clone()];
-        outputs.extend(metrics.iter().cloned());
-        outputs.extend(self.ts.0.trainable_parameters().flatten().into_values().cloned());
-        outputs.extend(self.ts.1 .0.state_arrays()?.into_iter().map(|(_, a)| a));
-        self.pending.clear();
-        let started = Instant::now();
-        eval(&outputs)?;
-        let waited = std::mem::take(&mut self.waited) + started.elapsed();
-        let (loss, grad_norm) = (scalar(&loss)?, scalar(&norm)?);
-        if !loss.is_finite() || !grad_norm.is_finite() {
+        self.wait(std::slice::from_ref(&norm))?;
+        let grad_norm = scalar(&norm)?;
+        if !grad_norm.is_finite() {
             // The update was not applied (see `step::apply`) and the accumulator is already cleared.
             let checkpoint = session::save_checkpoint(config, tuning, &mut self.ts, state, extra)?;
-            let (what, value) = if loss.is_finite() { ("gradient norm", grad_norm) } else { ("loss", loss) };
-            return Err(TrainError::NonFinite { step: state.step + 1, what, value, checkpoint });
+            return Err(TrainError::NonFinite { step: state.step + 1, what: "gradient norm", value: grad_norm, checkpoint });
         }
-        let metrics = metrics.iter().map(scalar).collect::<Result<_, _>>()?;
-        Ok(StepResult { loss, metrics, grad_norm, waited })
+        Ok(StepResult { loss, metrics, grad_norm, waited: std::mem::take(&mut self.waited) })
     }
 }
 
