@@ -5,9 +5,8 @@
 //! The host waits for the device twice per step: for the loss after the forward pass (a non-finite loss is
 //! never applied, and the forward's buffers are released before the backward pass is encoded), and for the
 //! gradient norm after the backward pass. Keeping the whole step lazy with one wait at its end was measured on
-//! an H200 (BENCHMARKS.md, issue 16): no faster, since the step is bound by the host's dispatch, not the
-//! device, and 30% more peak memory, since the host then encodes the backward pass's allocations while the
-//! forward still holds its own.
+//! an H200 (BENCHMARKS.md, issue 16): no faster, and 30% more peak memory, since the host then encodes the
+//! backward pass's allocations while the forward still holds its own.
 
 use std::{
     cell::RefCell,
