@@ -7,7 +7,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_MLX_INCLUDE");
     let include = env::var_os("DEP_MLX_INCLUDE").expect("mlx-sys publishes its include directories as DEP_MLX_INCLUDE");
     let mut build = cc::Build::new();
-    build.cpp(true).std("c++20").file("csrc/matvec.cpp").file("csrc/quantized.cpp").file("csrc/quantized_avx2.cpp").file("csrc/modes.cpp").warnings(false).flag_if_supported("-w");
+    build.cpp(true).std("c++20").file("csrc/matvec.cpp").file("csrc/quantized.cpp").file("csrc/quantized_avx2.cpp").file("csrc/modes.cpp").file("csrc/distributed.cpp").warnings(false).flag_if_supported("-w");
     for dir in env::split_paths(&include) {
         build.flag("-isystem").flag(dir.to_string_lossy().as_ref());
     }

@@ -5,6 +5,8 @@
 //! here take over exactly that case (one row of float32 on a CPU stream) and leave every other case, and every
 //! other device, to MLX's own matmul and quantized_matmul. Both primitives have gradients (through MLX ops).
 
+pub mod distributed;
+
 use std::ffi::{c_char, c_int, CStr};
 
 use mlx_rs::{error::Exception, Array, Stream};
