@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod environment;
 pub mod fixture;
 pub mod generate;

@@ -16,10 +16,44 @@ pub struct RunArgs {
     /// Continue from a checkpoint: the latest of this run's output directory, or the given checkpoint.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "CHECKPOINT")]
     resume: Option<String>,
+    /// Train data-parallel in N processes on this machine (exactly the result of one process with the same
+    /// global batch; `[train] grad_accumulation_steps` must be a multiple of N).
+    #[arg(long, value_name = "N")]
+    nproc: Option<usize>,
+    /// How the processes talk: `ring` (TCP; CPUs) or `nccl` (one NVIDIA GPU per process).
+    #[arg(long, value_name = "BACKEND", default_value = "ring", requires = "nproc")]
+    backend: String,
+}
+
+/// This command line without `--nproc` and `--backend` (what each rank runs).
+fn rank_args() -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let text = a.to_string_lossy();
+        if text == "--nproc" || text == "--backend" {
+            args.next();
+        } else if !(text.starts_with("--nproc=") || text.starts_with("--backend=")) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// Trains as the configuration says. Ctrl-C stops after the current step with a checkpoint.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let backend = host::dist::Backend::parse(&args.backend)?;
+    match args.nproc {
+        Some(0) => anyhow::bail!("--nproc 0: at least one process"),
+        Some(n) if n > 1 && std::env::var_os("HOST_WORLD_SIZE").is_none() => {
+            // The launcher: the ranks are this same command line, each in its own process.
+            let _ = ctrlc::set_handler(|| {});
+            host::dist::launch::run(&host::dist::launch::Launch { nproc: n, backend, args: rank_args() })?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    host::dist::set(host::dist::World::from_env()?)?;
     // Harmless on the CPU, where MLX never reads it.
     if let Some(set) = host::runtime::training_cuda_graph_default() {
         if matches!(host::runtime::default_device().kind, mlx_rs::DeviceType::Gpu) {
@@ -49,19 +83,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let what = if config.train.mode == host::config::TrainMode::Full { "the fine-tuned model" } else { "adapters" };
-    println!("{} steps, {how}", outcome.steps);
-    println!("final train loss {:.4}", outcome.last_loss);
-    if let Some((loss, step)) = outcome.best_eval {
-        println!("best validation loss {loss:.4} at step {step} ({what} in {})", outcome.output.join("best").display());
-    }
     let padding = 100.0 * (1.0 - outcome.real_tokens as f64 / outcome.padded_tokens.max(1) as f64);
-    println!(
+    let speed = format!(
         "{:.0} tokens/s ({} tokens, {padding:.1}% padding), {:.1} s, peak memory {:.3} GB",
         outcome.real_tokens as f64 / outcome.seconds.max(1e-9),
         outcome.real_tokens,
         outcome.seconds,
         outcome.peak_memory_bytes as f64 / 1e9
     );
+    if !host::dist::world().is_main() {
+        // Rank 0 reports the run; the others only what is their own.
+        println!("{speed}");
+        return Ok(());
+    }
+    println!("{} steps, {how}", outcome.steps);
+    println!("final train loss {:.4}", outcome.last_loss);
+    if let Some((loss, step)) = outcome.best_eval {
+        println!("best validation loss {loss:.4} at step {step} ({what} in {})", outcome.output.join("best").display());
+    }
+    println!("{speed}");
     println!("{what}, checkpoints, metrics.jsonl and loss.png in {}", outcome.output.display());
     for note in &outcome.notes {
         println!("{note}");

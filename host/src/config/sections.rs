@@ -83,6 +83,10 @@ pub struct TrainConfig {
     /// only with `output_router_logits`), so training a MoE model is the same with or without it.
     #[serde(default)]
     pub router_aux_loss_coef: f64,
+    /// Data parallelism's summation order: micro-batch j of a step belongs to shard j mod D, each shard's
+    /// gradient is summed on its own and the shards are added last, as D ranks do (one shard each). Default:
+    /// the number of ranks. A 1-process run with `dp_shards = 2` reproduces a 2-rank run bit for bit.
+    pub dp_shards: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +159,7 @@ impl Default for TrainConfig {
             split_head: SplitHead::Auto,
             last_n_layers: None,
             router_aux_loss_coef: 0.0,
+            dp_shards: None,
         }
     }
 }

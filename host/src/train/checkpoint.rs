@@ -25,6 +25,10 @@ pub struct TrainerState {
     /// Lowest validation loss so far and its step.
     pub best_eval: Option<(f64, u64)>,
     pub evals_since_best: usize,
+    /// How many ranks wrote the checkpoint (a record for people and tools: a run resumes under any number of
+    /// ranks that divides its micro-batches, so it is not read back).
+    #[serde(default, skip_deserializing)]
+    pub world_size: usize,
 }
 
 const STATE: &str = "trainer_state.json";

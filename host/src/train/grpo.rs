@@ -67,6 +67,11 @@ pub fn run(
     resume: Option<&Resume>,
     callback: &mut dyn StepCallback,
 ) -> Result<RunOutcome, TrainError> {
+    if crate::dist::world().size() > 1 {
+        return Err(TrainError::Config(
+            "data-parallel GRPO (each rank sampling its own groups) is not implemented yet: run GRPO as one process (without --nproc)".into(),
+        ));
+    }
     let data_cfg = config.data.as_ref().ok_or_else(|| session::missing("data"))?;
     let train_cfg = &config.train;
     let rollout_cfg = config.rollout.clone().unwrap_or_default();
@@ -218,10 +223,11 @@ pub fn run(
         let total_tokens: usize = batches.iter().map(RolloutBatch::completion_tokens).sum();
         let trained_tokens: usize = batches.iter().map(RolloutBatch::trained_tokens).sum();
         let (mut real, mut padded) = (0, 0);
-        for b in &batches {
+        stepper.begin(state.step, batches.len());
+        for (j, b) in batches.iter().enumerate() {
             // Rows when the loss averages per completion (grpo, or dr_grpo's fixed length), else completion tokens.
             let weight = needs.share(b.rows(), total_rows, b.trained_tokens(), trained_tokens);
-            stepper.micro(step_args(b, needs, first_pass)?, &b.real, None, weight)?;
+            stepper.micro(j, step_args(b, needs, first_pass)?, &b.real, None, weight)?;
             real += b.report.real_tokens;
             padded += b.report.padded_tokens;
         }

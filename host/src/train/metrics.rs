@@ -17,7 +17,8 @@ use crate::{
 
 pub struct MetricsLog {
     path: PathBuf,
-    file: std::fs::File,
+    /// `None` on ranks other than 0, which write nothing.
+    file: Option<std::fs::File>,
     tensorboard: Option<EventLog>,
     /// Tokens of every step so far (TRL's `num_tokens`), carried over a resume through the kept records.
     num_tokens: u64,
@@ -36,7 +37,11 @@ impl MetricsLog {
     /// steps up to `resume_step` (the rest belonged to a run that did not reach its next checkpoint).
     pub fn open(dir: &Path, resume_step: Option<u64>, output: &OutputConfig) -> Result<Self, TrainError> {
         let path = dir.join("metrics.jsonl");
+        if !crate::dist::world().is_main() {
+            return Ok(MetricsLog { path, file: None, tensorboard: None, num_tokens: 0, records: Vec::new() });
+        }
         let (records, file) = open_jsonl(&path, resume_step)?;
+        let file = Some(file);
         let tensorboard = if output.tensorboard() { Some(EventLog::open(&dir.join("tensorboard"), resume_step)?) } else { None };
         let num_tokens = records.iter().rev().find_map(|r| r.get("num_tokens").and_then(Value::as_u64)).unwrap_or(0);
         Ok(MetricsLog { path, file, tensorboard, num_tokens, records })
@@ -49,7 +54,9 @@ impl MetricsLog {
             self.num_tokens += tokens;
             record["num_tokens"] = self.num_tokens.into();
         }
-        writeln!(self.file, "{record}").map_err(|e| TrainError::Io { path: self.path.clone(), message: e.to_string() })?;
+        if let Some(file) = &mut self.file {
+            writeln!(file, "{record}").map_err(|e| TrainError::Io { path: self.path.clone(), message: e.to_string() })?;
+        }
         if let (Some(tb), Some(step), Some(fields)) = (&mut self.tensorboard, record.get("step").and_then(Value::as_u64), record.as_object()) {
             let scalar = |v: &Value| v.as_f64().or_else(|| v.as_bool().map(|b| f64::from(u8::from(b))));
             let scalars: Vec<(&str, f64)> = fields.iter().filter(|(k, _)| *k != "step").filter_map(|(k, v)| Some((k.as_str(), scalar(v)?))).collect();
@@ -100,7 +107,8 @@ pub fn open_jsonl(path: &Path, resume_step: Option<u64>) -> Result<(Vec<Value>, 
 }
 
 pub fn progress_bar(total: u64, done: u64) -> ProgressBar {
-    let bar = ProgressBar::new(total);
+    // One bar per run: rank 0's.
+    let bar = if crate::dist::world().is_main() { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_position(done);
     if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]") {
         bar.set_style(style);

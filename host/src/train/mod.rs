@@ -62,6 +62,8 @@ pub enum TrainError {
     Registry(#[from] RegistryError),
     #[error("MLX: {0}")]
     Mlx(String),
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
     #[error("{}: {message}", path.display())]
     Io { path: PathBuf, message: String },
     #[error("{0}")]
@@ -228,6 +230,34 @@ impl<'a> Feeder<'a> {
     }
 }
 
+/// Rank 0's validation loss and metrics on every rank: the decisions taken from them (the best checkpoint,
+/// early stopping) must be the same everywhere, and ranks on different machines may round differently.
+fn rank_zeros_values(eval: f64, metrics: Vec<(String, f64)>) -> Result<(f64, Vec<(String, f64)>), TrainError> {
+    let world = crate::dist::world();
+    if world.size() == 1 {
+        return Ok((eval, metrics));
+    }
+    let mine: Vec<f64> = std::iter::once(eval).chain(metrics.iter().map(|(_, v)| *v)).map(|v| if world.is_main() { v } else { 0.0 }).collect();
+    let all = world.merge_slots(&mine)?;
+    Ok((all[0], metrics.into_iter().zip(&all[1..]).map(|((n, _), v)| (n, *v)).collect()))
+}
+
+/// Refuses to start when the ranks were given different configurations (they would issue different
+/// collectives and hang, or silently train different things).
+fn same_config_everywhere(config: &RunConfig) -> Result<(), TrainError> {
+    let world = crate::dist::world();
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let text = toml::to_string(config).map_err(|e| TrainError::Config(format!("configuration: {e}")))?;
+    let digest = u64::from_str_radix(&crate::data::cache_key(&[text.as_bytes()])[..16], 16).unwrap_or(0);
+    let all = world.gather_u64(digest)?;
+    match all.iter().position(|&d| d != all[0]) {
+        Some(r) => Err(TrainError::Config(format!("rank {r} was started with a different configuration from rank 0's (compare their resolved settings)"))),
+        None => Ok(()),
+    }
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     move |e| TrainError::Io { path: path.to_owned(), message: e.to_string() }
 }
@@ -286,8 +316,12 @@ pub fn run(config: &RunConfig, registry: &Registry, resume: Option<&Resume>) -> 
 /// [`run`] with a callback after every step.
 pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>, callback: &mut dyn StepCallback) -> Result<RunOutcome, TrainError> {
     if let Some(command) = mlx_lm_command(config, resume)? {
+        if crate::dist::world().size() > 1 {
+            return Err(TrainError::Config("[train] backend: mlx_lm.lora runs as one process here; data parallelism needs the native trainer".into()));
+        }
         return run_mlx_lm(config, &command);
     }
+    same_config_everywhere(config)?;
     let data_cfg = config.data.as_ref().ok_or_else(|| session::missing("data"))?;
     let train_cfg = &config.train;
     let out = config.output_dir();
@@ -420,12 +454,17 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         let lr = schedule.lr(state.step, &schedule_ctx).map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         stepper.set_lr(lr);
         let (mut real, mut padded) = (0, 0);
-        for b in &micro_batches.batches {
-            let weight = micro_batches.weight(b, needs);
-            let args = batch_arrays(b, needs, &mut stepper.ts.0, source.as_ref())?;
-            stepper.micro(args, &b.real, b.packed.as_ref(), weight)?;
+        stepper.begin(state.step, micro_batches.batches.len());
+        // Every rank walks every micro-batch (their weights are shares of the whole step) and computes its own.
+        for (j, b) in micro_batches.batches.iter().enumerate() {
             real += b.real_tokens;
             padded += b.padded_tokens;
+            if !stepper.owns(j) {
+                continue;
+            }
+            let weight = micro_batches.weight(b, needs);
+            let args = batch_arrays(b, needs, &mut stepper.ts.0, source.as_ref())?;
+            stepper.micro(j, args, &b.real, b.packed.as_ref(), weight)?;
         }
         let result = stepper.finish(config, &tuning, &state, &adapter_extra).inspect_err(|_| bar.abandon())?;
         let loss_value = result.loss;
@@ -449,6 +488,7 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         if let Some(every) = train_cfg.eval_every {
             if state.step % every == 0 || state.step == train_cfg.steps {
                 let (eval, eval_metrics) = evaluate(&mut stepper.ts.0, &*loss, needs, source.as_ref(), &valid_batches)?;
+                let (eval, eval_metrics) = rank_zeros_values(eval, eval_metrics)?;
                 let mut record = json!({"step": state.step, "eval_loss": eval});
                 for (name, v) in &eval_metrics {
                     record[format!("eval_{name}")] = json!(v);
@@ -462,7 +502,9 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
                     let mut extra = adapter_extra.clone();
                     extra.insert("best_eval_loss".into(), json!(eval));
                     extra.insert("best_step".into(), json!(state.step));
-                    tuning.save(&mut stepper.ts.0, &out.join("best"), &extra)?;
+                    if crate::dist::world().is_main() {
+                        tuning.save(&mut stepper.ts.0, &out.join("best"), &extra)?;
+                    }
                 } else {
                     state.evals_since_best += 1;
                     if train_cfg.early_stopping_patience.is_some_and(|p| state.evals_since_best >= p) {
@@ -476,7 +518,9 @@ pub fn run_with(config: &RunConfig, registry: &Registry, resume: Option<&Resume>
         }
     }
     bar.finish_and_clear();
-    tuning.save(&mut stepper.ts.0, &out, &adapter_extra)?;
+    if crate::dist::world().is_main() {
+        tuning.save(&mut stepper.ts.0, &out, &adapter_extra)?;
+    }
     session::plot_series(&log, &out.join("loss.png"), "Training loss", "loss", &[("train loss", "loss", [31, 119, 180]), ("eval loss", "eval_loss", [214, 39, 40])])?;
     session::plot_series(
         &log,

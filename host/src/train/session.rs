@@ -69,7 +69,9 @@ pub fn start_state(config: &RunConfig, model: &mut CausalLm, tuning: &Tuning, re
         state = restored.state;
         eprintln!("resumed from {} at step {}", from.display(), state.step);
     }
-    config.write_resolved(&out).map_err(io(&out))?;
+    if crate::dist::world().is_main() {
+        config.write_resolved(&out).map_err(io(&out))?;
+    }
     optimizer.init_state(model)?;
     Ok((optimizer, rng, state))
 }
@@ -99,11 +101,44 @@ pub fn adapter_extra(config: &RunConfig, fields: &[(&str, serde_json::Value)]) -
 /// Writes a checkpoint (adapters, optimizer state, PRNG key, progress) and prunes old ones.
 pub fn save_checkpoint(config: &RunConfig, tuning: &Tuning, ts: &mut TrainState, state: &TrainerState, extra: &serde_json::Map<String, serde_json::Value>) -> Result<PathBuf, TrainError> {
     let checkpoints = config.output_dir().join("checkpoints");
-    let optimizer_state = ts.1 .0.state_arrays()?;
-    let key = ts.1 .1 .1 .1.as_array().clone();
-    let dir = checkpoint::save(&checkpoints, tuning, &mut ts.0, optimizer_state, &key, state, extra)?;
-    checkpoint::prune(&checkpoints, config.train.keep_checkpoints)?;
+    let world = crate::dist::world();
+    if world.size() > 1 {
+        same_parameters_everywhere(&mut ts.0, state.step)?;
+    }
+    let state = &TrainerState { world_size: world.size(), ..state.clone() };
+    // Rank 0 writes (every rank holds the same state); the others wait until it has.
+    let dir = if world.is_main() {
+        let optimizer_state = ts.1 .0.state_arrays()?;
+        let key = ts.1 .1 .1 .1.as_array().clone();
+        let dir = checkpoint::save(&checkpoints, tuning, &mut ts.0, optimizer_state, &key, state, extra)?;
+        checkpoint::prune(&checkpoints, config.train.keep_checkpoints)?;
+        dir
+    } else {
+        checkpoints.join(checkpoint::step_dir_name(state.step))
+    };
+    world.barrier()?;
     Ok(dir)
+}
+
+/// Stops the run when the ranks' trainable parameters are no longer bit for bit the same (they are by
+/// construction; a difference means a rank computed something else, and training on would hide it).
+fn same_parameters_everywhere(model: &mut CausalLm, step: u64) -> Result<(), TrainError> {
+    let params = model.trainable_parameters().flatten();
+    let mut names: Vec<_> = params.keys().cloned().collect();
+    names.sort();
+    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(names.len());
+    for name in &names {
+        let a = params[name].as_dtype(mlx_rs::Dtype::Float32)?;
+        a.eval()?;
+        parts.push(a.as_slice::<f32>().iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let digest = u64::from_str_radix(&crate::data::cache_key(&refs)[..16], 16).unwrap_or(0);
+    let all = crate::dist::world().gather_u64(digest)?;
+    match all.iter().position(|&d| d != all[0]) {
+        Some(r) => Err(TrainError::Config(format!("step {step}: rank {r}'s parameters differ from rank 0's; stopped (the ranks no longer train one model)"))),
+        None => Ok(()),
+    }
 }
 
 /// The metrics line every trainer writes for a step it just finished (`state` already advanced to it); the
@@ -123,6 +158,9 @@ pub fn step_record(state: &TrainerState, result: &StepResult, metric_names: &[St
 /// A line chart titled `title` of the logged series that exist, `(legend, metric key, colour)`, against the
 /// step; nothing if none has points.
 pub fn plot_series(log: &MetricsLog, path: &Path, title: &str, y_label: &str, series: &[(&str, &str, [u8; 3])]) -> Result<(), TrainError> {
+    if !crate::dist::world().is_main() {
+        return Ok(());
+    }
     let series: Vec<plot::Series> = series
         .iter()
         .map(|(name, key, color)| plot::Series { name: (*name).into(), color: *color, points: log.series(key) })
@@ -168,7 +206,9 @@ pub fn end_step(
     stopped: &mut StopReason,
     extra: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<bool, TrainError> {
-    let interrupted = INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) || callback.after_step(state.step, loss) == crate::generate::Control::Stop;
+    let asked = INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) || callback.after_step(state.step, loss) == crate::generate::Control::Stop;
+    // Decided together: a Ctrl-C reaching one rank stops every rank after the same step.
+    let interrupted = crate::dist::world().any(asked)?;
     if interrupted {
         *stopped = StopReason::Interrupted;
     }

@@ -159,6 +159,44 @@ impl GradBuffer {
         Ok(())
     }
 
+    /// Adds `other` into this buffer and zeroes it.
+    pub(super) fn add_and_clear(&mut self, other: &mut GradBuffer) -> Result<(), Exception> {
+        for (v, o) in self.values.iter_mut().zip(other.values.iter_mut()) {
+            *v = v.add(&*o)?;
+            *o = ops::zeros_like(&*o)?;
+        }
+        Ok(())
+    }
+
+    /// Sums the buffer over the ranks of `world` (nothing with one process): the arrays laid end to end in
+    /// groups of at most 32 MiB, one all-sum per group, split back.
+    pub(super) fn reduce(&mut self, world: &crate::dist::World) -> Result<(), crate::dist::DistError> {
+        if world.size() == 1 {
+            return Ok(());
+        }
+        const GROUP_BYTES: usize = 32 << 20;
+        let mut start = 0;
+        while start < self.values.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < self.values.len() && (end == start || bytes + self.values[end].nbytes() <= GROUP_BYTES) {
+                bytes += self.values[end].nbytes();
+                end += 1;
+            }
+            let group = &mut self.values[start..end];
+            let flat: Vec<Array> = group.iter().map(|v| v.flatten(None, None)).collect::<Result<_, _>>()?;
+            let summed = world.sum(&ops::concatenate(&flat, 0)?)?;
+            let mut offset = 0i32;
+            for v in group.iter_mut() {
+                let n = v.size() as i32;
+                *v = summed.index(offset..offset + n).reshape(v.shape())?;
+                offset += n;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
     #[cfg(test)]
     pub(super) fn values(&self) -> (&[Rc<str>], &[Array]) {
         (&self.names, &self.values)
